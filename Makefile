@@ -1,0 +1,23 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lt_plugin-installed
+OFFLINE := HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+
+.PHONY: demo test install
+
+install: $(STAMP)
+
+# torch 2.14.1 / torchvision 0.29.1 are the pair that works with timm here (see README, "Installing").
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/lt-plugin imp --model resnet18 --dataset digits --levels 3 --epochs 3 --out runs/demo
+
+test: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q

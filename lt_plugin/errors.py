@@ -1,0 +1,17 @@
+"""Typed errors. A `UserError` is a mistake the user can fix; the CLI prints its message on one line and exits 2."""
+
+
+class UserError(Exception):
+    """A problem with what the user asked for (bad option, missing file, unsupported model...)."""
+
+
+class DataError(UserError):
+    """A dataset could not be found, loaded or understood."""
+
+
+class UnsupportedModelError(UserError):
+    """Torch-Pruning cannot trace or prune this model (the message names the layer)."""
+
+
+class RunFolderError(UserError):
+    """A run folder is missing, unreadable, or was made with other settings."""

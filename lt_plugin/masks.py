@@ -1,0 +1,229 @@
+"""Masks in the dense parameter space of a model.
+
+A `Mask` maps parameter/buffer names to boolean tensors of the same shape (True = kept). Weight (unstructured)
+and channel (structured) masks share this representation, so rewinding is a masked copy, mask distance is a
+comparison and interpolating tickets is arithmetic on state dicts. A channel mask also carries its *plan*: the
+Torch-Pruning groups it removes, as `[root module name, is_out_channel_fn, [channel indices]]` entries (the format of
+Torch-Pruning's pruning history), which is what physical export replays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+GRANULARITIES = ("weight", "channel")
+SCOPES = ("global", "layerwise")
+
+
+def named_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Parameters and buffers of `model` by their state-dict names."""
+    tensors = dict(model.named_buffers())
+    tensors.update(model.named_parameters())
+    return tensors
+
+
+def classifier_modules(model: nn.Module) -> List[nn.Module]:
+    """The classifier head of a timm model (ignored by default, as in the reference setups)."""
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is None:
+        return []
+    head = get_classifier()
+    return [head] if isinstance(head, nn.Module) else list(head)
+
+
+def resolve_ignored(model: nn.Module, ignored_layers: Optional[Iterable] = None,
+                    ignore_classifier: bool = True) -> List[nn.Module]:
+    """Modules to leave unpruned, with their submodules. Accepts modules or their names in `model`."""
+    named = dict(model.named_modules())
+    roots: List[nn.Module] = classifier_modules(model) if ignore_classifier else []
+    for layer in ignored_layers or ():
+        if isinstance(layer, str):
+            if layer not in named:
+                raise UserError(f"ignored layer {layer!r} is not a module of {type(model).__name__}")
+            layer = named[layer]
+        roots.append(layer)
+    return [sub for root in roots for sub in root.modules()]
+
+
+def prunable_weight_names(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> List[str]:
+    """Names of the Conv and Linear weights whose kept fraction is a ticket's density."""
+    ignored_ids = {id(m) for m in ignored}
+    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and id(m) not in ignored_ids]
+
+
+class Mask:
+    """Boolean keep-masks by tensor name, the ticket's sparsity pattern in the dense model's space.
+
+    `prunable` names the weights whose kept fraction is `density`; every one of them has an entry in `tensors`.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], prunable: Sequence[str], granularity: str = "weight",
+                 plan: Optional[list] = None):
+        if granularity not in GRANULARITIES:
+            raise UserError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
+        missing = [n for n in prunable if n not in tensors]
+        if missing:
+            raise ValueError(f"mask has no entry for prunable tensors {missing[:3]}")
+        self.tensors = {name: t.detach().to(torch.bool) for name, t in tensors.items()}
+        self.prunable = list(prunable)
+        self.granularity = granularity
+        self.plan = plan or []
+
+    @classmethod
+    def ones(cls, model: nn.Module, prunable: Sequence[str], granularity: str = "weight") -> "Mask":
+        tensors = named_tensors(model)
+        return cls({n: torch.ones_like(tensors[n], dtype=torch.bool) for n in prunable}, prunable, granularity)
+
+    # ---- what a mask says ----
+    @property
+    def density(self) -> float:
+        """Kept fraction of the prunable weights."""
+        kept = sum(int(torch.count_nonzero(self.tensors[n])) for n in self.prunable)
+        total = sum(self.tensors[n].numel() for n in self.prunable)
+        return kept / total if total else 1.0
+
+    def layer_densities(self) -> Dict[str, float]:
+        return {n: self.tensors[n].float().mean().item() for n in self.prunable}
+
+    def num_pruned(self) -> int:
+        """Entries the mask removes, over every tensor it covers (weights, biases, norm parameters, buffers)."""
+        return sum(m.numel() - int(torch.count_nonzero(m)) for m in self.tensors.values())
+
+    def distance(self, other: "Mask") -> float:
+        """Normalised Hamming distance over the prunable weights: the fraction of entries the masks disagree on."""
+        if self.prunable != other.prunable:
+            raise ValueError("masks cover different weights")
+        differ = sum(int(torch.count_nonzero(self.tensors[n] != other.tensors[n])) for n in self.prunable)
+        return differ / sum(self.tensors[n].numel() for n in self.prunable)
+
+    def __and__(self, other: "Mask") -> "Mask":
+        names = set(self.tensors) | set(other.tensors)
+        tensors = {}
+        for n in names:
+            a, b = self.tensors.get(n), other.tensors.get(n)
+            tensors[n] = a & b if a is not None and b is not None else (a if b is None else b)
+        return Mask(tensors, self.prunable, self.granularity, _merge_plans(self.plan, other.plan))
+
+    # ---- acting on a model ----
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned entries of `model` in place (parameters and buffers); returns `model`."""
+        tensors = named_tensors(model)
+        for name, keep in self.tensors.items():
+            target = tensors[name]
+            if keep.shape != target.shape:
+                raise UserError(f"mask for {name} has shape {tuple(keep.shape)}, the model's is {tuple(target.shape)}"
+                                " (an exported model takes no dense-space mask)")
+            if not bool(keep.all()):
+                target.mul_(keep.to(target.device))
+        return model
+
+    def enforcer(self, model: nn.Module):
+        """A cheap callable that re-zeros the pruned entries of `model`, for use after every optimizer step.
+
+        It binds the tensors once and skips masks with nothing pruned. Rebuild it if the model's parameters are
+        replaced (e.g. after a physical prune).
+        """
+        tensors = named_tensors(model)
+        pairs = [(tensors[n], keep.to(tensors[n].device)) for n, keep in self.tensors.items() if not bool(keep.all())]
+
+        @torch.no_grad()
+        def enforce():
+            for target, keep in pairs:
+                target.mul_(keep)
+        return enforce
+
+    def to_dense(self, small_state: Mapping[str, torch.Tensor],
+                 dense_like: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Map the state of a physically pruned model back into the dense space (zeros where pruned)."""
+        dense = {}
+        for name, template in dense_like.items():
+            value = small_state[name]
+            keep = self.tensors.get(name)
+            if keep is None or value.shape == template.shape:
+                dense[name] = value.detach().clone()
+                continue
+            full = torch.zeros_like(template)
+            full[keep.to(full.device)] = value.detach().reshape(-1).to(full.dtype)
+            dense[name] = full
+        return dense
+
+    # ---- files: tensors in safetensors, metadata in JSON ----
+    def metadata(self) -> dict:
+        return {"granularity": self.granularity, "prunable": self.prunable, "plan": self.plan,
+                "density": self.density}
+
+    def save(self, path) -> None:
+        from .store import atomic_save_safetensors
+        atomic_save_safetensors({f"mask/{n}": t for n, t in self.tensors.items()}, path,
+                                {"lt_plugin.mask": json.dumps(self.metadata())})
+
+    @classmethod
+    def load(cls, path) -> "Mask":
+        from .store import read_safetensors
+        tensors, meta = read_safetensors(path)
+        if "lt_plugin.mask" not in meta:
+            raise UserError(f"{path} is not an lt_plugin mask file")
+        return cls.from_parts(tensors, json.loads(meta["lt_plugin.mask"]))
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: dict) -> "Mask":
+        masks = {n[len("mask/"):]: t for n, t in tensors.items() if n.startswith("mask/")}
+        return cls(masks, meta["prunable"], meta["granularity"], meta.get("plan"))
+
+    def __repr__(self):
+        return f"Mask(granularity={self.granularity!r}, density={self.density:.4f}, tensors={len(self.tensors)})"
+
+
+def _merge_plans(a: list, b: list) -> list:
+    """Union of two channel plans, entry by entry (same root module and pruning function)."""
+    merged: Dict[tuple, set] = {}
+    for root, is_out, idxs in list(a) + list(b):
+        merged.setdefault((root, bool(is_out)), set()).update(int(i) for i in idxs)
+    return [[root, is_out, sorted(idxs)] for (root, is_out), idxs in merged.items()]
+
+
+def _n_keep(numel: int, density: float) -> int:
+    return int(round(density * numel))
+
+
+@torch.no_grad()
+def magnitude_mask(model: nn.Module, density: float, prunable: Sequence[str], scope: str = "global",
+                   previous: Optional[Mask] = None) -> Mask:
+    """Unstructured mask keeping the largest |w|.
+
+    Global scope ranks every unpruned weight of every prunable tensor against one threshold; layer-wise keeps the
+    same fraction of each tensor. Entries at the threshold are pruned too, and entries `previous` pruned stay pruned.
+    """
+    if scope not in SCOPES:
+        raise UserError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    tensors = named_tensors(model)
+    scores = {}
+    for n in prunable:
+        s = tensors[n].detach().abs().float().cpu()
+        if previous is not None:
+            s = s.masked_fill(~previous.tensors[n].cpu(), -math.inf)
+        scores[n] = s
+
+    def keep_above(flat: torch.Tensor, n_keep: int) -> torch.Tensor:
+        n_prune = flat.numel() - n_keep
+        if n_prune <= 0:
+            return torch.tensor(-math.inf)
+        return torch.kthvalue(flat, n_prune).values
+
+    if scope == "global":
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        threshold = keep_above(flat, _n_keep(flat.numel(), density))
+        keep = {n: s > threshold for n, s in scores.items()}
+    else:
+        keep = {n: s > keep_above(s.reshape(-1), _n_keep(s.numel(), density)) for n, s in scores.items()}
+    return Mask(keep, prunable, "weight")

@@ -1,0 +1,63 @@
+"""Run-folder files: atomic writes (temp file + rename), safetensors for tensors, JSON for metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import RunFolderError
+
+
+def _atomic_write(path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None):
+    """Write tensors (made contiguous, on the CPU) to `path` atomically."""
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Tensors and string metadata of a safetensors file; a missing or damaged file is a RunFolderError."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: no such file") from None
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise RunFolderError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def atomic_write_json(obj, path) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+    _atomic_write(path, write)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: not valid JSON ({exc})") from None

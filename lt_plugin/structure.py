@@ -1,0 +1,375 @@
+"""The Torch-Pruning adapter: channel masks from the dependency graph, and physical export.
+
+Torch-Pruning's pruner chooses which channels to remove (importance, global or per-group ranking, grouped convs,
+attention heads); instead of removing them we record each group as a plan entry and zero every tensor slice the
+group touches. `export` replays the plan through the dependency graph on a copy, which gives a genuinely smaller
+model whose weights are exactly the masked model's surviving slices.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.pruner import function as tpf
+
+from .errors import UnsupportedModelError, UserError
+from .masks import SCOPES, Mask, _merge_plans, named_tensors, prunable_weight_names, resolve_ignored
+
+# Which tensors, along which dimension, each Torch-Pruning handler removes. Dimensions of None mean "the node's
+# pruning_dim" (LayerNorm, unwrapped parameters).
+_HANDLER_SLICES = {
+    (tpf.ConvPruner, "out"): (("weight", 0), ("bias", 0)),
+    (tpf.ConvPruner, "in"): (("weight", 1),),
+    (tpf.DepthwiseConvPruner, "out"): (("weight", 0), ("bias", 0)),
+    (tpf.DepthwiseConvPruner, "in"): (("weight", 0), ("bias", 0)),
+    (tpf.LinearPruner, "out"): (("weight", 0), ("bias", 0)),
+    (tpf.LinearPruner, "in"): (("weight", 1),),
+    (tpf.BatchnormPruner, "out"): (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0)),
+    (tpf.GroupNormPruner, "out"): (("weight", 0), ("bias", 0)),
+    (tpf.InstanceNormPruner, "out"): (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0)),
+    (tpf.PReLUPruner, "out"): (("weight", 0),),
+    (tpf.EmbeddingPruner, "out"): (("weight", 1),),
+    (tpf.LayernormPruner, "out"): (("weight", None), ("bias", None)),
+}
+for (_cls, _direction), _slices in list(_HANDLER_SLICES.items()):
+    if _direction == "out" and (_cls, "in") not in _HANDLER_SLICES:  # norms: in == out
+        _HANDLER_SLICES[(_cls, "in")] = _slices
+
+
+def _default_importance():
+    return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+IMPORTANCES = {
+    "magnitude": _default_importance,
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "bn-scale": lambda: tp.importance.BNScaleImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(),
+    "fpgm": lambda: tp.importance.FPGMImportance(),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
+def make_importance(name_or_obj=None) -> tp.importance.Importance:
+    """A Torch-Pruning importance from a name in IMPORTANCES, or the object itself (default: group magnitude)."""
+    if name_or_obj is None:
+        return _default_importance()
+    if isinstance(name_or_obj, str):
+        if name_or_obj not in IMPORTANCES:
+            raise UserError(f"unknown importance {name_or_obj!r}; choose from {', '.join(IMPORTANCES)}")
+        return IMPORTANCES[name_or_obj]()
+    if not callable(name_or_obj):
+        raise UserError(f"importance must be a name or a tp.importance.Importance, not {type(name_or_obj).__name__}")
+    return name_or_obj
+
+
+def attention_heads(model: nn.Module) -> Dict[nn.Module, int]:
+    """{qkv Linear: number of heads} for timm attention blocks (a fresh dict: Torch-Pruning mutates it)."""
+    return {m.qkv: m.num_heads for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")}
+
+
+def fix_attention_heads(model: nn.Module) -> None:
+    """After qkv/proj lost channels, make timm attention modules agree with their new widths."""
+    for m in model.modules():
+        qkv = getattr(m, "qkv", None)
+        if isinstance(qkv, nn.Linear) and hasattr(m, "num_heads"):
+            m.head_dim = qkv.out_features // (3 * m.num_heads)
+            if hasattr(m, "attn_dim"):
+                m.attn_dim = m.num_heads * m.head_dim
+
+
+class ChannelStructure:
+    """The dependency graph of one model, and the channel groups Torch-Pruning may remove from it."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[nn.Module],
+                 importance=None, scope: str = "global", round_to: Optional[int] = None):
+        if scope not in SCOPES:
+            raise UserError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        self.model = model
+        self.ignored = list(ignored)
+        self.prunable = prunable_weight_names(model, self.ignored)
+        self._names = {id(t): n for n, t in named_tensors(model).items()}
+        self._module_names = {id(m): n for n, m in model.named_modules()}
+        self._inner_importance = make_importance(importance)
+        self._modules_by_name = dict(model.named_modules())
+        self._slice_cache: dict = {}
+        self._score_cache: dict = {}
+        self._dead: Dict[Tuple[str, bool], torch.Tensor] = {}
+        was_training = model.training
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TP warns about timm's cls_token/pos_embed, which it handles
+                with torch.enable_grad():
+                    self.pruner = tp.pruner.BasePruner(
+                        model, example_inputs, importance=self._importance, global_pruning=scope == "global",
+                        pruning_ratio=0.0, ignored_layers=self.ignored, round_to=round_to,
+                        num_heads=attention_heads(model), in_channel_groups={}, out_channel_groups={},
+                    )
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"Torch-Pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from None
+        finally:
+            model.train(was_training)
+        self.graph = self.pruner.DG
+
+    # ---- group -> tensor slices ----
+    def _tensor_dims(self, dep) -> List[Tuple[str, int, Optional[Tuple[int, int]]]]:
+        """(tensor name, dim, grouped-conv info) for every tensor a dependency's handler slices."""
+        handler = dep.handler
+        pruner = getattr(handler, "__self__", None)
+        direction = "out" if self.graph.is_out_channel_pruning_fn(handler) else "in"
+        module = dep.target.module
+        if isinstance(pruner, tp.ops.DummyPruner):
+            return []  # concat/split/reshape/elementwise nodes own no tensors
+        if isinstance(pruner, tpf.ParameterPruner):
+            return [(self._names[id(module)], dep.target.pruning_dim, None)]
+        name = self._module_names.get(id(module))
+        slices = None
+        for cls in type(pruner).__mro__:
+            slices = _HANDLER_SLICES.get((cls, direction))
+            if slices is not None:
+                break
+        if slices is None or name is None:
+            raise UnsupportedModelError(
+                f"layer {name or module} ({type(module).__name__}) is pruned by {type(pruner).__name__}, "
+                "which lt_plugin cannot mask")
+        if isinstance(pruner, tpf.PReLUPruner) and module.num_parameters == 1:
+            return []
+        out = []
+        for attr, dim in slices:
+            tensor = getattr(module, attr, None)
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if dim is None:
+                dim = dep.target.pruning_dim % tensor.dim()
+            if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and attr == "weight":
+                dim = 1 - dim
+            grouped = None
+            if (isinstance(module, nn.modules.conv._ConvNd) and direction == "in" and module.groups > 1
+                    and not isinstance(pruner, tpf.DepthwiseConvPruner)):
+                grouped = (module.in_channels, module.groups)
+            out.append((f"{name}.{attr}" if name else attr, dim, grouped))
+        return out
+
+    def _root_slices(self, root: str, is_out: bool):
+        """For one plan root: [(tensor, dim, grouped, {root channel: [indices along dim]})], cached."""
+        key = (root, bool(is_out))
+        if key not in self._slice_cache:
+            module = self._resolve(root)
+            pruner = self.graph.get_pruner_of_module(module)
+            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+            n = pruner.get_out_channels(module) if is_out else pruner.get_in_channels(module)
+            entries = []
+            for item in self.graph.get_pruning_group(module, fn, list(range(n))):
+                by_root: Dict[int, List[int]] = {}
+                for idx, root_idx in zip(item.idxs, item.root_idxs):
+                    by_root.setdefault(int(root_idx), []).append(int(idx))
+                entries += [(name, dim, grouped, by_root) for name, dim, grouped in self._tensor_dims(item.dep)]
+            self._slice_cache[key] = entries
+        return self._slice_cache[key]
+
+    def _pruned_positions(self, plan: list) -> Dict[str, Dict[int, set]]:
+        """{tensor name: {dim: positions removed}} for a plan. Channel masks are products of per-dim keeps."""
+        raw: Dict[Tuple[str, int, Optional[tuple]], set] = {}
+        for root, is_out, idxs in plan:
+            for name, dim, grouped, by_root in self._root_slices(root, is_out):
+                hit = raw.setdefault((name, dim, grouped), set())
+                for i in idxs:
+                    hit.update(by_root.get(int(i), ()))
+        tensors = named_tensors(self.model)
+        positions: Dict[str, Dict[int, set]] = {}
+        for (name, dim, grouped), idxs in raw.items():
+            if grouped is not None:
+                # Grouped conv: Torch-Pruning keeps the first in_channels/groups of the kept input indices.
+                in_channels, groups = grouped
+                keep = sorted(set(range(in_channels)) - idxs)
+                kept = set(keep[: len(keep) // groups])
+                idxs = set(range(tensors[name].shape[dim])) - kept
+            positions.setdefault(name, {}).setdefault(dim, set()).update(idxs)
+        return positions
+
+    def _density(self, positions: Dict[str, Dict[int, set]]) -> float:
+        tensors = named_tensors(self.model)
+        kept = total = 0
+        for name in self.prunable:
+            shape = tensors[name].shape
+            fraction = 1.0
+            for dim, idxs in positions.get(name, {}).items():
+                fraction *= 1 - len(idxs) / shape[dim]
+            kept += fraction * shape.numel()
+            total += shape.numel()
+        return kept / total
+
+    def mask_from_plan(self, plan: list) -> Mask:
+        tensors = named_tensors(self.model)
+        try:
+            positions = self._pruned_positions(plan)
+        except (IndexError, KeyError, RuntimeError, ValueError) as exc:
+            raise UnsupportedModelError(self._inconsistent(plan, exc)) from None
+        keep = {n: torch.ones_like(tensors[n], dtype=torch.bool) for n in set(self.prunable) | set(positions)}
+        for name, dims in positions.items():
+            for dim, idxs in dims.items():
+                keep[name].index_fill_(dim, torch.as_tensor(sorted(idxs), dtype=torch.long), False)
+        return Mask(keep, self.prunable, "channel", plan)
+
+    # ---- choosing channels ----
+    def _importance(self, group):
+        key = self._root_key(group)
+        if key not in self._score_cache:
+            self._score_cache[key] = self._inner_importance(group)
+        scores = self._score_cache[key]
+        dead = self._dead.get(key)
+        if scores is not None and dead is not None:
+            scores = scores.clone()
+            scores[dead.to(scores.device)] = -math.inf
+        return scores
+
+    def _root_key(self, group):
+        dep = group[0].dep
+        return self._module_names[id(dep.target.module)], self.graph.is_out_channel_pruning_fn(dep.handler)
+
+    def _plan_at(self, ratio: float) -> list:
+        self.pruner.per_step_pruning_ratio = [0.0, ratio]
+        self.pruner.reset()
+        plan = []
+        with torch.no_grad():
+            for group in self.pruner.step(interactive=True):
+                root, is_out = self._root_key(group)
+                plan.append([root, is_out, sorted(int(i) for i in group[0].idxs)])
+        return plan
+
+    def select(self, density: float, previous: Optional[Mask] = None, tolerance: float = 1e-3) -> Mask:
+        """The channel mask whose weight density is nearest to `density`, never reviving what `previous` pruned.
+
+        Torch-Pruning prunes a fraction of *channels*; the weight density that gives is found by bisection
+        on the channel ratio (importance is computed once per group).
+        """
+        if not 0.0 < density <= 1.0:
+            raise UserError(f"density must be in (0, 1], not {density}")
+        if previous is not None and previous.granularity != "channel":
+            raise UserError("a channel mask cannot follow a weight mask")
+        old_plan = previous.plan if previous is not None else []
+        self._dead = self._dead_channels(old_plan)
+        self._score_cache = {}
+        best_plan, best_density = old_plan, self._density(self._pruned_positions(old_plan))
+        lo, hi = 0.0, 1.0
+        try:
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                plan = old_plan
+                try:
+                    plan = _merge_plans(self._plan_at(mid), old_plan)
+                    achieved = self._density(self._pruned_positions(plan))
+                except (AssertionError, IndexError, KeyError, RuntimeError, ValueError) as exc:
+                    raise UnsupportedModelError(self._inconsistent(plan, exc)) from None
+                if abs(achieved - density) < abs(best_density - density):
+                    best_plan, best_density = plan, achieved
+                if abs(achieved - density) <= tolerance or hi - lo < 1e-6:
+                    break
+                if achieved > density:
+                    lo = mid
+                else:
+                    hi = mid
+        finally:
+            self._dead, self._score_cache = {}, {}
+        return self.mask_from_plan(best_plan)
+
+    def _inconsistent(self, plan: list, exc: Exception) -> str:
+        where = f" (groups rooted at {', '.join(sorted({root for root, _, _ in plan})[:3])}...)" if plan else ""
+        return (f"Torch-Pruning cannot group the channels of {type(self.model).__name__}{where}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+    def _dead_channels(self, plan: list) -> Dict[Tuple[str, bool], torch.Tensor]:
+        """Per plan root, the channels already removed (boolean over the root's channel indices)."""
+        dead = {}
+        for root, is_out, idxs in plan:
+            module = self._resolve(root)
+            pruner = self.graph.get_pruner_of_module(module)
+            n = pruner.get_out_channels(module) if is_out else pruner.get_in_channels(module)
+            flags = torch.zeros(n, dtype=torch.bool)
+            flags[list(idxs)] = True
+            dead[(root, bool(is_out))] = flags
+        return dead
+
+    def _resolve(self, root: str) -> nn.Module:
+        module = self._modules_by_name.get(root)
+        if module is None:
+            raise UserError(f"the mask's plan names module {root!r}, which this model does not have")
+        return module
+
+    # ---- physical pruning ----
+    def export(self, mask: Mask) -> nn.Module:
+        """Remove the mask's channels from `self.model` in place, through the dependency graph."""
+        if mask.granularity != "channel":
+            raise UserError("only channel tickets can be exported physically; a weight ticket stays dense")
+        with torch.no_grad():
+            for root, is_out, idxs in mask.plan:
+                module = self._resolve(root)
+                pruner = self.graph.get_pruner_of_module(module)
+                fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+                self.graph.get_pruning_group(module, fn, list(idxs)).prune()
+        fix_attention_heads(self.model)
+        return self.model
+
+
+def check_forward(model: nn.Module, example_inputs: torch.Tensor, what: str) -> None:
+    """Run `model` once; a failure becomes an UnsupportedModelError naming the layer where it happened."""
+    entered: List[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.append(name))
+             for name, m in model.named_modules() if name]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    except Exception as exc:
+        layer = entered[-1] if entered else "(model input)"
+        layer_type = type(dict(model.named_modules()).get(layer, model)).__name__
+        raise UnsupportedModelError(
+            f"{what} breaks at layer {layer} ({layer_type}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
+def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, granularity: str = "channel",
+                importance=None, scope: str = "global", ignored_layers: Optional[Iterable] = None,
+                previous: Optional[Mask] = None, ignore_classifier: bool = True) -> Mask:
+    """A ticket mask for `model` keeping `density` of its prunable (Conv/Linear) weights.
+
+    granularity "weight": the largest |w| (global threshold or the same fraction per layer).
+    granularity "channel": Torch-Pruning channel groups ranked by `importance` (any tp.importance.Importance or a
+    name in IMPORTANCES; default group magnitude); the density is the nearest reachable.
+    The classifier head and `ignored_layers` (modules or names) are left alone; entries `previous` pruned stay pruned.
+    """
+    from .masks import magnitude_mask
+    ignored = resolve_ignored(model, ignored_layers, ignore_classifier)
+    if granularity == "weight":
+        return magnitude_mask(model, density, prunable_weight_names(model, ignored), scope, previous)
+    if granularity != "channel":
+        raise UserError(f"granularity must be 'weight' or 'channel', not {granularity!r}")
+    structure = ChannelStructure(model, example_inputs, ignored, importance, scope)
+    mask = structure.select(density, previous)
+    export(model, mask, example_inputs)  # fails clearly now, not later in training, if the model cannot be pruned
+    return mask
+
+
+def export(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Module:
+    """A physically smaller copy of `model` with the mask's channels removed (the input model is not changed).
+
+    The copy's surviving weights are the masked model's; on BatchNorm networks its outputs equal the masked
+    model's, on LayerNorm networks they differ because LayerNorm's statistics count the zeroed channels.
+    """
+    small = copy.deepcopy(model)
+    mask.apply(small)
+    ChannelStructure(small, example_inputs, ignored=[]).export(mask)
+    check_forward(small, example_inputs, f"the pruned {type(model).__name__}")
+    return small
