@@ -1,0 +1,103 @@
+"""A strategy's run folder: config check, atomic files written by the main process, resume by existence."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .errors import RunFolderError
+from .masks import Mask
+from .store import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors
+
+# Hyperparameters that do not change results: a run may be resumed with other values.
+_NOT_COMPARED = ("eval_batch_size", "log_with", "num_workers")
+
+
+def package_versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    versions = {"python": platform.python_version()}
+    for name in ("lt-plugin", "torch", "torchvision", "torch-pruning", "timm", "accelerate", "datasets"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class RunFolder:
+    """Files of one run. Only the main process writes; every process waits until a file is complete."""
+
+    def __init__(self, path, accelerator):
+        self.path = Path(path)
+        self.accelerator = accelerator
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} exists and is not a folder")
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _sync(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def check_config(self, strategy: str, hparams: dict) -> None:
+        """Write config.json, or check that an existing run was made with the same settings."""
+        hparams = json.loads(json.dumps(hparams))
+        config_path = self.path / "config.json"
+        if config_path.exists():
+            old = read_json(config_path)
+            if old.get("strategy") != strategy:
+                raise RunFolderError(f"{self.path} holds a {old.get('strategy')!r} run, not {strategy!r}; "
+                                     "choose another --out")
+            for key in sorted(set(hparams) | set(old.get("hparams", {}))):
+                if key in _NOT_COMPARED:
+                    continue
+                if old["hparams"].get(key) != hparams.get(key):
+                    raise RunFolderError(
+                        f"{self.path} was made with {key}={old['hparams'].get(key)!r}, not {hparams.get(key)!r}; "
+                        "rerun with the same settings to resume, or choose another --out")
+        elif self.is_main:
+            atomic_write_json({"strategy": strategy, "hparams": hparams, "versions": package_versions(),
+                               "world_size": self.accelerator.num_processes}, config_path)
+        self._sync()
+
+    def save_weights_once(self, name: str, state: Dict[str, torch.Tensor]) -> None:
+        if self.is_main and not (self.path / name).exists():
+            atomic_save_safetensors(state, self.path / name)
+        self._sync()
+
+    @staticmethod
+    def load_weights(path) -> Dict[str, torch.Tensor]:
+        return read_safetensors(path)[0]
+
+    @staticmethod
+    def read_result(level_dir: Path) -> Optional[dict]:
+        path = level_dir / "result.json"
+        return read_json(path) if path.exists() else None
+
+    def load_or_make_mask(self, level_dir: Path, make: Callable[[], Mask]) -> Mask:
+        """The level's mask: decided once by the main process and read back by every process."""
+        path = level_dir / "mask.safetensors"
+        if self.is_main and not path.exists():
+            make().save(path)
+        self._sync()
+        return Mask.load(path)
+
+    def finish_level(self, level_dir: Path, dense_state: Dict[str, torch.Tensor], result: dict) -> None:
+        if self.is_main:
+            atomic_save_safetensors(dense_state, level_dir / "weights.safetensors")
+            atomic_write_json(result, level_dir / "result.json")  # last: its presence marks the level done
+        self._sync()
+
+    def write_results(self, results: List[dict], dense_line: bool = True) -> None:
+        from .report import format_table, plot_accuracy_vs_density
+        if self.is_main:
+            atomic_write_json(results, self.path / "results.json")
+            plot_accuracy_vs_density(results, self.path / "accuracy_vs_density.png", dense_line=dense_line)
+            print(format_table(results))
+            print(f"results: {self.path / 'results.json'}  plot: {self.path / 'accuracy_vs_density.png'}")
+        self._sync()

@@ -1,0 +1,214 @@
+"""Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020; Renda et al. 2020).
+
+Level 0 trains the dense model. Level L prunes the trained weights of level L-1, resets the survivors to the rewind
+point and trains again. Run folder:
+
+    config.json            hyperparameters, package versions, world size
+    init.safetensors       theta_0, the dense initialisation
+    level_L/mask.safetensors       the level's mask (dense space)
+    level_L/train/                 the training run (checkpoints, metrics.jsonl, step_k snapshots)
+    level_L/weights.safetensors    trained weights mapped to the dense space
+    level_L/result.json            written last: a level with it is finished and skipped on a rerun
+    results.json, accuracy_vs_density.png
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+import torch_pruning as tp
+
+from ..errors import UserError
+from ..experiment import Experiment
+from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
+from ..run_folder import RunFolder
+from ..structure import IMPORTANCES, create_mask, export
+from .. import train as engine
+from ..train import TrainConfig, evaluate, fit, make_accelerator, steps_per_epoch
+from . import register_strategy
+from .base import Strategy
+
+CONTROLS = ("random-reinit", "random-mask")
+_REWIND = re.compile(r"^(init|lr|finetune|(\d+)(it|ep))$")
+
+
+def parse_rewind(text: str) -> Tuple[str, int]:
+    """'init' | '<N>it' | '<N>ep' | 'lr' | 'finetune' -> (kind, N); kind is init, it, ep, lr or finetune."""
+    match = _REWIND.match(text)
+    if not match:
+        raise UserError(f"--rewind must be init, <N>it, <N>ep, lr or finetune, not {text!r}")
+    if match.group(2) is None:
+        return match.group(1), 0
+    return match.group(3), int(match.group(2))
+
+
+@register_strategy("imp")
+@dataclasses.dataclass
+class IMP(Strategy, TrainConfig, Experiment):
+    """Iterative magnitude pruning with rewinding; one level is one-shot pruning."""
+
+    description = "iterative magnitude pruning with rewinding (Frankle & Carbin; Frankle et al.)"
+
+    levels: int = dataclasses.field(default=3, metadata={"help": "pruning levels after the dense level 0"})
+    prune_fraction: float = dataclasses.field(default=0.2, metadata={"help": "share of the remaining weights pruned "
+                                                                             "per level"})
+    target_density: Optional[float] = dataclasses.field(default=None, metadata={
+        "type": float, "help": "final density after all levels (overrides --prune-fraction: keep d^(1/levels) "
+                               "per level)"})
+    granularity: str = dataclasses.field(default="weight", metadata={"choices": GRANULARITIES,
+                                                                     "help": "weight (unstructured) or channel"})
+    scope: str = dataclasses.field(default="global", metadata={"choices": SCOPES,
+                                                               "help": "one threshold for all layers, or the same "
+                                                                       "fraction per layer"})
+    importance: str = dataclasses.field(default="magnitude", metadata={
+        "choices": tuple(IMPORTANCES), "help": "Torch-Pruning importance for channel tickets"})
+    ignore: list = dataclasses.field(default_factory=list, metadata={"help": "layer names left unpruned (the "
+                                                                             "classifier always is)"})
+    rewind: str = dataclasses.field(default="init", metadata={
+        "help": "init | <N>it | <N>ep (late rewinding) | lr (keep weights, rerun the LR schedule) | finetune "
+                "(keep weights, final LR)"})
+    control: Optional[str] = dataclasses.field(default=None, metadata={
+        "type": str, "choices": CONTROLS, "help": "random-reinit (same mask, fresh init) or random-mask (random mask "
+                                                  "at the same per-layer density)"})
+
+    def __post_init__(self):
+        if self.levels < 0:
+            raise UserError("--levels must be 0 or more")
+        if not 0.0 < self.prune_fraction < 1.0:
+            raise UserError("--prune-fraction must be between 0 and 1")
+        if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
+            raise UserError("--target-density must be in (0, 1]")
+        if self.granularity not in GRANULARITIES:
+            raise UserError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
+        if self.scope not in SCOPES:
+            raise UserError(f"--scope must be one of {', '.join(SCOPES)}")
+        if self.importance not in IMPORTANCES:
+            raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}")
+        if self.control is not None and self.control not in CONTROLS:
+            raise UserError(f"--control must be one of {', '.join(CONTROLS)}")
+        if self.control == "random-mask" and self.granularity != "weight":
+            raise UserError("--control random-mask is available for weight tickets")
+        parse_rewind(self.rewind)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+    # ---- the schedule ----
+    def level_density(self, level: int, total_weights: int) -> float:
+        """Target kept fraction at `level`: d^(L/levels), or (1 - f)^L counted in whole weights (open_lth)."""
+        if self.target_density is not None:
+            return self.target_density ** (level / self.levels) if self.levels else 1.0
+        remaining = total_weights
+        for _ in range(level):
+            remaining -= math.ceil(self.prune_fraction * remaining)
+        return remaining / total_weights
+
+    # ---- the run ----
+    def run(self, out_dir) -> List[dict]:
+        cfg = self.train_config()
+        accelerator = make_accelerator(cfg, project_dir=out_dir)
+        folder = RunFolder(out_dir, accelerator)
+        folder.check_config("imp", self.hparams())
+        data = self.load_data()
+        example = self.example_inputs()
+        dense = self.create_model(data.num_classes, seed=self.seed)
+        folder.save_weights_once("init.safetensors", dense.state_dict())
+        ignored = resolve_ignored(dense, self.ignore)
+        prunable = prunable_weight_names(dense, ignored)
+        total_weights = sum(named_tensors(dense)[n].numel() for n in prunable)
+        kind, amount = parse_rewind(self.rewind)
+        spe = steps_per_epoch(cfg, len(data.train))
+        rewind_step = {"it": amount, "ep": amount * spe}.get(kind, 0)
+        if rewind_step >= cfg.epochs * spe and kind in ("it", "ep"):
+            raise UserError(f"--rewind {self.rewind} is step {rewind_step}, past the end of training "
+                            f"({cfg.epochs * spe} steps)")
+
+        results = []
+        for level in range(self.levels + 1):
+            level_dir = folder.path / f"level_{level}"
+            done = folder.read_result(level_dir)
+            if done is not None:
+                results.append(done)
+                continue
+            mask = folder.load_or_make_mask(
+                level_dir, lambda: self._make_mask(folder, level, dense, example, prunable, ignored, total_weights))
+            start_weights, start_step, level_cfg = self._start(folder, level, kind, rewind_step, cfg, data)
+            model = self.create_model(data.num_classes, seed=self.seed)
+            model.load_state_dict(start_weights)
+            mask.apply(model)
+            if self.granularity == "channel":
+                # A channel ticket trains physically smaller: its time falls with its MACs.
+                trainee, train_mask = export(model, mask, example), None
+            else:
+                trainee, train_mask = model, (mask if level else None)
+            snapshots = (rewind_step,) if level == 0 and rewind_step else ()
+            trained = fit(trainee, data.train, data.val, level_cfg, level_dir / "train", accelerator=accelerator,
+                          mask=train_mask, start_step=start_step, snapshot_steps=snapshots, desc=f"level {level}")
+            test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size)
+            dense_state = mask.to_dense(trained.model.state_dict(), model.state_dict())
+            macs, params = tp.utils.count_ops_and_params(trained.model.eval(), example.to(accelerator.device))
+            if self.granularity == "weight":
+                params -= mask.num_pruned()  # unstructured zeros stay in the tensors; count only what is kept
+            result = {"level": level, "density": mask.density, "params": int(params), "macs": int(macs),
+                      "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
+                      "train_seconds": trained.train_seconds, "steps": trained.steps,
+                      "num_classes": data.num_classes}
+            folder.finish_level(level_dir, dense_state, result)
+            results.append(result)
+        folder.write_results(results, dense_line=True)
+        return results
+
+    def _make_mask(self, folder, level, dense, example, prunable, ignored, total_weights) -> Mask:
+        if level == 0:
+            return Mask.ones(dense, prunable, self.granularity)
+        previous_dir = folder.path / f"level_{level - 1}"
+        previous = Mask.load(previous_dir / "mask.safetensors")
+        trained = copy.deepcopy(dense)
+        trained.load_state_dict(folder.load_weights(previous_dir / "weights.safetensors"))
+        density = self.level_density(level, total_weights)
+        mask = create_mask(trained, example, density, self.granularity, importance=self.importance,
+                           scope=self.scope, ignored_layers=self.ignore, previous=previous)
+        if self.control == "random-mask":
+            mask = random_mask_like(mask, previous, seed=self.seed * 1000 + level)
+        return mask
+
+    def _start(self, folder, level, kind, rewind_step, cfg, data):
+        """(dense start weights, start step, training config) for a level."""
+        if level == 0:
+            return folder.load_weights(folder.path / "init.safetensors"), 0, cfg
+        if self.control == "random-reinit":
+            fresh = self.create_model(data.num_classes, seed=self.seed + level)
+            return fresh.state_dict(), rewind_step, cfg
+        previous = folder.path / f"level_{level - 1}" / "weights.safetensors"
+        if kind == "init":
+            return folder.load_weights(folder.path / "init.safetensors"), 0, cfg
+        if kind in ("it", "ep"):
+            return folder.load_weights(folder.path / "level_0" / "train" / f"step_{rewind_step}.safetensors"), \
+                rewind_step, cfg
+        if kind == "lr":
+            return folder.load_weights(previous), 0, cfg
+        constant = dataclasses.replace(cfg, sched="constant", warmup_epochs=0.0,
+                                       lr=engine.final_lr(cfg, len(data.train)))
+        return folder.load_weights(previous), 0, constant
+
+
+@torch.no_grad()
+def random_mask_like(mask: Mask, previous: Optional[Mask], seed: int) -> Mask:
+    """A random weight mask with `mask`'s count per tensor, drawn among the entries `previous` kept."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, keep in mask.tensors.items():
+        allowed = previous.tensors[name].reshape(-1) if previous is not None else torch.ones_like(keep).reshape(-1)
+        candidates = allowed.nonzero().reshape(-1)
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[: int(keep.sum())]]
+        flat = torch.zeros(keep.numel(), dtype=torch.bool)
+        flat[chosen] = True
+        tensors[name] = flat.reshape(keep.shape)
+    return Mask(tensors, mask.prunable, mask.granularity)

@@ -1,0 +1,86 @@
+"""A ticket on disk: weights and mask as safetensors, everything needed to rebuild it as JSON metadata."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+from ._version import __version__
+from .errors import UserError
+from .masks import Mask
+from .store import atomic_save_safetensors, read_safetensors
+from .structure import ChannelStructure, export
+
+META_KEY = "lt_plugin.ticket"
+
+
+@dataclasses.dataclass
+class Ticket:
+    model: nn.Module     # physically pruned for an exported channel ticket, else dense with zeros
+    mask: Mask           # in the dense model's space
+    metadata: dict
+
+
+def save_ticket(path, model: nn.Module, mask: Mask, *, model_name: str, model_kwargs: Optional[dict] = None,
+                input_size=(3, 224, 224), physical: Optional[bool] = None, extra: Optional[dict] = None) -> None:
+    """Write `model` (dense, in the mask's space) with its mask to one safetensors file.
+
+    Channel tickets are stored physically pruned (`physical` defaults to True for them), so the file holds the
+    smaller model; `load_ticket` rebuilds its architecture from the timm name and the mask's plan. No pickle.
+    """
+    physical = mask.granularity == "channel" if physical is None else physical
+    example = torch.zeros(1, *input_size)
+    weights = export(model, mask, example) if physical else mask.apply(copy.deepcopy(model))
+    metadata = {"model": model_name, "model_kwargs": model_kwargs or {}, "input_size": list(input_size),
+                "physical": physical, "density": mask.density, "granularity": mask.granularity,
+                "mask": mask.metadata(), "lt_plugin_version": __version__, **(extra or {})}
+    tensors = {f"weight/{k}": v for k, v in weights.state_dict().items()}
+    tensors.update({f"mask/{k}": v for k, v in mask.tensors.items()})
+    atomic_save_safetensors(tensors, path, {META_KEY: json.dumps(metadata)})
+
+
+def load_ticket(path, map_location: str = "cpu") -> Ticket:
+    """Rebuild a saved ticket as a fresh timm model with its weights (and its mask)."""
+    tensors, meta = read_safetensors(path)
+    if META_KEY not in meta:
+        raise UserError(f"{path} is not an lt_plugin ticket")
+    metadata = json.loads(meta[META_KEY])
+    mask = Mask.from_parts(tensors, metadata["mask"])
+    model = timm.create_model(metadata["model"], pretrained=False, **metadata["model_kwargs"])
+    if metadata["physical"]:
+        example = torch.zeros(1, *metadata["input_size"])
+        ChannelStructure(model, example, ignored=[]).export(mask)
+    state = {k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")}
+    model.load_state_dict(state, strict=True)
+    return Ticket(model.to(map_location).eval(), mask, metadata)
+
+
+
+def export_run_level(run_dir, level: int, out_path) -> Path:
+    """Write level `level` of a finished run as a ticket file (physically pruned for channel tickets)."""
+    from .experiment import Experiment
+    from .store import read_json
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    level_dir = run_dir / f"level_{level}"
+    if not (level_dir / "result.json").exists():
+        raise UserError(f"{run_dir} has no finished level {level}")
+    result = read_json(level_dir / "result.json")
+    names = {f.name for f in dataclasses.fields(Experiment)}
+    experiment = Experiment(**{k: v for k, v in config["hparams"].items() if k in names})
+    model = experiment.create_model(result["num_classes"], seed=0)
+    weights, _ = read_safetensors(level_dir / "weights.safetensors")
+    model.load_state_dict(weights)
+    mask = Mask.load(level_dir / "mask.safetensors")
+    model_kwargs = {**experiment.model_kwargs, "num_classes": result["num_classes"]}
+    save_ticket(out_path, model, mask, model_name=experiment.model, model_kwargs=model_kwargs,
+                input_size=tuple(experiment.example_inputs().shape[1:]),
+                extra={"run": str(run_dir), "level": level, "test_accuracy": result.get("test_accuracy")})
+    return Path(out_path)

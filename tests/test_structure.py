@@ -1,0 +1,125 @@
+"""Channel masks over Torch-Pruning's dependency graph, checked against physical pruning (an independent path)."""
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch_pruning as tp
+
+from lt_plugin import UnsupportedModelError, create_mask, export, load_ticket, save_ticket
+from lt_plugin.structure import ChannelStructure
+
+X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def build(name, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    with torch.no_grad():  # random affine norms and layer scales, so that zeroed channels would show
+        for module_name, p in model.named_parameters():
+            if p.dim() == 1 and ("norm" in module_name or "bn" in module_name or module_name.endswith("gamma")):
+                p.copy_(torch.rand_like(p) + 0.5)
+    return model
+
+
+def assert_export_matches_mask(model, mask, x, atol):
+    masked = mask.apply(copy.deepcopy(model)).eval()
+    small = export(model, mask, x).eval()
+    # 1. the exported weights are exactly the masked model's surviving entries
+    dense_again = mask.to_dense(small.state_dict(), masked.state_dict())
+    for name, value in masked.state_dict().items():
+        assert torch.equal(dense_again[name], value), name
+    # 2. the outputs agree
+    with torch.no_grad():
+        diff = (masked(x) - small(x)).abs().max().item()
+    assert diff <= atol, diff
+    return small, diff
+
+
+def test_resnet18_quarter_density_ticket_is_small_and_exact():
+    model = build("resnet18")
+    mask = create_mask(model, X32, 0.25, granularity="channel")
+    assert abs(mask.density - 0.25) < 0.01
+    small, _ = assert_export_matches_mask(model, mask, X32, atol=1e-4)
+    dense_macs, _ = tp.utils.count_ops_and_params(model, X32[:1])
+    small_macs, small_params = tp.utils.count_ops_and_params(small, X32[:1])
+    assert small_macs <= 0.35 * dense_macs
+    # the mask covers BatchNorm parameters and running statistics too
+    masked_state = mask.apply(copy.deepcopy(model)).state_dict()
+    bn_stats = [n for n in mask.tensors if n.endswith("running_var")]
+    assert bn_stats and all((masked_state[n][~mask.tensors[n]] == 0).all() for n in bn_stats)
+    assert any((~mask.tensors[n]).any() for n in bn_stats)
+
+
+BN_MODELS = [("resnet18", {}), ("resnet50", {}), ("vgg16_bn", {}), ("efficientnet_b0", {}),
+             ("mobilenetv3_small_100", {}), ("regnetx_002", {})]
+LN_MODELS = [("convnext_atto", {}), ("deit_tiny_patch16_224", {"img_size": 32, "patch_size": 4})]
+
+
+@pytest.mark.parametrize("name,kwargs", BN_MODELS, ids=[m for m, _ in BN_MODELS])
+def test_batchnorm_families_export_equals_masked(name, kwargs):
+    model = build(name, **kwargs)
+    mask = create_mask(model, X32, 0.4, granularity="channel")
+    assert abs(mask.density - 0.4) < 0.02
+    assert_export_matches_mask(model, mask, X32, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,kwargs", LN_MODELS, ids=[m for m, _ in LN_MODELS])
+def test_layernorm_families_export_runs_and_keeps_the_weights(name, kwargs):
+    # LayerNorm's statistics count zeroed channels, so masked and exported outputs differ (README: measured);
+    # the weights must still be exactly the masked model's survivors, and the small model must run.
+    model = build(name, **kwargs)
+    mask = create_mask(model, X32, 0.4, granularity="channel")
+    assert abs(mask.density - 0.4) < 0.02
+    small, diff = assert_export_matches_mask(model, mask, X32, atol=float("inf"))
+    assert torch.isfinite(torch.tensor(diff))
+    if "deit" in name:  # attention heads keep their count and shrink their width consistently
+        attn = small.blocks[0].attn
+        assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim
+
+
+def test_channel_mask_never_revives_and_layerwise_prunes_every_group():
+    model = build("resnet18")
+    first = create_mask(model, X32, 0.6, granularity="channel")
+    with torch.no_grad():  # pruned channels regrow to ordinary values: they must still stay pruned
+        for name, p in model.named_parameters():
+            if name in first.tensors:
+                keep = first.tensors[name]
+                p[~keep] = torch.randn(int((~keep).sum())) * p[keep].std()
+    second = create_mask(model, X32, 0.3, granularity="channel", previous=first)
+    for name, keep in second.tensors.items():
+        if name in first.tensors:
+            assert not (keep & ~first.tensors[name]).any(), name
+    assert abs(second.density - 0.3) < 0.02
+    layerwise = create_mask(build("resnet18"), X32, 0.5, granularity="channel", scope="layerwise")
+    conv_densities = [v for n, v in layerwise.layer_densities().items() if n.endswith("conv1.weight")]
+    assert all(v < 1.0 for v in conv_densities)
+
+
+def test_ticket_file_round_trip_rebuilds_the_small_model(tmp_path):
+    model = build("resnet18")
+    mask = create_mask(model, X32, 0.3, granularity="channel")
+    masked = mask.apply(copy.deepcopy(model)).eval()
+    save_ticket(tmp_path / "t.safetensors", masked, mask, model_name="resnet18",
+                model_kwargs={"num_classes": 10}, input_size=(3, 32, 32))
+    ticket = load_ticket(tmp_path / "t.safetensors")
+    assert ticket.metadata["physical"] and ticket.metadata["granularity"] == "channel"
+    with torch.no_grad():
+        assert (ticket.model(X32) - masked(X32)).abs().max() <= 1e-4
+    assert sum(p.numel() for p in ticket.model.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
+    assert abs(ticket.mask.density - mask.density) < 1e-9
+
+
+def test_unsupported_model_gets_a_clear_error_naming_the_layer():
+    model = timm.create_model("poolformer_s12", num_classes=10).eval()
+    with pytest.raises(UnsupportedModelError, match=r"breaks at layer stages\.\S+ \("):
+        create_mask(model, torch.zeros(1, 3, 64, 64), 0.5, granularity="channel")
+
+
+def test_plan_replays_to_the_same_mask():
+    model = build("mobilenetv3_small_100")
+    mask = create_mask(model, X32, 0.5, granularity="channel")
+    again = ChannelStructure(copy.deepcopy(model), X32, ignored=[]).mask_from_plan(mask.plan)
+    for name, keep in mask.tensors.items():
+        assert torch.equal(again.tensors[name], keep), name
