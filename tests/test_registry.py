@@ -1,0 +1,75 @@
+"""Strategy registry: built-ins, the decorator, and a third-party strategy found through an installed entry point."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import lt_plugin
+from lt_plugin import UserError
+
+
+def test_builtin_imp_is_registered_and_created_with_hparams():
+    assert "imp" in lt_plugin.list_strategies()
+    imp = lt_plugin.create_strategy("imp", levels=2, granularity="channel", epochs=1)
+    assert (imp.levels, imp.granularity, imp.epochs) == (2, "channel", 1)
+    with pytest.raises(UserError, match="unknown strategy 'nope'"):
+        lt_plugin.create_strategy("nope")
+    with pytest.raises(UserError, match="--rewind"):
+        lt_plugin.create_strategy("imp", rewind="sometimes")
+
+
+def test_register_strategy_decorator():
+    import dataclasses
+
+    @lt_plugin.register_strategy("test-decorated")
+    @dataclasses.dataclass
+    class Decorated(lt_plugin.Strategy):
+        description = "for the registry test"
+        amount: int = 1
+
+        def run(self, out_dir):
+            return [{"amount": self.amount}]
+
+    assert "test-decorated" in lt_plugin.list_strategies()
+    assert lt_plugin.create_strategy("test-decorated", amount=3).run(None) == [{"amount": 3}]
+    with pytest.raises(TypeError):
+        lt_plugin.register_strategy("not-a-strategy")(object)
+
+
+def test_installed_distribution_adds_a_strategy_through_its_entry_point(tmp_path):
+    # A real installed distribution: a package plus its .dist-info with entry_points.txt on sys.path, which is
+    # what pip leaves behind; importlib.metadata discovers it, nothing is patched.
+    package = tmp_path / "plugin_demo"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent('''
+        import dataclasses
+        import lt_plugin
+
+        @dataclasses.dataclass
+        class Shout(lt_plugin.Strategy):
+            description = "a strategy from another distribution"
+            times: int = 2
+
+            def run(self, out_dir):
+                return [{"shout": "ticket! " * self.times}]
+    '''))
+    dist_info = tmp_path / "plugin_demo-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-demo\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[lt_plugin.strategies]\nshout = plugin_demo:Shout\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    listed = subprocess.run([sys.executable, "-m", "lt_plugin.cli", "strategies"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    rows = {line.split()[0]: line for line in listed.splitlines()}
+    assert "a strategy from another distribution" in rows["shout"]
+    assert "iterative magnitude pruning" in rows["imp"]
+    created = subprocess.run(
+        [sys.executable, "-c", "import lt_plugin; print(lt_plugin.create_strategy('shout', times=3).run(None))"],
+        env=env, capture_output=True, text=True, check=True).stdout
+    assert "ticket! ticket! ticket!" in created
+    without = subprocess.run([sys.executable, "-m", "lt_plugin.cli", "strategies"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "shout" not in without
