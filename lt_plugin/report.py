@@ -29,6 +29,7 @@ def plot_accuracy_vs_density(results: Sequence[dict], path, dense_line: bool = T
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ordered = sorted(results, key=lambda r: -r["density"])
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -37,6 +38,8 @@ def plot_accuracy_vs_density(results: Sequence[dict], path, dense_line: bool = T
     if dense_line and dense:
         ax.axhline(100 * dense[0]["test_accuracy"], color="gray", linestyle="--", label="dense")
     ax.set_xscale("log")
+    ax.set_xticks([r["density"] for r in ordered], [f"{r['density']:.3g}" for r in ordered])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("density (kept fraction of prunable weights)")
     ax.set_ylabel("test accuracy (%)")

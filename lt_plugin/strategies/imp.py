@@ -6,7 +6,8 @@ point and trains again. Run folder:
     config.json            hyperparameters, package versions, world size
     init.safetensors       theta_0, the dense initialisation
     level_L/mask.safetensors       the level's mask (dense space)
-    level_L/train/                 the training run (checkpoints, metrics.jsonl, step_k snapshots)
+    level_L/train/                 the training run: checkpoints, metrics.jsonl, step_k.safetensors snapshots
+                                   (level 0: theta_k, the rewind point; level L: the rewound ticket it starts from)
     level_L/weights.safetensors    trained weights mapped to the dense space
     level_L/result.json            written last: a level with it is finished and skipped on a rerun
     results.json, accuracy_vs_density.png
@@ -148,7 +149,8 @@ class IMP(Strategy, TrainConfig, Experiment):
                 trainee, train_mask = export(model, mask, example), None
             else:
                 trainee, train_mask = model, (mask if level else None)
-            snapshots = (rewind_step,) if level == 0 and rewind_step else ()
+            # Level 0 keeps theta_k for rewinding; later levels keep their starting point, the rewound ticket.
+            snapshots = (rewind_step,) if level == 0 else (start_step,)
             trained = fit(trainee, data.train, data.val, level_cfg, level_dir / "train", accelerator=accelerator,
                           mask=train_mask, start_step=start_step, snapshot_steps=snapshots, desc=f"level {level}")
             test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size)

@@ -1,0 +1,386 @@
+"""Image classification data through Hugging Face `datasets` and timm's transforms.
+
+`load_data(name)` takes a built-in name (digits, fashion-mnist), a saved-dataset folder, an image folder or a
+Hugging Face hub name, and returns train/val/test splits of normalised image tensors. Without augmentation every
+split is transformed once, at load time, into one stacked tensor, so reading it each epoch costs nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from datasets.exceptions import DatasetNotFoundError
+from sklearn.model_selection import train_test_split
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+
+from .errors import DataError, UserError
+
+BUILTIN_DATASETS = {
+    "digits": "scikit-learn's 1,797 handwritten digits, 8x8 grayscale, 10 classes (always available offline)",
+    "fashion-mnist": "Zalando's 70,000 clothing images, 28x28 grayscale, 10 classes "
+                     "(Debian's dataset-fashion-mnist files, else the Hugging Face hub)",
+}
+
+FASHION_MNIST_DIR_ENV = "LT_PLUGIN_FASHION_MNIST_DIR"
+FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_HUB_NAME = "zalando-datasets/fashion_mnist"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+
+PREPARE_BATCH_SIZE = 256
+
+
+@dataclass
+class DataSplits:
+    """Items of every split are (float32 tensor [C, H, W], normalised; int label)."""
+
+    train: torch.utils.data.Dataset  # PreparedImages, or AugmentedImages when augmenting
+    val: torch.utils.data.Dataset  # the dataset's validation split, else carved from train
+    test: torch.utils.data.Dataset  # the dataset's test split, else carved from all its data
+    num_classes: int
+    name: str
+    input_size: tuple  # (C, H, W) of the tensors
+
+
+class PreparedImages(torch.utils.data.Dataset):
+    """Images transformed once at load time: `images` is float32 [N, C, H, W], `labels` int64 [N]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images = images
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], int(self.labels[index])
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """Images decoded and randomly transformed anew each time they are read (augment=True)."""
+
+    def __init__(self, dataset: Dataset, image_column: str, labels: np.ndarray, pixel_transform,
+                 mean: torch.Tensor, std: torch.Tensor):
+        self.dataset = dataset.select_columns([image_column])
+        self.image_column = image_column
+        self.labels = labels
+        self.pixel_transform = pixel_transform
+        self.mean = mean
+        self.std = std
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = self.dataset[int(index)][self.image_column]
+        pixels = self.pixel_transform(_in_mode(image, in_chans=len(self.mean)))
+        return _normalise(pixels.unsqueeze(0), self.mean, self.std)[0], int(self.labels[index])
+
+
+def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,
+              val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
+              augment: bool = False, image_column: Optional[str] = None, label_column: Optional[str] = None,
+              max_train_samples: Optional[int] = None) -> DataSplits:
+    """Train/val/test splits of `name` as normalised float tensors of shape (in_chans, image_size, image_size).
+
+    The dataset's own test (and validation) split is used when it has one; otherwise it is carved from the
+    training data with `split_seed`, stratified by label when possible. Same arguments, same splits and tensors.
+    """
+    _check_options(image_size, in_chans, val_fraction, test_fraction, max_train_samples)
+    mean = _channel_stats(IMAGENET_DEFAULT_MEAN if mean is None else mean, in_chans, "mean")
+    std = _channel_stats(IMAGENET_DEFAULT_STD if std is None else std, in_chans, "std")
+
+    train, val, test = _named_splits(_load_source(name), name)
+    image_column = _image_column(train.features, image_column)
+    label_column = _label_column(train.features, label_column)
+    if test is None:
+        train, test = _carve(train, label_column, test_fraction, split_seed)
+    if val is None:
+        train, val = _carve(train, label_column, val_fraction, split_seed)
+    if max_train_samples is not None and max_train_samples < len(train):
+        _, train = _carve(train, label_column, max_train_samples, split_seed)
+
+    splits = {"train": train, "val": val, "test": test}
+    for split, dataset in splits.items():
+        missing = sorted({image_column, label_column} - set(dataset.column_names))
+        if missing:
+            raise DataError(f"the {split} split has no column {', '.join(missing)}; "
+                            f"columns: {_describe_columns(dataset.features)}")
+    labels = {split: _labels(dataset, label_column) for split, dataset in splits.items()}
+    num_classes = _num_classes(train.features[label_column], labels)
+
+    eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
+    if augment:
+        train_images = AugmentedImages(train, image_column, labels["train"],
+                                       _pixel_transform(image_size, in_chans, is_training=True), mean, std)
+    else:
+        train_images = _prepare(train, image_column, labels["train"], eval_transform, image_size, mean, std)
+    val_images = _prepare(val, image_column, labels["val"], eval_transform, image_size, mean, std)
+    test_images = _prepare(test, image_column, labels["test"], eval_transform, image_size, mean, std)
+    return DataSplits(train=train_images, val=val_images, test=test_images, num_classes=num_classes, name=name,
+                      input_size=(in_chans, image_size, image_size))
+
+
+def data_config_for(model: torch.nn.Module, image_size: int) -> dict:
+    """timm's data config (mean, std, interpolation, input_size...) for `model`, at `image_size` with no crop."""
+    in_chans = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
+    return resolve_data_config({"input_size": (in_chans, image_size, image_size), "crop_pct": 1.0}, model=model)
+
+
+# ---- options ----
+
+def _check_options(image_size, in_chans, val_fraction, test_fraction, max_train_samples):
+    if in_chans not in (1, 3):
+        raise UserError(f"in_chans must be 1 or 3, not {in_chans}")
+    if image_size < 1:
+        raise UserError(f"image_size must be positive, not {image_size}")
+    for option, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < fraction < 1:
+            raise UserError(f"{option} must lie strictly between 0 and 1, not {fraction}")
+    if max_train_samples is not None and max_train_samples < 1:
+        raise UserError(f"max_train_samples must be at least 1, not {max_train_samples}")
+
+
+def _channel_stats(values: Sequence[float], in_chans: int, option: str) -> torch.Tensor:
+    """Per-channel normalisation values as a [C, 1, 1] tensor."""
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        values = values * in_chans
+    elif len(values) == 3 and in_chans == 1:
+        values = (sum(values) / 3,)  # an RGB model config used for grayscale input
+    if len(values) != in_chans:
+        raise UserError(f"{option} has {len(values)} values; expected 1 or {in_chans}")
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
+
+# ---- sources: each gives {split name: datasets.Dataset} ----
+
+def _load_source(name: str) -> Dict[str, Dataset]:
+    if name == "digits":
+        return _digits()
+    if name == "fashion-mnist":
+        return _fashion_mnist()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_folder(path)
+    if path.exists():
+        raise DataError(f"{name} is a file; a dataset must be a folder, a built-in name or a hub name")
+    # A hub name is "dataset" or "owner/dataset"; anything more path-like must be a folder.
+    if name.startswith((".", "~", os.sep)) or name.count(os.sep) > 1:
+        raise DataError(f"no such dataset folder: {name}")
+    return _load_from_hub(name)
+
+
+def _digits() -> Dict[str, Dataset]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # values 0..16 -> 0..255
+    return {"train": _grayscale_dataset(pixels, digits.target, [str(d) for d in range(10)])}
+
+
+def _fashion_mnist() -> Dict[str, Dataset]:
+    directory = Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DEFAULT_DIR)
+    paths = {part: directory / file_name for part, file_name in FASHION_MNIST_FILES.items()}
+    missing = [path.name for path in paths.values() if not path.is_file()]
+    if missing and os.environ.get(FASHION_MNIST_DIR_ENV):
+        raise DataError(f"{FASHION_MNIST_DIR_ENV}={directory}: missing {', '.join(missing)}")
+    if missing:
+        return _load_from_hub(FASHION_MNIST_HUB_NAME, why=f" (no fashion-mnist files in {directory}: install "
+                              f"Debian's dataset-fashion-mnist or set {FASHION_MNIST_DIR_ENV})")
+    return {split: _grayscale_dataset(_read_idx(paths[f"{split}_images"], IDX_IMAGES_MAGIC, dims=3),
+                                      _read_idx(paths[f"{split}_labels"], IDX_LABELS_MAGIC, dims=1),
+                                      FASHION_MNIST_CLASSES)
+            for split in ("train", "test")}
+
+
+def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
+    """The uint8 array of a gzipped IDX file: a big-endian header (magic, then one size per dimension), then data."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable gzip file ({exc})") from None
+    header_size = 4 * (1 + dims)
+    if len(data) >= header_size:
+        found_magic, *shape = struct.unpack(f">{1 + dims}I", data[:header_size])
+        if found_magic == magic and len(data) == header_size + int(np.prod(shape)):
+            return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+    raise DataError(f"{path}: not an IDX file of {dims}-dimensional uint8 data")
+
+
+def _grayscale_dataset(pixels: np.ndarray, labels: np.ndarray, class_names) -> Dataset:
+    """A dataset with an Image column, from uint8 [N, H, W] pixels.
+
+    The images are stored as uncompressed PGM: PNG would cost ~9 s to encode and as long to decode for 60k images.
+    """
+    height, width = pixels.shape[1:]
+    header = b"P5 %d %d 255\n" % (width, height)
+    images = [{"bytes": header + image.tobytes(), "path": None} for image in pixels]
+    features = Features({"image": Image(), "label": ClassLabel(names=class_names)})
+    return Dataset.from_dict({"image": images, "label": labels.astype(np.int64)}, features=features)
+
+
+def _load_folder(path: Path) -> Dict[str, Dataset]:
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    except Exception as exc:  # datasets raises many types for an unreadable folder
+        raise DataError(f"cannot read dataset folder {path}: {_first_line(exc)}") from None
+    return dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
+
+
+def _load_from_hub(name: str, why: str = "") -> Dict[str, Dataset]:
+    offline_error = DataError(
+        f"dataset {name!r} must be downloaded from the Hugging Face hub{why}, but the hub is offline "
+        "(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set or no network); use a built-in dataset (digits, fashion-mnist), "
+        "a local image folder or a saved dataset folder")
+    if _offline_requested() and not datasets.config.HF_HUB_OFFLINE:
+        # `datasets` read the variables when imported, before they were set, and would retry the network for ~20 s.
+        raise offline_error
+    try:
+        return dict(datasets.load_dataset(name))
+    except DatasetNotFoundError:
+        raise DataError(f"no dataset {name!r} on the Hugging Face hub") from None
+    except ConnectionError:
+        raise offline_error from None
+    except Exception as exc:  # anything else the hub or the dataset's files can raise
+        raise DataError(f"cannot load dataset {name!r} from the Hugging Face hub: {_first_line(exc)}") from None
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE")
+               for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ---- splits and columns ----
+
+def _named_splits(splits: Dict[str, Dataset], name: str):
+    """(train, validation or None, test or None); a dataset with one split only has all of it as training data."""
+    if "train" in splits:
+        return splits["train"], splits.get("validation"), splits.get("test")
+    if len(splits) == 1:
+        return next(iter(splits.values())), None, None
+    raise DataError(f"dataset {name!r} has no 'train' split (splits: {', '.join(splits)})")
+
+
+def _describe_columns(features: Features) -> str:
+    return ", ".join(f"{column} ({feature.dtype if isinstance(feature, Value) else type(feature).__name__})"
+                     for column, feature in features.items())
+
+
+def _image_column(features: Features, requested: Optional[str]) -> str:
+    if requested is None:
+        requested = next((column for column, feature in features.items() if isinstance(feature, Image)), None)
+        if requested is None:
+            raise DataError(f"no image column (an Image feature) among the columns: {_describe_columns(features)}")
+    if not isinstance(features.get(requested), Image):
+        raise DataError(f"image column {requested!r} is not an Image column; columns: {_describe_columns(features)}")
+    return requested
+
+
+def _label_column(features: Features, requested: Optional[str]) -> str:
+    if requested is None:
+        requested = next((column for column, feature in features.items() if isinstance(feature, ClassLabel)),
+                         next((column for column in ("label", "labels") if column in features), None))
+        if requested is None:
+            raise DataError("no label column (a ClassLabel feature, or a column named label/labels) among the "
+                            f"columns: {_describe_columns(features)}; name one with label_column")
+    feature = features.get(requested)
+    if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and pa.types.is_integer(feature.pa_type))):
+        raise DataError(f"label column {requested!r} must hold integer class ids; columns: "
+                        f"{_describe_columns(features)}")
+    return requested
+
+
+def _labels(dataset: Dataset, label_column: str) -> np.ndarray:
+    return np.asarray(dataset.with_format("numpy", columns=[label_column])[:][label_column], dtype=np.int64)
+
+
+def _carve(dataset: Dataset, label_column: str, held_out, seed: int):
+    """(rest, held-out part) of `dataset`; `held_out` is a fraction or a count. Stratified by label when possible."""
+    indices = np.arange(len(dataset))
+    try:
+        kept, held = train_test_split(indices, test_size=held_out, random_state=seed,
+                                      stratify=_labels(dataset, label_column))
+    except ValueError:  # a class with a single sample, or fewer held-out samples than classes
+        try:
+            kept, held = train_test_split(indices, test_size=held_out, random_state=seed)
+        except ValueError as exc:
+            raise DataError(f"cannot split {len(dataset)} samples: {exc}") from None
+    return dataset.select(kept), dataset.select(held)
+
+
+def _num_classes(label_feature, labels: Dict[str, np.ndarray]) -> int:
+    if isinstance(label_feature, ClassLabel):
+        num_classes = label_feature.num_classes
+    else:
+        num_classes = 1 + max(int(split_labels.max()) for split_labels in labels.values() if split_labels.size)
+    for split, split_labels in labels.items():
+        outside = split_labels[(split_labels < 0) | (split_labels >= num_classes)]
+        if outside.size:
+            raise DataError(f"the {split} split has labels outside 0..{num_classes - 1} (e.g. {outside[0]})")
+    return num_classes
+
+
+# ---- transforms ----
+
+def _pixel_transform(image_size: int, in_chans: int, is_training: bool):
+    """timm's transform up to uint8 pixels [C, H, W], without ToTensor's scaling and the normalisation.
+
+    This is how timm splits it for its prefetching loader: the normalisation is then done on whole splits at once
+    (`_normalise`), with the same arithmetic as ToTensor + Normalize.
+    """
+    return create_transform(input_size=(in_chans, image_size, image_size), is_training=is_training, crop_pct=1.0,
+                            interpolation="bicubic", hflip=0.0, use_prefetcher=True)
+
+
+def _in_mode(image, in_chans: int):
+    """The PIL image as 'L' for 1-channel models, else as 'RGB', except that grayscale stays 'L'.
+
+    A grayscale image transformed once and copied into 3 channels gives the same pixels as converting it to RGB
+    first, for a third of the work; `_normalise` does the copying.
+    """
+    mode = "L" if in_chans == 1 or image.mode == "L" else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """float32 (pixels / 255 - mean) / std of uint8 pixels [N, C or 1, H, W], with C = len(mean) channels."""
+    return pixels.expand(-1, len(mean), -1, -1).float().div_(255).sub_(mean).div_(std)
+
+
+def _prepare(dataset: Dataset, image_column: str, labels: np.ndarray, pixel_transform, image_size: int,
+             mean: torch.Tensor, std: torch.Tensor) -> PreparedImages:
+    pixels = torch.empty((len(dataset), len(mean), image_size, image_size), dtype=torch.uint8)
+    row = 0
+    for batch in dataset.select_columns([image_column]).iter(batch_size=PREPARE_BATCH_SIZE):
+        for image in batch[image_column]:
+            pixels[row] = pixel_transform(_in_mode(image, in_chans=len(mean)))  # 1 channel is copied into all
+            row += 1
+    return PreparedImages(_normalise(pixels, mean, std), torch.from_numpy(labels))

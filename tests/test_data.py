@@ -1,0 +1,255 @@
+"""lt_plugin.data: sources, splits, transforms and errors, all offline on small data."""
+
+import gzip
+import struct
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import timm
+import torch
+from datasets import Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PILImage
+from sklearn.datasets import load_digits
+
+from lt_plugin import data
+from lt_plugin.data import BUILTIN_DATASETS, DataSplits, PreparedImages, data_config_for, load_data
+from lt_plugin.errors import DataError, UserError
+
+RAW = dict(mean=(0.0,), std=(1.0,))  # normalisation that keeps pixels / 255, so they can be read back
+
+
+def pixel_rows(images: torch.Tensor):
+    """uint8 pixel bytes of each image normalised with RAW."""
+    return [bytes(row) for row in torch.round(images * 255).to(torch.uint8).flatten(1).numpy()]
+
+
+def scaled_digits():
+    digits = load_digits()
+    return np.rint(digits.images / 16 * 255).astype(np.uint8), digits.target
+
+
+def all_splits(splits: DataSplits):
+    return [splits.train, splits.val, splits.test]
+
+
+def test_builtin_names_are_described():
+    assert set(BUILTIN_DATASETS) == {"digits", "fashion-mnist"}
+
+
+def test_digits_splits_partition_the_data_and_repeat():
+    splits = load_data("digits", image_size=8, in_chans=1, **RAW)
+    assert splits.num_classes == 10 and splits.name == "digits" and splits.input_size == (1, 8, 8)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1293, 144, 360)
+
+    # Every digit lands in exactly one split, with its label (a multiset, since some digits are duplicates).
+    pixels, targets = scaled_digits()
+    expected = Counter(zip((bytes(p) for p in pixels.reshape(len(pixels), -1)), targets.tolist()))
+    found = Counter()
+    for split in all_splits(splits):
+        found.update(zip(pixel_rows(split.images), split.labels.tolist()))
+    assert found == expected
+
+    # The val split is stratified: 144 images over 10 classes of ~180 digits each.
+    val_counts = np.bincount(splits.val.labels.numpy(), minlength=10)
+    assert val_counts.min() >= 13 and val_counts.max() <= 16
+
+    again = load_data("digits", image_size=8, in_chans=1, **RAW)
+    for first, second in zip(all_splits(splits), all_splits(again)):
+        assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    other_seed = load_data("digits", image_size=8, in_chans=1, split_seed=1, **RAW)
+    assert not torch.equal(other_seed.test.images, splits.test.images)
+
+
+def test_digit_tensor_is_the_hand_computed_transform():
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.1)
+    splits = load_data("digits", image_size=8, in_chans=3, mean=mean, std=std)
+    pixels, _ = scaled_digits()
+    hand = {}  # the expected tensor of each digit, keyed by its 0..255 pixels
+    for image in pixels:
+        scaled = torch.from_numpy(image).float() / 255
+        hand[image.tobytes()] = torch.stack([(scaled - m) / s for m, s in zip(mean, std)])
+    for image, label in (splits.test[0], splits.train[5], splits.val[7]):
+        assert isinstance(label, int)
+        # Read the pixels back from the first channel, then compare all three channels to the hand computation.
+        key = torch.round((image[0] * std[0] + mean[0]) * 255).to(torch.uint8).numpy().tobytes()
+        assert key in hand
+        assert torch.allclose(image, hand[key], atol=1e-5)
+
+
+def test_tensor_shapes_and_types():
+    rgb = load_data("digits", image_size=32)
+    image, label = rgb.train[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and isinstance(label, int)
+    assert rgb.input_size == (3, 32, 32)
+    # Grayscale copied into 3 channels, normalised per channel with the ImageNet defaults.
+    imagenet_mean, imagenet_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    unnormalised = rgb.test.images[:4] * imagenet_std.view(1, 3, 1, 1) + imagenet_mean.view(1, 3, 1, 1)
+    assert torch.allclose(unnormalised[:, 0], unnormalised[:, 2], atol=1e-5)
+
+    gray = load_data("digits", image_size=16, in_chans=1)
+    assert gray.train[0][0].shape == (1, 16, 16) and gray.input_size == (1, 16, 16)
+
+
+def test_max_train_samples_shrinks_only_train():
+    full = load_data("digits", image_size=8)
+    small = load_data("digits", image_size=8, max_train_samples=100)
+    assert len(small.train) == 100
+    assert torch.equal(small.val.images, full.val.images) and torch.equal(small.test.images, full.test.images)
+    assert set(pixel_rows(small.train.images)) <= set(pixel_rows(full.train.images))
+    assert torch.equal(load_data("digits", image_size=8, max_train_samples=100).train.images, small.train.images)
+    assert len(np.unique(small.train.labels.numpy())) == 10  # stratified, so every class is kept
+
+
+def test_augment_transforms_train_on_the_fly():
+    plain = load_data("digits", image_size=32)
+    augmented = load_data("digits", image_size=32, augment=True)
+    assert not isinstance(augmented.train, PreparedImages)
+    assert len(augmented.train) == len(plain.train)
+    torch.manual_seed(0)
+    image, label = augmented.train[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == plain.train[3][1]
+    assert torch.equal(augmented.val.images, plain.val.images)
+    batch, labels = next(iter(torch.utils.data.DataLoader(augmented.train, batch_size=8)))
+    assert batch.shape == (8, 3, 32, 32) and labels.shape == (8,)
+
+
+def write_idx(path, array, magic):
+    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(directory, rng):
+    parts = {}
+    for split, prefix, count in (("train", "train", 40), ("test", "t10k", 10)):
+        images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+        labels = np.arange(count) % 10
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images, 2051)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)
+        parts[split] = (images, labels)
+    return parts
+
+
+def test_fashion_mnist_reads_idx_files(tmp_path, monkeypatch):
+    parts = fake_fashion_mnist(tmp_path, np.random.default_rng(0))
+    monkeypatch.setenv("LT_PLUGIN_FASHION_MNIST_DIR", str(tmp_path))
+    splits = load_data("fashion-mnist", image_size=28, in_chans=1, **RAW)
+    assert splits.num_classes == 10 and splits.input_size == (1, 28, 28)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (36, 4, 10)
+
+    test_images, test_labels = parts["test"]
+    assert pixel_rows(splits.test.images) == [image.tobytes() for image in test_images]  # own split, in order
+    assert splits.test.labels.tolist() == test_labels.tolist()
+
+    train_images, train_labels = parts["train"]
+    found = Counter()
+    for split in (splits.train, splits.val):
+        found.update(zip(pixel_rows(split.images), split.labels.tolist()))
+    assert found == Counter(zip((image.tobytes() for image in train_images), train_labels.tolist()))
+
+
+def test_fashion_mnist_bad_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("LT_PLUGIN_FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="missing .*t10k-images-idx3-ubyte.gz"):
+        load_data("fashion-mnist")
+    fake_fashion_mnist(tmp_path, np.random.default_rng(0))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(10), magic=2051)
+    with pytest.raises(DataError, match="not an IDX file"):
+        load_data("fashion-mnist")
+
+
+def test_fashion_mnist_without_files_falls_back_to_the_offline_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_DEFAULT_DIR", str(tmp_path))
+    monkeypatch.delenv("LT_PLUGIN_FASHION_MNIST_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="'zalando-datasets/fashion_mnist' must be downloaded .*dataset-fashion-mnist"):
+        load_data("fashion-mnist")
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for colour, channel in (("blue", 2), ("red", 0)):
+        (tmp_path / colour).mkdir()
+        for i in range(6):
+            pixels = rng.integers(0, 60, size=(10, 12, 3), dtype=np.uint8)
+            pixels[..., channel] = 200 + i
+            PILImage.fromarray(pixels).save(tmp_path / colour / f"{i}.png")
+    splits = load_data(str(tmp_path), image_size=10, val_fraction=0.25, test_fraction=0.25, **RAW)
+    assert splits.num_classes == 2
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 3)
+    for split in all_splits(splits):
+        for image, label in split:
+            is_red = bool(image[0].mean() > image[2].mean())
+            assert label == int(is_red)  # classes are the sorted folder names: blue=0, red=1
+
+
+def saved_dataset(folder, rng):
+    def rows(count):
+        images = [PILImage.fromarray(rng.integers(0, 256, size=(6, 6), dtype=np.uint8)) for _ in range(count)]
+        return {"img": images, "target": [i % 3 for i in range(count)]}
+
+    features = Features({"img": Image(), "target": Value("int64")})
+    DatasetDict(train=Dataset.from_dict(rows(20), features=features),
+                test=Dataset.from_dict(rows(5), features=features)).save_to_disk(str(folder))
+
+
+def test_saved_dataset(tmp_path):
+    folder = tmp_path / "saved"
+    saved_dataset(folder, np.random.default_rng(0))
+    files_before = sorted(folder.rglob("*"))
+
+    with pytest.raises(DataError, match="img \\(Image\\), target \\(int64\\)"):
+        load_data(str(folder))  # 'target' is no ClassLabel and not named label/labels
+
+    splits = load_data(str(folder), label_column="target", image_size=6, in_chans=1, **RAW)
+    assert splits.num_classes == 3  # max label + 1
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (18, 2, 5)
+    assert splits.test.labels.tolist() == [0, 1, 2, 0, 1]
+    assert sorted(folder.rglob("*")) == files_before  # nothing written into the user's folder
+
+
+def test_hub_name_offline_fails_fast_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(DataError) as error:
+        load_data("cifar10")
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("dataset 'cifar10' must be downloaded from the Hugging Face hub, but the hub is offline")
+    assert "digits, fashion-mnist" in message
+
+
+def test_missing_folder():
+    with pytest.raises(DataError, match="no such dataset folder: ./no/such/folder"):
+        load_data("./no/such/folder")
+
+
+def test_bad_columns_name_the_columns():
+    with pytest.raises(DataError, match="'pixels'.*image \\(Image\\), label \\(ClassLabel\\)"):
+        load_data("digits", image_column="pixels")
+    with pytest.raises(DataError, match="'image'.*integer class ids.*image \\(Image\\), label \\(ClassLabel\\)"):
+        load_data("digits", label_column="image")
+
+
+def test_bad_options():
+    with pytest.raises(UserError, match="in_chans"):
+        load_data("digits", in_chans=2)
+    with pytest.raises(UserError, match="val_fraction"):
+        load_data("digits", val_fraction=1.0)
+    with pytest.raises(UserError, match="mean has 2 values"):
+        load_data("digits", mean=(0.5, 0.5))
+
+
+def test_data_config_for():
+    config = data_config_for(timm.create_model("resnet18", num_classes=10), 32)
+    assert config["input_size"] == (3, 32, 32) and config["crop_pct"] == 1.0
+    assert len(config["mean"]) == 3 and len(config["std"]) == 3 and config["interpolation"]
+
+    gray_config = data_config_for(timm.create_model("resnet18", num_classes=10, in_chans=1), 16)
+    assert gray_config["input_size"] == (1, 16, 16)
+    splits = load_data("digits", image_size=16, in_chans=1, mean=gray_config["mean"], std=gray_config["std"])
+    assert splits.train[0][0].shape == (1, 16, 16)
