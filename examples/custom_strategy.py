@@ -13,6 +13,7 @@ import dataclasses
 import sys
 
 import lt_plugin
+from lt_plugin.cli import main
 from lt_plugin.experiment import Experiment
 from lt_plugin.run_folder import RunFolder
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator
@@ -44,4 +45,4 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
 
 if __name__ == "__main__":
     # The registered strategy gets the same command line as the built-in ones.
-    sys.exit(lt_plugin.cli.main(["prune-at-init", *sys.argv[1:]]))
+    sys.exit(main(["prune-at-init", *sys.argv[1:]]))

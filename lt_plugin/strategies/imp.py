@@ -116,11 +116,10 @@ class IMP(Strategy, TrainConfig, Experiment):
         cfg = self.train_config()
         accelerator = make_accelerator(cfg, project_dir=out_dir)
         folder = RunFolder(out_dir, accelerator)
-        folder.check_config("imp", self.hparams())
+        # Everything a user can get wrong is checked before the run folder gets its first file.
         data = self.load_data()
         example = self.example_inputs()
         dense = self.create_model(data.num_classes, seed=self.seed)
-        folder.save_weights_once("init.safetensors", dense.state_dict())
         ignored = resolve_ignored(dense, self.ignore)
         prunable = prunable_weight_names(dense, ignored)
         total_weights = sum(named_tensors(dense)[n].numel() for n in prunable)
@@ -130,6 +129,8 @@ class IMP(Strategy, TrainConfig, Experiment):
         if rewind_step >= cfg.epochs * spe and kind in ("it", "ep"):
             raise UserError(f"--rewind {self.rewind} is step {rewind_step}, past the end of training "
                             f"({cfg.epochs * spe} steps)")
+        folder.check_config("imp", self.hparams())
+        folder.save_weights_once("init.safetensors", dense.state_dict())
 
         results = []
         for level in range(self.levels + 1):
