@@ -158,3 +158,25 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rs]  # noqa: E731
     assert strip(json.loads((killed / "results.json").read_text())) == \
         strip(json.loads((tmp_path / "straight" / "results.json").read_text()))
+
+
+def test_finetune_trains_at_the_final_lr_and_lr_rewinding_reruns_the_schedule(tmp_path):
+    from lt_plugin.train import TrainConfig, final_lr
+    cfg = TrainConfig(epochs=4, batch_size=10, lr=0.1, sched="multistep", decay_milestones=(0.5, 0.75))
+    assert final_lr(cfg, 100) == pytest.approx(0.001)  # 0.1 decayed twice by 0.1
+    settings = dict(TINY, sched="multistep", epochs=2, decay_milestones=(0.5,))
+    lt_plugin.create_strategy("imp", levels=1, rewind="finetune", **settings).run(tmp_path / "ft")
+    lt_plugin.create_strategy("imp", levels=1, rewind="lr", **settings).run(tmp_path / "lr")
+    finetune_lrs = [json.loads(line)["lr"] for line in
+                    (tmp_path / "ft" / "level_1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    lrs = {level: [json.loads(line)["lr"] for line in
+                   (tmp_path / "lr" / level / "train" / "metrics.jsonl").read_text().splitlines()]
+           for level in ("level_0", "level_1")}
+    assert finetune_lrs == pytest.approx([0.005, 0.005])
+    assert lrs["level_1"] == lrs["level_0"]  # LR rewinding reruns the whole schedule
+    # both start from the trained weights of level 0, masked
+    trained = weights(tmp_path / "ft" / "level_0" / "weights.safetensors")
+    start = weights(tmp_path / "ft" / "level_1" / "train" / "step_0.safetensors")
+    mask = Mask.load(tmp_path / "ft" / "level_1" / "mask.safetensors")
+    for name in mask.prunable:
+        assert torch.equal(start[name], trained[name] * mask.tensors[name])

@@ -31,8 +31,7 @@ from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..run_folder import RunFolder
 from ..structure import IMPORTANCES, create_mask, export
-from .. import train as engine
-from ..train import TrainConfig, evaluate, fit, make_accelerator, steps_per_epoch
+from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch
 from . import register_strategy
 from .base import Strategy
 
@@ -198,7 +197,7 @@ class IMP(Strategy, TrainConfig, Experiment):
         if kind == "lr":
             return folder.load_weights(previous), 0, cfg
         constant = dataclasses.replace(cfg, sched="constant", warmup_epochs=0.0,
-                                       lr=engine.final_lr(cfg, len(data.train)))
+                                       lr=final_lr(cfg, len(data.train)))
         return folder.load_weights(previous), 0, constant
 
 
