@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .store import _atomic_write
+from .store import atomic_write
 
 _COLUMNS = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("params", "params", "{:,}"),
             ("macs", "MACs", "{:,}"), ("val_accuracy", "val acc", "{:.2%}"), ("test_accuracy", "test acc", "{:.2%}"),
@@ -48,6 +48,6 @@ def plot_accuracy_vs_density(results: Sequence[dict], path, dense_line: bool = T
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path

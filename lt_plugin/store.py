@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from .errors import RunFolderError
 
 
-def _atomic_write(path, write) -> None:
+def atomic_write(path, write) -> None:
+    """Call `write(temp_path)` and rename the result to `path`: readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -31,7 +32,7 @@ def _atomic_write(path, write) -> None:
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None):
     """Write tensors (made contiguous, on the CPU) to `path` atomically."""
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -50,7 +51,7 @@ def atomic_write_json(obj, path) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def read_json(path):

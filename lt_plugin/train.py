@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.tracking import filter_trackers
 from accelerate.utils import broadcast, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .errors import RunFolderError, UserError
 from .masks import Mask
-from .store import _atomic_write, atomic_save_safetensors, read_safetensors
+from .store import atomic_write, atomic_save_safetensors, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 # Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
@@ -84,6 +85,9 @@ def make_accelerator(cfg: TrainConfig, project_dir=None) -> Accelerator:
     if cfg.log_with and project_dir is None:
         raise UserError(f"log_with={cfg.log_with!r} needs a project_dir for the tracker's files")
     try:
+        if cfg.log_with and not filter_trackers(cfg.log_with, project_dir):  # Accelerate would drop it silently
+            raise UserError(f"log_with={cfg.log_with!r}: that tracker's package is not installed "
+                            "(for TensorBoard: pip install 'lt-plugin[tensorboard]')")
         return Accelerator(
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             gradient_accumulation_steps=cfg.grad_accum_steps,
@@ -237,7 +241,7 @@ def _read_checkpoint(path: Path, settings: dict) -> Tuple[Dict[str, torch.Tensor
 def _write_metrics(path: Path, history: List[dict]) -> None:
     """metrics.jsonl rewritten whole from the history, so a resumed run never repeats a line."""
     text = "".join(json.dumps(epoch_metrics) + "\n" for epoch_metrics in history)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _load_result(model: nn.Module, path: Path, settings: dict) -> TrainResult:

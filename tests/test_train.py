@@ -4,6 +4,7 @@ Tiny models on 8x8 / 16x16 random images keep every test fast; the two slow ones
 forked gloo processes) run as subprocesses from tests/jobs and still belong to the default suite.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -362,3 +363,6 @@ def test_clear_errors_for_what_cannot_be_trained(tmp_path):
             accelerator=accelerator)
     with pytest.raises(UserError, match="project_dir"):
         make_accelerator(TrainConfig(log_with="tensorboard"))
+    if importlib.util.find_spec("wandb") is None:  # a tracker whose package is missing is an error, not silence
+        with pytest.raises(UserError, match="not installed"):
+            make_accelerator(TrainConfig(log_with="wandb"), project_dir=tmp_path)
