@@ -286,6 +286,28 @@ class ChannelStructure:
         return (f"Torch-Pruning cannot group the channels of {type(self.model).__name__}{where}: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
+    def random_like(self, mask: Mask, previous: Optional[Mask], seed: int) -> Mask:
+        """A random channel mask removing as many channels from every group as `mask` does (so every layer keeps
+        the same density), drawn among the channels `previous` kept, and respecting Torch-Pruning's channel groups
+        (grouped convs, attention heads: the same positions in every group)."""
+        generator = torch.Generator().manual_seed(seed)
+        dead = self._dead_channels(previous.plan if previous is not None else [])
+        plan = []
+        for root, is_out, idxs in mask.plan:
+            module = self._resolve(root)
+            pruner = self.graph.get_pruner_of_module(module)
+            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+            n = pruner.get_out_channels(module) if is_out else pruner.get_in_channels(module)
+            ch_groups = self.pruner._get_channel_groups(self.graph.get_pruning_group(module, fn, list(range(n))))
+            group_size = n // ch_groups
+            already = dead.get((root, bool(is_out)), torch.zeros(n, dtype=torch.bool))[:group_size]
+            free = (~already).nonzero().reshape(-1)
+            extra = len(idxs) // ch_groups - int(already.sum())
+            chosen = already.nonzero().reshape(-1).tolist()
+            chosen += free[torch.randperm(len(free), generator=generator)[:max(extra, 0)]].tolist()
+            plan.append([root, is_out, sorted(c + g * group_size for c in chosen for g in range(ch_groups))])
+        return self.mask_from_plan(plan)
+
     def _dead_channels(self, plan: list) -> Dict[Tuple[str, bool], torch.Tensor]:
         """Per plan root, the channels already removed (boolean over the root's channel indices)."""
         dead = {}

@@ -113,9 +113,11 @@ def test_channel_tickets_train_physically_smaller(tmp_path):
     assert sum(v.numel() for v in trained_small.values()) < 0.6 * sum(v.numel() for v in dense.values())
 
 
-def test_random_mask_control_keeps_per_layer_counts(tmp_path):
-    lt_plugin.create_strategy("imp", levels=1, control="random-mask", **TINY).run(tmp_path / "ctl")
-    lt_plugin.create_strategy("imp", levels=1, **TINY).run(tmp_path / "imp")
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+def test_random_mask_control_keeps_per_layer_counts(tmp_path, granularity):
+    settings = dict(TINY, granularity=granularity, prune_fraction=0.4)
+    lt_plugin.create_strategy("imp", levels=1, control="random-mask", **settings).run(tmp_path / "ctl")
+    lt_plugin.create_strategy("imp", levels=1, **settings).run(tmp_path / "imp")
     control = Mask.load(tmp_path / "ctl" / "level_1" / "mask.safetensors")
     ticket = Mask.load(tmp_path / "imp" / "level_1" / "mask.safetensors")
     assert control.layer_densities() == ticket.layer_densities()

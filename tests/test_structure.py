@@ -123,3 +123,18 @@ def test_plan_replays_to_the_same_mask():
     again = ChannelStructure(copy.deepcopy(model), X32, ignored=[]).mask_from_plan(mask.plan)
     for name, keep in mask.tensors.items():
         assert torch.equal(again.tensors[name], keep), name
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet18", {}), LN_MODELS[1]], ids=["resnet18", "deit_tiny"])
+def test_random_channel_mask_keeps_every_layer_density_and_exports(name, kwargs):
+    model = build(name, **kwargs)
+    structure = ChannelStructure(model, X32, ignored=[model.get_classifier()])
+    first = structure.select(0.7)
+    ticket = structure.select(0.4, previous=first)
+    control = structure.random_like(ticket, first, seed=0)
+    assert control.layer_densities() == pytest.approx(ticket.layer_densities())
+    assert control.distance(ticket) > 0.05
+    for tensor_name, keep in control.tensors.items():
+        if tensor_name in first.tensors:
+            assert not (keep & ~first.tensors[tensor_name]).any(), tensor_name
+    assert_export_matches_mask(model, control, X32, atol=1e-4 if name == "resnet18" else float("inf"))

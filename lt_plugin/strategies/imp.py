@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..run_folder import RunFolder
-from ..structure import IMPORTANCES, create_mask, export
+from ..structure import IMPORTANCES, ChannelStructure, create_mask, export
 from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch
 from . import register_strategy
 from .base import Strategy
@@ -93,8 +93,6 @@ class IMP(Strategy, TrainConfig, Experiment):
             raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}")
         if self.control is not None and self.control not in CONTROLS:
             raise UserError(f"--control must be one of {', '.join(CONTROLS)}")
-        if self.control == "random-mask" and self.granularity != "weight":
-            raise UserError("--control random-mask is available for weight tickets")
         parse_rewind(self.rewind)
 
     def train_config(self) -> TrainConfig:
@@ -139,7 +137,7 @@ class IMP(Strategy, TrainConfig, Experiment):
                 results.append(done)
                 continue
             mask = folder.load_or_make_mask(
-                level_dir, lambda: self._make_mask(folder, level, dense, example, prunable, ignored, total_weights))
+                level_dir, lambda: self._make_mask(folder, level, dense, example, prunable, total_weights))
             start_weights, start_step, level_cfg = self._start(folder, level, kind, rewind_step, cfg, data)
             model = self.create_model(data.num_classes, seed=self.seed)
             model.load_state_dict(start_weights)
@@ -167,7 +165,7 @@ class IMP(Strategy, TrainConfig, Experiment):
         folder.write_results(results, dense_line=True)
         return results
 
-    def _make_mask(self, folder, level, dense, example, prunable, ignored, total_weights) -> Mask:
+    def _make_mask(self, folder, level, dense, example, prunable, total_weights) -> Mask:
         if level == 0:
             return Mask.ones(dense, prunable, self.granularity)
         previous_dir = folder.path / f"level_{level - 1}"
@@ -177,9 +175,15 @@ class IMP(Strategy, TrainConfig, Experiment):
         density = self.level_density(level, total_weights)
         mask = create_mask(trained, example, density, self.granularity, importance=self.importance,
                            scope=self.scope, ignored_layers=self.ignore, previous=previous)
-        if self.control == "random-mask":
-            mask = random_mask_like(mask, previous, seed=self.seed * 1000 + level)
-        return mask
+        if self.control != "random-mask":
+            return mask
+        seed = self.seed * 1000 + level
+        if self.granularity == "weight":
+            return random_mask_like(mask, previous, seed)
+        structure = ChannelStructure(trained, example, resolve_ignored(trained, self.ignore), scope=self.scope)
+        random_mask = structure.random_like(mask, previous, seed)
+        export(trained, random_mask, example)  # the random groups must still give a working model
+        return random_mask
 
     def _start(self, folder, level, kind, rewind_step, cfg, data):
         """(dense start weights, start step, training config) for a level."""
