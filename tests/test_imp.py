@@ -182,3 +182,21 @@ def test_finetune_trains_at_the_final_lr_and_lr_rewinding_reruns_the_schedule(tm
     mask = Mask.load(tmp_path / "ft" / "level_1" / "mask.safetensors")
     for name in mask.prunable:
         assert torch.equal(start[name], trained[name] * mask.tensors[name])
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_the_one_process_schedule(tmp_path):
+    flags = ["imp", "--model", "test_resnet", "--dataset", "digits", "--image-size", "16", "--max-train-samples",
+             "256", "--batch-size", "32", "--epochs", "1", "--levels", "1", "--lr", "0.05"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    subprocess.run([*launcher, *flags, "--out", str(tmp_path / "two")], env=env, check=True, capture_output=True,
+                   timeout=600)
+    assert cli_main([*flags, "--out", str(tmp_path / "one")]) == 0
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert [r["steps"] for r in two] == [r["steps"] for r in one]  # the global batch is the same
+    assert [r["density"] for r in two] == pytest.approx([r["density"] for r in one])
+    assert abs(two[0]["test_accuracy"] - one[0]["test_accuracy"]) < 0.1
