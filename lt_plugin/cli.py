@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 
 # Help for training fields that carry none of their own.
 _TRAIN_HELP = {
@@ -110,7 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             cls = args.strategy_class
             cls(**_strategy_values(cls, args)).run(args.out)
     except UserError as exc:
-        print(f"lt-plugin: error: {exc}", file=sys.stderr)
+        print(f"lt-plugin: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lt-plugin: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -23,7 +23,7 @@ from datasets.exceptions import DatasetNotFoundError
 from sklearn.model_selection import train_test_split
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
 
-from .errors import DataError, UserError
+from .errors import DataError, UserError, first_line
 
 BUILTIN_DATASETS = {
     "digits": "scikit-learn's 1,797 handwritten digits, 8x8 grayscale, 10 classes (always available offline)",
@@ -247,7 +247,7 @@ def _load_folder(path: Path) -> Dict[str, Dataset]:
         else:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except Exception as exc:  # datasets raises many types for an unreadable folder
-        raise DataError(f"cannot read dataset folder {path}: {_first_line(exc)}") from None
+        raise DataError(f"cannot read dataset folder {path}: {first_line(exc)}") from None
     return dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
 
 
@@ -266,16 +266,12 @@ def _load_from_hub(name: str, why: str = "") -> Dict[str, Dataset]:
     except ConnectionError:
         raise offline_error from None
     except Exception as exc:  # anything else the hub or the dataset's files can raise
-        raise DataError(f"cannot load dataset {name!r} from the Hugging Face hub: {_first_line(exc)}") from None
+        raise DataError(f"cannot load dataset {name!r} from the Hugging Face hub: {first_line(exc)}") from None
 
 
 def _offline_requested() -> bool:
     return any(os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE")
                for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---- splits and columns ----

@@ -15,3 +15,8 @@ class UnsupportedModelError(UserError):
 
 class RunFolderError(UserError):
     """A run folder is missing, unreadable, or was made with other settings."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line (the CLI reports errors on one line)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

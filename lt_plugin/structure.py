@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function as tpf
 
-from .errors import UnsupportedModelError, UserError
+from .errors import UnsupportedModelError, UserError, first_line
 from .masks import SCOPES, Mask, _merge_plans, named_tensors, prunable_weight_names, resolve_ignored
 
 # Which tensors, along which dimension, each Torch-Pruning handler removes. Dimensions of None mean "the node's
@@ -114,7 +114,7 @@ class ChannelStructure:
                     )
         except Exception as exc:
             raise UnsupportedModelError(
-                f"Torch-Pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from None
+                f"Torch-Pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {first_line(exc)}") from None
         finally:
             model.train(was_training)
         self.graph = self.pruner.DG
@@ -284,7 +284,7 @@ class ChannelStructure:
     def _inconsistent(self, plan: list, exc: Exception) -> str:
         where = f" (groups rooted at {', '.join(sorted({root for root, _, _ in plan})[:3])}...)" if plan else ""
         return (f"Torch-Pruning cannot group the channels of {type(self.model).__name__}{where}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                f"{type(exc).__name__}: {first_line(exc)}")
 
     def random_like(self, mask: Mask, previous: Optional[Mask], seed: int) -> Mask:
         """A random channel mask removing as many channels from every group as `mask` does (so every layer keeps
@@ -354,8 +354,7 @@ def check_forward(model: nn.Module, example_inputs: torch.Tensor, what: str) -> 
         layer = entered[-1] if entered else "(model input)"
         layer_type = type(dict(model.named_modules()).get(layer, model)).__name__
         raise UnsupportedModelError(
-            f"{what} breaks at layer {layer} ({layer_type}): {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            f"{what} breaks at layer {layer} ({layer_type}): {type(exc).__name__}: {first_line(exc)}") from None
     finally:
         for h in hooks:
             h.remove()
