@@ -20,4 +20,4 @@ demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/lt-plugin imp --model resnet18 --dataset digits --levels 3 --epochs 3 --out runs/demo
 
 test: $(STAMP)
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q --durations=15

@@ -111,6 +111,18 @@ def test_channel_tickets_train_physically_smaller(tmp_path):
     trained_small = weights(tmp_path / "run" / "level_2" / "train" / "model.safetensors")
     dense = weights(tmp_path / "run" / "level_2" / "weights.safetensors")
     assert sum(v.numel() for v in trained_small.values()) < 0.6 * sum(v.numel() for v in dense.values())
+    # the exported ticket, rebuilt from the dense-space weights and the mask, is the small model that was trained
+    assert cli_main(["export", "--run", str(tmp_path / "run"), "--level", "2", "--out", str(tmp_path / "t.st")]) == 0
+    ticket = load_ticket(tmp_path / "t.st")
+    assert ticket.metadata["physical"]
+    rebuilt = ticket.model.state_dict()
+    assert rebuilt.keys() == trained_small.keys()
+    assert all(torch.equal(rebuilt[k], trained_small[k]) for k in rebuilt)
+    from lt_plugin.experiment import Experiment
+    data = Experiment(model="test_resnet", dataset="digits", image_size=16, max_train_samples=512).load_data()
+    with torch.no_grad():
+        accuracy = (ticket.model(data.test.images).argmax(dim=1) == data.test.labels).float().mean().item()
+    assert accuracy == pytest.approx(results[2]["test_accuracy"])
 
 
 @pytest.mark.parametrize("granularity", ["weight", "channel"])
