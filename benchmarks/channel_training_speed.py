@@ -94,11 +94,14 @@ def main():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     d = [r["density"] for r in rows]
     ax.plot(d, [r["masked_images_per_second"] for r in rows], "o-", label="masked dense model")
     ax.plot(d, [r["exported_images_per_second"] for r in rows], "s-", label="exported (physically pruned)")
     ax.set_xscale("log")
+    ax.set_xticks(d, [f"{x:.3g}" for x in d])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("density (kept fraction of prunable weights)")
     ax.set_ylabel("training images / s")
