@@ -1,5 +1,6 @@
 """Strategy registry: built-ins, the decorator, and a third-party strategy found through an installed entry point."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,3 +74,14 @@ def test_installed_distribution_adds_a_strategy_through_its_entry_point(tmp_path
     without = subprocess.run([sys.executable, "-m", "lt_plugin.cli", "strategies"],
                              capture_output=True, text=True, check=True).stdout
     assert "shout" not in without
+
+
+def test_custom_strategy_example_runs(tmp_path):
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "custom_strategy.py")
+    proc = subprocess.run([sys.executable, example, "--out", str(tmp_path / "run"), "--model", "test_resnet",
+                           "--image-size", "16", "--max-train-samples", "256", "--batch-size", "32", "--epochs", "2",
+                           "--density", "0.3"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "run" / "results.json").read_text())[0]
+    assert result["density"] == pytest.approx(0.3, abs=1e-3)
+    assert 0.0 <= result["test_accuracy"] <= 1.0
