@@ -123,7 +123,7 @@ class IMP(Strategy, TrainConfig, Experiment):
         kind, amount = parse_rewind(self.rewind)
         spe = steps_per_epoch(cfg, len(data.train))
         rewind_step = {"it": amount, "ep": amount * spe}.get(kind, 0)
-        if rewind_step >= cfg.epochs * spe and kind in ("it", "ep"):
+        if kind in ("it", "ep") and rewind_step >= cfg.epochs * spe:
             raise UserError(f"--rewind {self.rewind} is step {rewind_step}, past the end of training "
                             f"({cfg.epochs * spe} steps)")
         folder.check_config("imp", self.hparams())
