@@ -11,7 +11,7 @@ import torch
 
 from .errors import RunFolderError
 from .masks import Mask
-from .store import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors
+from .store import atomic_save_safetensors, atomic_write_json, read_json
 
 # Hyperparameters that do not change results: a run may be resumed with other values.
 _NOT_COMPARED = ("eval_batch_size", "log_with", "num_workers")
@@ -69,10 +69,6 @@ class RunFolder:
         if self.is_main and not (self.path / name).exists():
             atomic_save_safetensors(state, self.path / name)
         self._sync()
-
-    @staticmethod
-    def load_weights(path) -> Dict[str, torch.Tensor]:
-        return read_safetensors(path)[0]
 
     @staticmethod
     def read_result(level_dir: Path) -> Optional[dict]:

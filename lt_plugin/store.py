@@ -46,6 +46,11 @@ def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
         raise RunFolderError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def load_weights(path) -> Dict[str, torch.Tensor]:
+    """A state dict from a weights file (init, step_k, model or level weights; safetensors, no pickle)."""
+    return read_safetensors(path)[0]
+
+
 def atomic_write_json(obj, path) -> None:
     def write(tmp):
         with open(tmp, "w") as f:

@@ -15,7 +15,7 @@ from torch import nn
 from ._version import __version__
 from .errors import UserError
 from .masks import Mask
-from .store import atomic_save_safetensors, read_safetensors
+from .store import atomic_save_safetensors, load_weights, read_safetensors
 from .structure import ChannelStructure, export
 
 META_KEY = "lt_plugin.ticket"
@@ -76,8 +76,7 @@ def export_run_level(run_dir, level: int, out_path) -> Path:
     names = {f.name for f in dataclasses.fields(Experiment)}
     experiment = Experiment(**{k: v for k, v in config["hparams"].items() if k in names})
     model = experiment.create_model(result["num_classes"], seed=0)
-    weights, _ = read_safetensors(level_dir / "weights.safetensors")
-    model.load_state_dict(weights)
+    model.load_state_dict(load_weights(level_dir / "weights.safetensors"))
     mask = Mask.load(level_dir / "mask.safetensors")
     model_kwargs = {**experiment.model_kwargs, "num_classes": result["num_classes"]}
     save_ticket(out_path, model, mask, model_name=experiment.model, model_kwargs=model_kwargs,

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .errors import RunFolderError, UserError
 from .masks import Mask
-from .store import atomic_write, atomic_save_safetensors, read_safetensors
+from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 # Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
@@ -177,12 +177,6 @@ def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batc
 
 
 # ---------------------------------------------------------------- files
-
-def load_weights(path) -> Dict[str, torch.Tensor]:
-    """State dict from a weights file written by `fit` (model.safetensors or step_{k}.safetensors)."""
-    tensors, _ = read_safetensors(path)
-    return tensors
-
 
 def _result_settings(cfg: TrainConfig) -> dict:
     settings = {k: v for k, v in asdict(cfg).items() if k not in _SETTINGS_WITHOUT_EFFECT}

@@ -15,14 +15,10 @@ import torch
 import lt_plugin
 from lt_plugin import Mask, load_ticket
 from lt_plugin.cli import main as cli_main
-from lt_plugin.store import read_safetensors
+from lt_plugin.store import load_weights as weights
 
 TINY = dict(model="test_resnet", dataset="digits", image_size=16, max_train_samples=512, batch_size=32, epochs=3,
             lr=0.05)
-
-
-def weights(path):
-    return read_safetensors(path)[0]
 
 
 def test_density_schedule_by_hand():

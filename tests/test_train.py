@@ -24,8 +24,9 @@ from safetensors import safe_open
 from lt_plugin import train
 from lt_plugin.errors import RunFolderError, UserError
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
-from lt_plugin.train import (TrainConfig, evaluate, fit, load_weights, make_accelerator, recalibrate_bn,
-                             steps_per_epoch, total_steps)
+from lt_plugin.store import load_weights
+from lt_plugin.train import (TrainConfig, evaluate, fit, make_accelerator, recalibrate_bn, steps_per_epoch,
+                             total_steps)
 
 JOBS = Path(__file__).resolve().parent / "jobs"
 REPO = JOBS.parents[1]

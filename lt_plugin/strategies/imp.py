@@ -19,8 +19,6 @@ import copy
 import dataclasses
 import math
 import re
-import time
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
@@ -30,6 +28,7 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..run_folder import RunFolder
+from ..store import load_weights
 from ..structure import IMPORTANCES, ChannelStructure, create_mask, export
 from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch
 from . import register_strategy
@@ -171,7 +170,7 @@ class IMP(Strategy, TrainConfig, Experiment):
         previous_dir = folder.path / f"level_{level - 1}"
         previous = Mask.load(previous_dir / "mask.safetensors")
         trained = copy.deepcopy(dense)
-        trained.load_state_dict(folder.load_weights(previous_dir / "weights.safetensors"))
+        trained.load_state_dict(load_weights(previous_dir / "weights.safetensors"))
         density = self.level_density(level, total_weights)
         mask = create_mask(trained, example, density, self.granularity, importance=self.importance,
                            scope=self.scope, ignored_layers=self.ignore, previous=previous)
@@ -188,21 +187,21 @@ class IMP(Strategy, TrainConfig, Experiment):
     def _start(self, folder, level, kind, rewind_step, cfg, data):
         """(dense start weights, start step, training config) for a level."""
         if level == 0:
-            return folder.load_weights(folder.path / "init.safetensors"), 0, cfg
+            return load_weights(folder.path / "init.safetensors"), 0, cfg
         if self.control == "random-reinit":
             fresh = self.create_model(data.num_classes, seed=self.seed + level)
             return fresh.state_dict(), rewind_step, cfg
         previous = folder.path / f"level_{level - 1}" / "weights.safetensors"
         if kind == "init":
-            return folder.load_weights(folder.path / "init.safetensors"), 0, cfg
+            return load_weights(folder.path / "init.safetensors"), 0, cfg
         if kind in ("it", "ep"):
-            return folder.load_weights(folder.path / "level_0" / "train" / f"step_{rewind_step}.safetensors"), \
+            return load_weights(folder.path / "level_0" / "train" / f"step_{rewind_step}.safetensors"), \
                 rewind_step, cfg
         if kind == "lr":
-            return folder.load_weights(previous), 0, cfg
+            return load_weights(previous), 0, cfg
         constant = dataclasses.replace(cfg, sched="constant", warmup_epochs=0.0,
                                        lr=final_lr(cfg, len(data.train)))
-        return folder.load_weights(previous), 0, constant
+        return load_weights(previous), 0, constant
 
 
 @torch.no_grad()
