@@ -138,3 +138,20 @@ def test_random_channel_mask_keeps_every_layer_density_and_exports(name, kwargs)
         if tensor_name in first.tensors:
             assert not (keep & ~first.tensors[tensor_name]).any(), tensor_name
     assert_export_matches_mask(model, control, X32, atol=1e-4 if name == "resnet18" else float("inf"))
+
+
+def test_any_torch_pruning_importance_decides_the_channels():
+    class IndexImportance(tp.importance.Importance):
+        """Scores a channel by its index: the lowest indices must go first, in every group alike."""
+
+        def __call__(self, group):
+            return torch.arange(len(group[0].idxs), dtype=torch.float32)
+
+    model = build("resnet18")
+    mask = create_mask(model, X32, 0.5, granularity="channel", importance=IndexImportance())
+    assert mask.plan and abs(mask.density - 0.5) < 0.02
+    cutoff = max(max(idxs) for _, _, idxs in mask.plan)
+    for _, _, idxs in mask.plan:  # one global threshold on the index: each group loses 0..cutoff
+        assert idxs == list(range(cutoff + 1))
+    by_name = create_mask(model, X32, 0.5, granularity="channel", importance="bn-scale")
+    assert by_name.distance(mask) > 0
