@@ -15,6 +15,12 @@ from safetensors.torch import save_file
 from .errors import RunFolderError
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write(path, write) -> None:
     """Call `write(temp_path)` and rename the result to `path`: readers see the old file or the new, never half."""
     path = Path(path)
@@ -23,6 +29,7 @@ def atomic_write(path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

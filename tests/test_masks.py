@@ -90,3 +90,14 @@ def test_classifier_is_ignored_by_default():
     mask = create_mask(model, torch.zeros(1, 3, 32, 32), 0.3, granularity="weight")
     assert "fc.weight" not in mask.tensors
     assert abs(mask.density - 0.3) < 1e-3
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+    from lt_plugin.store import atomic_write_json
+    atomic_write_json({"a": 1}, tmp_path / "x.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
