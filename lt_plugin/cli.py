@@ -10,6 +10,8 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import UserError, first_line
+from .strategies import get_strategy_class, list_strategies
+from .tickets import export_run_level
 
 # Help for training fields that carry none of their own.
 _TRAIN_HELP = {
@@ -66,7 +68,6 @@ def _strategy_values(cls, args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .strategies import get_strategy_class, list_strategies
     parser = argparse.ArgumentParser(prog="lt-plugin", description="Lottery tickets for timm models, on Torch-Pruning.")
     parser.add_argument("--version", action="version", version=f"lt-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -85,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_strategies() -> None:
-    from .strategies import get_strategy_class, list_strategies
     names = list_strategies()
     width = max(map(len, names), default=0)
     for name in names:
@@ -93,7 +93,6 @@ def _print_strategies() -> None:
 
 
 def _export(args) -> None:
-    from .tickets import export_run_level
     path = export_run_level(args.run, args.level, args.out)
     print(f"wrote {path}")
 

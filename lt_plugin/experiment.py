@@ -28,7 +28,7 @@ class Experiment:
                                                          metadata={"type": int, "help": "use at most this many training images"})
 
     def load_data(self):
-        from .data import load_data
+        from .data import load_data  # `datasets` is slow to import; masks and export do without it
         mean, std = self._norm_stats()
         return load_data(self.dataset, image_size=self.image_size, mean=mean, std=std,
                          val_fraction=self.val_fraction, split_seed=0, augment=self.augment,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .store import atomic_save_safetensors, read_safetensors
 
 GRANULARITIES = ("weight", "channel")
 SCOPES = ("global", "layerwise")
@@ -162,13 +163,11 @@ class Mask:
                 "density": self.density}
 
     def save(self, path) -> None:
-        from .store import atomic_save_safetensors
         atomic_save_safetensors({f"mask/{n}": t for n, t in self.tensors.items()}, path,
                                 {"lt_plugin.mask": json.dumps(self.metadata())})
 
     @classmethod
     def load(cls, path) -> "Mask":
-        from .store import read_safetensors
         tensors, meta = read_safetensors(path)
         if "lt_plugin.mask" not in meta:
             raise UserError(f"{path} is not an lt_plugin mask file")

@@ -26,7 +26,7 @@ def format_table(results: Sequence[dict]) -> str:
 def plot_accuracy_vs_density(results: Sequence[dict], path, dense_line: bool = True,
                              title: str = "Test accuracy against density") -> Path:
     """Test accuracy against density on a log axis, with the dense (density 1) accuracy as a line."""
-    import matplotlib
+    import matplotlib  # only runs that plot pay for importing it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker

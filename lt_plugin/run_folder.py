@@ -11,6 +11,7 @@ import torch
 
 from .errors import RunFolderError
 from .masks import Mask
+from .report import format_table, plot_accuracy_vs_density
 from .store import atomic_save_safetensors, atomic_write_json, read_json
 
 # Hyperparameters that do not change results: a run may be resumed with other values.
@@ -90,7 +91,6 @@ class RunFolder:
         self._sync()
 
     def write_results(self, results: List[dict], dense_line: bool = True) -> None:
-        from .report import format_table, plot_accuracy_vs_density
         if self.is_main:
             atomic_write_json(results, self.path / "results.json")
             plot_accuracy_vs_density(results, self.path / "accuracy_vs_density.png", dense_line=dense_line)

@@ -19,7 +19,8 @@ from torch import nn
 from torch_pruning.pruner import function as tpf
 
 from .errors import UnsupportedModelError, UserError, first_line
-from .masks import SCOPES, Mask, _merge_plans, named_tensors, prunable_weight_names, resolve_ignored
+from .masks import (SCOPES, Mask, _merge_plans, magnitude_mask, named_tensors, prunable_weight_names,
+                    resolve_ignored)
 
 # Which tensors, along which dimension, each Torch-Pruning handler removes. Dimensions of None mean "the node's
 # pruning_dim" (LayerNorm, unwrapped parameters).
@@ -371,7 +372,6 @@ def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, 
     name in IMPORTANCES; default group magnitude); the density is the nearest reachable.
     The classifier head and `ignored_layers` (modules or names) are left alone; entries `previous` pruned stay pruned.
     """
-    from .masks import magnitude_mask
     ignored = resolve_ignored(model, ignored_layers, ignore_classifier)
     if granularity == "weight":
         return magnitude_mask(model, density, prunable_weight_names(model, ignored), scope, previous)

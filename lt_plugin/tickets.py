@@ -15,7 +15,8 @@ from torch import nn
 from ._version import __version__
 from .errors import UserError
 from .masks import Mask
-from .store import atomic_save_safetensors, load_weights, read_safetensors
+from .experiment import Experiment
+from .store import atomic_save_safetensors, load_weights, read_json, read_safetensors
 from .structure import ChannelStructure, export
 
 META_KEY = "lt_plugin.ticket"
@@ -65,8 +66,6 @@ def load_ticket(path, map_location: str = "cpu") -> Ticket:
 
 def export_run_level(run_dir, level: int, out_path) -> Path:
     """Write level `level` of a finished run as a ticket file (physically pruned for channel tickets)."""
-    from .experiment import Experiment
-    from .store import read_json
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
     level_dir = run_dir / f"level_{level}"
