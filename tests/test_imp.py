@@ -135,12 +135,15 @@ def test_random_mask_control_keeps_per_layer_counts(tmp_path, granularity):
 def test_cli_user_mistakes_exit_2_with_one_line(tmp_path):
     cases = [(["--model", "no_such_model_xyz"], "unknown timm model"),
              (["--rewind", "sometimes"], "--rewind"),
-             (["--dataset", "./missing-folder"], "no such dataset folder")]
+             (["--dataset", "./missing-folder"], "no such dataset folder"),
+             (["--model", "mixer_s16_224", "--model-kwargs", '{"img_size": 32}', "--granularity", "channel"],
+              "Torch-Pruning cannot group the channels of MlpMixer")]
     for flags, message in cases:
         proc = subprocess.run([sys.executable, "-m", "lt_plugin.cli", "imp", "--out", str(tmp_path / "x"), *flags],
                               capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "x").exists()  # nothing written
 
 
 @pytest.mark.slow

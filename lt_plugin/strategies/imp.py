@@ -125,6 +125,10 @@ class IMP(Strategy, TrainConfig, Experiment):
         if kind in ("it", "ep") and rewind_step >= cfg.epochs * spe:
             raise UserError(f"--rewind {self.rewind} is step {rewind_step}, past the end of training "
                             f"({cfg.epochs * spe} steps)")
+        if self.granularity == "channel" and self.levels:
+            # Fail now, not after training level 0, if Torch-Pruning cannot prune this model.
+            create_mask(copy.deepcopy(dense), example, self.level_density(1, total_weights), "channel",
+                        importance=self.importance, scope=self.scope, ignored_layers=self.ignore)
         folder.check_config("imp", self.hparams())
         folder.save_weights_once("init.safetensors", dense.state_dict())
 
