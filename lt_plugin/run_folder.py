@@ -13,9 +13,8 @@ from .errors import RunFolderError
 from .masks import Mask
 from .report import format_table, plot_accuracy_vs_density
 from .store import atomic_save_safetensors, atomic_write_json, read_json
+from .train import SETTINGS_WITHOUT_EFFECT
 
-# Hyperparameters that do not change results: a run may be resumed with other values.
-_NOT_COMPARED = ("eval_batch_size", "log_with", "num_workers")
 
 
 def package_versions() -> Dict[str, str]:
@@ -55,7 +54,7 @@ class RunFolder:
                 raise RunFolderError(f"{self.path} holds a {old.get('strategy')!r} run, not {strategy!r}; "
                                      "choose another --out")
             for key in sorted(set(hparams) | set(old.get("hparams", {}))):
-                if key in _NOT_COMPARED:
+                if key in SETTINGS_WITHOUT_EFFECT:
                     continue
                 if old["hparams"].get(key) != hparams.get(key):
                     raise RunFolderError(

@@ -43,7 +43,7 @@ from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 # Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
-_SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers")
+SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers")
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
 _OPTIMIZER_PREFIX = "optimizer/"
 _MODEL_PREFIX = "model/"
@@ -179,7 +179,7 @@ def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batc
 # ---------------------------------------------------------------- files
 
 def _result_settings(cfg: TrainConfig) -> dict:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in _SETTINGS_WITHOUT_EFFECT}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in SETTINGS_WITHOUT_EFFECT}
     return json.loads(json.dumps(settings))  # tuples become lists, as after reading the file back
 
 
