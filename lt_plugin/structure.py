@@ -163,10 +163,7 @@ class ChannelStructure:
         """For one plan root: [(tensor, dim, grouped, {root channel: [indices along dim]})], cached."""
         key = (root, bool(is_out))
         if key not in self._slice_cache:
-            module = self._resolve(root)
-            pruner = self.graph.get_pruner_of_module(module)
-            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
-            n = pruner.get_out_channels(module) if is_out else pruner.get_in_channels(module)
+            module, fn, n = self._root(root, is_out)
             entries = []
             for item in self.graph.get_pruning_group(module, fn, list(range(n))):
                 by_root: Dict[int, List[int]] = {}
@@ -295,10 +292,7 @@ class ChannelStructure:
         dead = self._dead_channels(previous.plan if previous is not None else [])
         plan = []
         for root, is_out, idxs in mask.plan:
-            module = self._resolve(root)
-            pruner = self.graph.get_pruner_of_module(module)
-            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
-            n = pruner.get_out_channels(module) if is_out else pruner.get_in_channels(module)
+            module, fn, n = self._root(root, is_out)
             ch_groups = self.pruner._get_channel_groups(self.graph.get_pruning_group(module, fn, list(range(n))))
             group_size = n // ch_groups
             already = dead.get((root, bool(is_out)), torch.zeros(n, dtype=torch.bool))[:group_size]
@@ -313,19 +307,21 @@ class ChannelStructure:
         """Per plan root, the channels already removed (boolean over the root's channel indices)."""
         dead = {}
         for root, is_out, idxs in plan:
-            module = self._resolve(root)
-            pruner = self.graph.get_pruner_of_module(module)
-            n = pruner.get_out_channels(module) if is_out else pruner.get_in_channels(module)
+            _, _, n = self._root(root, is_out)
             flags = torch.zeros(n, dtype=torch.bool)
             flags[list(idxs)] = True
             dead[(root, bool(is_out))] = flags
         return dead
 
-    def _resolve(self, root: str) -> nn.Module:
+    def _root(self, root: str, is_out: bool):
+        """A plan root's module, its Torch-Pruning pruning function and its number of channels."""
         module = self._modules_by_name.get(root)
         if module is None:
             raise UserError(f"the mask's plan names module {root!r}, which this model does not have")
-        return module
+        pruner = self.graph.get_pruner_of_module(module)
+        if is_out:
+            return module, pruner.prune_out_channels, pruner.get_out_channels(module)
+        return module, pruner.prune_in_channels, pruner.get_in_channels(module)
 
     # ---- physical pruning ----
     def export(self, mask: Mask) -> nn.Module:
@@ -334,9 +330,7 @@ class ChannelStructure:
             raise UserError("only channel tickets can be exported physically; a weight ticket stays dense")
         with torch.no_grad():
             for root, is_out, idxs in mask.plan:
-                module = self._resolve(root)
-                pruner = self.graph.get_pruner_of_module(module)
-                fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+                module, fn, _ = self._root(root, is_out)
                 self.graph.get_pruning_group(module, fn, list(idxs)).prune()
         fix_attention_heads(self.model)
         return self.model
