@@ -16,7 +16,7 @@ import lt_plugin
 from lt_plugin.cli import main
 from lt_plugin.experiment import Experiment
 from lt_plugin.run_folder import RunFolder
-from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator
+from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, train_config_of
 
 
 @lt_plugin.register_strategy("prune-at-init")
@@ -27,7 +27,7 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
     density: float = dataclasses.field(default=0.2, metadata={"help": "kept fraction of prunable weights"})
 
     def run(self, out_dir):
-        train_cfg = TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+        train_cfg = train_config_of(self)
         accelerator = make_accelerator(train_cfg, project_dir=out_dir)
         folder = RunFolder(out_dir, accelerator)
         folder.check_config(self.name, self.hparams())

@@ -36,11 +36,15 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+def _default(field: dataclasses.Field):
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field: --field-name, typed from the default (or metadata["type"])."""
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = _default(field)
         meta = field.metadata
         kwargs = {"dest": field.name, "default": default,
                   "help": f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {default})"}
@@ -62,8 +66,7 @@ def _strategy_values(cls, args) -> dict:
     values = {}
     for field in dataclasses.fields(cls):
         value = getattr(args, field.name)
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        values[field.name] = tuple(value) if isinstance(default, tuple) else value
+        values[field.name] = tuple(value) if isinstance(_default(field), tuple) else value
     return values
 
 

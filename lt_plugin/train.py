@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -69,6 +69,11 @@ class TrainConfig:
     seed: int = 0
     log_with: Optional[str] = None   # an Accelerate tracker name, e.g. "tensorboard"; None = no trackers
     num_workers: int = 0
+
+
+def train_config_of(hparams) -> TrainConfig:
+    """The TrainConfig among a strategy's hyperparameters (any object with TrainConfig's fields)."""
+    return TrainConfig(**{f.name: getattr(hparams, f.name) for f in fields(TrainConfig)})
 
 
 @dataclass

@@ -30,7 +30,7 @@ from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_
 from ..run_folder import RunFolder
 from ..store import load_weights
 from ..structure import IMPORTANCES, ChannelStructure, create_mask, export
-from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch
+from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch, train_config_of
 from . import register_strategy
 from .base import Strategy
 
@@ -94,9 +94,6 @@ class IMP(Strategy, TrainConfig, Experiment):
             raise UserError(f"--control must be one of {', '.join(CONTROLS)}")
         parse_rewind(self.rewind)
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
-
     # ---- the schedule ----
     def level_density(self, level: int, total_weights: int) -> float:
         """Target kept fraction at `level`: d^(L/levels), or (1 - f)^L counted in whole weights (open_lth)."""
@@ -109,7 +106,7 @@ class IMP(Strategy, TrainConfig, Experiment):
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
-        cfg = self.train_config()
+        cfg = train_config_of(self)
         accelerator = make_accelerator(cfg, project_dir=out_dir)
         folder = RunFolder(out_dir, accelerator)
         # Everything a user can get wrong is checked before the run folder gets its first file.
