@@ -11,7 +11,7 @@ from typing import List, Optional
 from . import __version__
 from .errors import UserError, first_line
 from .strategies import get_strategy_class, list_strategies
-from .tickets import export_run_level
+from .tickets import export_run_ticket
 
 # Help for training fields that carry none of their own.
 _TRAIN_HELP = {
@@ -78,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in list_strategies():
         cls = get_strategy_class(name)
         strategy_parser = sub.add_parser(name, help=cls.description, description=cls.description)
-        strategy_parser.add_argument("--out", required=True, help="run folder (rerun to resume)")
+        strategy_parser.add_argument("--out", required=cls.out_required, default=None,
+                                     help="run folder (rerun to resume)")
         add_dataclass_flags(strategy_parser, cls)
         strategy_parser.set_defaults(strategy_class=cls)
-    export_parser = sub.add_parser("export", help="write one level's ticket of a run as a loadable file")
+    export_parser = sub.add_parser("export", help="write one ticket of a run as a loadable file")
     export_parser.add_argument("--run", required=True, help="the run folder")
-    export_parser.add_argument("--level", type=int, required=True, help="the level to export")
+    which = export_parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ticket", help="the ticket: a level (imp, lottery-pools) or a ratio (early-bird)")
+    which.add_argument("--level", dest="ticket", help="the same as --ticket")
+    which.add_argument("--ratio", dest="ticket", help="the same as --ticket")
     export_parser.add_argument("--out", required=True, help="the ticket file to write (.safetensors)")
     return parser
 
@@ -96,7 +100,7 @@ def _print_strategies() -> None:
 
 
 def _export(args) -> None:
-    path = export_run_level(args.run, args.level, args.out)
+    path = export_run_ticket(args.run, args.ticket, args.out)
     print(f"wrote {path}")
 
 

@@ -15,7 +15,6 @@ from torch import nn
 from ._version import __version__
 from .errors import UserError
 from .masks import Mask
-from .experiment import Experiment
 from .store import atomic_save_safetensors, load_weights, read_json, read_safetensors
 from .structure import ChannelStructure, export
 
@@ -63,22 +62,20 @@ def load_ticket(path, map_location: str = "cpu") -> Ticket:
     return Ticket(model.to(map_location).eval(), mask, metadata)
 
 
-
-def export_run_level(run_dir, level: int, out_path) -> Path:
-    """Write level `level` of a finished run as a ticket file (physically pruned for channel tickets)."""
+def export_run_ticket(run_dir, key, out_path) -> Path:
+    """Write the finished ticket `key` of a run (a level, a ratio...: the strategy that made the run says) as a
+    ticket file, physically pruned for channel tickets."""
+    from .strategies import get_strategy_class  # strategies import this module
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
-    level_dir = run_dir / f"level_{level}"
-    if not (level_dir / "result.json").exists():
-        raise UserError(f"{run_dir} has no finished level {level}")
-    result = read_json(level_dir / "result.json")
-    names = {f.name for f in dataclasses.fields(Experiment)}
-    experiment = Experiment(**{k: v for k, v in config["hparams"].items() if k in names})
-    model = experiment.create_model(result["num_classes"], seed=0)
-    model.load_state_dict(load_weights(level_dir / "weights.safetensors"))
-    mask = Mask.load(level_dir / "mask.safetensors")
-    model_kwargs = {**experiment.model_kwargs, "num_classes": result["num_classes"]}
+    files = get_strategy_class(config.get("strategy", "")).locate_ticket(run_dir, str(key))
+    experiment = files.experiment
+    num_classes = files.result["num_classes"]
+    model = experiment.create_model(num_classes, seed=0)
+    model.load_state_dict(load_weights(files.weights))
+    mask = Mask.load(files.mask)
+    model_kwargs = {**experiment.model_kwargs, "num_classes": num_classes}
     save_ticket(out_path, model, mask, model_name=experiment.model, model_kwargs=model_kwargs,
                 input_size=tuple(experiment.example_inputs().shape[1:]),
-                extra={"run": str(run_dir), "level": level, "test_accuracy": result.get("test_accuracy")})
+                extra={"run": str(run_dir), "ticket": str(key), "test_accuracy": files.result.get("test_accuracy")})
     return Path(out_path)

@@ -7,8 +7,8 @@ and data order of an uninterrupted run.
 
 Run folder written by `fit` (safetensors metadata values are JSON strings):
     checkpoint.safetensors   "model/*" and "optimizer/*" tensors at the end of the last finished epoch, metadata
-                             epoch, step, history, train_seconds, optimizer (the rest of its state), settings;
-                             deleted on success
+                             epoch, step, history, train_seconds, stopped, optimizer (the rest of its state),
+                             settings; deleted on success
     metrics.jsonl            one JSON line per finished epoch
     step_{k}.safetensors     weights after k optimizer steps, for each k in `snapshot_steps`; metadata step, lr
                              (the learning rate of the next step)
@@ -234,6 +234,7 @@ def _read_checkpoint(path: Path, settings: dict) -> Tuple[Dict[str, torch.Tensor
             param_id, key = name[len(_OPTIMIZER_PREFIX):].split("/", 1)
             optimizer_state.setdefault(int(param_id), {})[key] = tensor
     progress = {key: json.loads(metadata[key]) for key in ("epoch", "step", "history", "train_seconds")}
+    progress["stopped"] = json.loads(metadata.get("stopped", "false"))
     return model_state, {"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]}, progress
 
 
@@ -309,14 +310,18 @@ def _finish_trackers(accelerator: Accelerator) -> None:
 
 def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, accelerator: Accelerator,
         mask: Optional[Mask] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
-        regularizer: Optional[Callable[[nn.Module], None]] = None, desc: str = "train") -> TrainResult:
+        regularizer: Optional[Callable[[nn.Module], None]] = None,
+        on_step: Optional[Callable[[int, nn.Module], bool]] = None, desc: str = "train") -> TrainResult:
     """Train `model` in place from global step `start_step` to the end of the schedule; see the module docstring.
 
     `start_step=k` means rewound to step k: the LR schedule and data order continue as an uninterrupted run's would
     at step k, with a fresh optimizer. A finished run folder is loaded, not retrained; a checkpoint is resumed.
     `mask` is applied before training and re-applied after every optimizer step. `regularizer(model)` runs after
-    backward and before each optimizer step (e.g. to add a penalty's subgradient). The Accelerator's references to
-    what fit prepared are released at the end (`accelerator.free_memory()`).
+    backward and before each optimizer step (e.g. to add a penalty's subgradient). `on_step(step, model)` runs after
+    every optimizer step (the mask enforced, `step` the global step reached) and may end training there by returning
+    True: the epoch is closed (validation, checkpoint) and the run is finished at that step. It must decide the
+    same way when a resumed run replays the step. The Accelerator's references to what fit prepared are released
+    at the end (`accelerator.free_memory()`).
     """
     run_dir = Path(run_dir)
     final_path, checkpoint_path = run_dir / "model.safetensors", run_dir / "checkpoint.safetensors"
@@ -330,11 +335,12 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     if not 0 <= start_step <= last_step:
         raise UserError(f"start_step {start_step} is outside the schedule's 0..{last_step} steps")
 
-    step, history, train_seconds, optimizer_state = start_step, [], 0.0, None
+    step, history, train_seconds, optimizer_state, stopped = start_step, [], 0.0, None, False
     if checkpoint_path.exists():
         model_state, optimizer_state, progress = _read_checkpoint(checkpoint_path, settings)
         _load_into(model, model_state, checkpoint_path)
         step, history, train_seconds = progress["step"], progress["history"], progress["train_seconds"]
+        stopped = progress["stopped"]
     if mask is not None:
         mask.apply(model)
 
@@ -359,7 +365,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
             accelerator.init_trackers(desc, config=_tracker_config(cfg))
         if step in snapshot_steps:
             snapshot()
-        for epoch in range(step // per_epoch, cfg.epochs):
+        for epoch in range(step // per_epoch, cfg.epochs if not stopped else 0):
             started = time.perf_counter()
             set_seed(_epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout/augmentation, resumable
             loader.set_epoch(epoch)
@@ -387,9 +393,13 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
                     scheduler.step_update(num_updates=step)
                     if step in snapshot_steps:
                         snapshot()
+                    if on_step is not None:
+                        stopped = _any_process(accelerator, on_step(step, model))
                 loss_sum += loss.item() * len(targets)
                 correct += int((outputs.argmax(dim=1) == targets).sum())
                 seen += len(targets)
+                if stopped:
+                    break
             progress_bar.close()
 
             # DDP broadcast rank 0's buffers before each forward, so after the last one every rank's BatchNorm
@@ -405,13 +415,15 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
             if accelerator.is_main_process:
                 _save_checkpoint(checkpoint_path, model, optimizer,
                                  {"epoch": epoch + 1, "step": step, "history": history,
-                                  "train_seconds": train_seconds}, settings)
+                                  "train_seconds": train_seconds, "stopped": stopped}, settings)
                 _write_metrics(run_dir / "metrics.jsonl", history)
             accelerator.wait_for_everyone()
             m = history[-1]
             accelerator.print(f"[{desc}] epoch {epoch + 1}/{cfg.epochs}  loss {m['train_loss']:.3f}  "
                               f"train {m['train_accuracy']:.1%}  val {val_accuracy:.1%}  lr {lr:.4f}  {seconds:.1f}s")
             accelerator.log({k: v for k, v in m.items() if k != "epoch"}, step=step)
+            if stopped:
+                break
 
         if history:
             val_accuracy = history[-1]["val_accuracy"]
@@ -429,6 +441,14 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     finally:
         _finish_trackers(accelerator)
         accelerator.free_memory()
+
+
+def _any_process(accelerator: Accelerator, flag) -> bool:
+    """True on every process if `flag` is true on any (so all processes stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    flags = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flags, reduction="sum").item() > 0)
 
 
 def final_lr(cfg: TrainConfig, num_train_samples: int) -> float:

@@ -240,11 +240,11 @@ def test_optimizer_state_survives_the_checkpoint_round_trip(tmp_path, opt):
         optimizer.zero_grad()
     settings = train._result_settings(cfg)
     path = tmp_path / "checkpoint.safetensors"
-    train._save_checkpoint(path, model, optimizer, {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5},
-                           settings)
+    train._save_checkpoint(path, model, optimizer, {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5,
+                                                    "stopped": False}, settings)
 
     model_state, optimizer_state, progress = train._read_checkpoint(path, settings)
-    assert progress == {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5}
+    assert progress == {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5, "stopped": False}
     assert_same_weights(model_state, model.state_dict())
     restored_model = conv_bn_model(seed=5)
     restored_model.load_state_dict(model_state)
@@ -287,6 +287,36 @@ def test_crash_then_resume_in_process_equals_uninterrupted_run(tmp_path):
     assert_same_weights(resumed.model.state_dict(), uninterrupted.model.state_dict())
     assert [m["epoch"] for m in resumed.history] == [1, 2, 3]
     assert len((tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_on_step_ends_training_at_that_step_and_a_resume_does_not_train_on(tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, momentum=0.9)
+    train_set, val_set = image_data(96), image_data(20, seed=1)
+    stop_at = steps_per_epoch(cfg, len(train_set)) + 2  # mid-epoch 2
+    reference = fit(conv_bn_model(), train_set, val_set, cfg, tmp_path / "full", accelerator=make_accelerator(cfg),
+                    snapshot_steps=(stop_at,))
+    seen = []
+
+    def stop(step, _model):
+        seen.append(step)
+        return step == stop_at
+
+    def interrupt_final_save(*_args):
+        raise KeyboardInterrupt
+
+    # The run stops at `stop_at`, then dies before its final file: the checkpoint says it had stopped.
+    monkeypatch.setattr(train, "_save_weights", interrupt_final_save)
+    with pytest.raises(KeyboardInterrupt):
+        fit(conv_bn_model(), train_set, val_set, cfg, tmp_path / "stopped", accelerator=make_accelerator(cfg),
+            on_step=stop)
+    monkeypatch.undo()
+    assert seen == list(range(1, stop_at + 1))
+    resumed = fit(conv_bn_model(seed=7), train_set, val_set, cfg, tmp_path / "stopped",
+                  accelerator=make_accelerator(cfg), regularizer=interrupt_final_save)  # must not train a step
+    assert resumed.steps == stop_at
+    assert [m["epoch"] for m in resumed.history] == [1, 2]
+    assert_same_weights(resumed.model.state_dict(), load_weights(tmp_path / "full" / f"step_{stop_at}.safetensors"))
+    assert reference.steps == 3 * steps_per_epoch(cfg, len(train_set))
 
 
 # ---------------------------------------------------------------- 7. finished work is not redone

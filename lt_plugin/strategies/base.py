@@ -1,10 +1,24 @@
-"""The Strategy base class: hyperparameters as dataclass fields, one `run(out_dir)`."""
+"""The Strategy base class: hyperparameters as dataclass fields, one `run(out_dir)`, and where its tickets are."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+from pathlib import Path
 from typing import ClassVar, List
+
+from ..errors import UserError
+from ..experiment import Experiment
+
+
+@dataclasses.dataclass
+class TicketFiles:
+    """One finished ticket of a run: its dense-space weights and mask, its result, and the model it belongs to."""
+
+    weights: Path            # safetensors state dict in the dense model's space
+    mask: Path               # lt_plugin mask file
+    result: dict             # the ticket's result entry (has num_classes)
+    experiment: Experiment   # model name, model kwargs, image size: how to build the dense model
 
 
 @dataclasses.dataclass
@@ -13,11 +27,13 @@ class Strategy(abc.ABC):
     (the `lt-plugin <name>` command makes a flag of each).
 
     `run(out_dir)` does the work in a run folder, resuming whatever is already there, and returns one result
-    dict per ticket it produced.
+    dict per ticket it produced. Each strategy lays out its own run folder, so it alone says where a run's tickets
+    are (`ticket_keys`, `locate_ticket`): `lt-plugin export` asks the strategy named in the run's config.json.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    out_required: ClassVar[bool] = True   # False: `run(None)` writes to a place of the strategy's own choosing
 
     @abc.abstractmethod
     def run(self, out_dir) -> List[dict]:
@@ -25,3 +41,19 @@ class Strategy(abc.ABC):
 
     def hparams(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def ticket_keys(cls, run_dir) -> List[str]:
+        """Keys of the finished tickets in a run folder of this strategy (none by default)."""
+        return []
+
+    @classmethod
+    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
+        """Where the finished ticket `key` of a run folder of this strategy lies."""
+        raise UserError(f"{cls.name or cls.__name__} runs hold no tickets to export")
+
+
+def experiment_of(hparams: dict) -> Experiment:
+    """The Experiment (model and data settings) among a run's recorded hyperparameters."""
+    names = {f.name for f in dataclasses.fields(Experiment)}
+    return Experiment(**{k: v for k, v in hparams.items() if k in names})

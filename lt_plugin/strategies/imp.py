@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import math
 import re
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
@@ -28,11 +29,11 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..run_folder import RunFolder
-from ..store import load_weights
+from ..store import load_weights, read_json
 from ..structure import IMPORTANCES, ChannelStructure, create_mask, export
 from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch, train_config_of
 from . import register_strategy
-from .base import Strategy
+from .base import Strategy, TicketFiles, experiment_of
 
 CONTROLS = ("random-reinit", "random-mask")
 _REWIND = re.compile(r"^(init|lr|finetune|(\d+)(it|ep))$")
@@ -93,6 +94,24 @@ class IMP(Strategy, TrainConfig, Experiment):
         if self.control is not None and self.control not in CONTROLS:
             raise UserError(f"--control must be one of {', '.join(CONTROLS)}")
         parse_rewind(self.rewind)
+
+    # ---- where the tickets are ----
+    @classmethod
+    def ticket_keys(cls, run_dir) -> List[str]:
+        run_dir = Path(run_dir)
+        levels = sorted(int(p.parent.name[len("level_"):]) for p in run_dir.glob("level_*/result.json"))
+        return [str(level) for level in levels]
+
+    @classmethod
+    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
+        run_dir = Path(run_dir)
+        if key not in cls.ticket_keys(run_dir):
+            raise UserError(f"{run_dir} has no finished level {key}; finished: "
+                            f"{', '.join(cls.ticket_keys(run_dir)) or 'none'}")
+        level_dir = run_dir / f"level_{key}"
+        return TicketFiles(weights=level_dir / "weights.safetensors", mask=level_dir / "mask.safetensors",
+                           result=read_json(level_dir / "result.json"),
+                           experiment=experiment_of(read_json(run_dir / "config.json")["hparams"]))
 
     # ---- the schedule ----
     def level_density(self, level: int, total_weights: int) -> float:
