@@ -105,6 +105,13 @@ class Mask:
         differ = sum(int(torch.count_nonzero(self.tensors[n] != other.tensors[n])) for n in self.prunable)
         return differ / sum(self.tensors[n].numel() for n in self.prunable)
 
+    def channel_flags(self) -> torch.Tensor:
+        """Whether each output channel of each prunable weight is kept (any entry kept), in one flat bool tensor.
+
+        For convolutions followed by BatchNorm these are the BatchNorm channels that Early-Bird compares.
+        """
+        return torch.cat([self.tensors[n].reshape(self.tensors[n].shape[0], -1).any(dim=1) for n in self.prunable])
+
     def __and__(self, other: "Mask") -> "Mask":
         names = set(self.tensors) | set(other.tensors)
         tensors = {}

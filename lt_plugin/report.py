@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 from .store import atomic_write
 
@@ -12,11 +12,12 @@ _COLUMNS = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("params
             ("train_seconds", "train s", "{:.1f}"))
 
 
-def format_table(results: Sequence[dict]) -> str:
-    """A plain-text table of per-ticket results (columns a result lacks are left out)."""
-    columns = [c for c in _COLUMNS if any(c[0] in r for r in results)]
+def format_table(results: Sequence[dict], columns: Sequence[tuple] = _COLUMNS) -> str:
+    """A plain-text table of per-ticket results; `columns` are (key, title, format) and those no result has are
+    left out; a missing or None value shows as '-'."""
+    columns = [c for c in columns if any(r.get(c[0]) is not None for r in results)]
     rows = [[title for _, title, _ in columns]]
-    rows += [[fmt.format(r[key]) if key in r else "" for key, _, fmt in columns] for r in results]
+    rows += [[fmt.format(r[key]) if r.get(key) is not None else "-" for key, _, fmt in columns] for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -26,19 +27,29 @@ def format_table(results: Sequence[dict]) -> str:
 def plot_accuracy_vs_density(results: Sequence[dict], path, dense_line: bool = True,
                              title: str = "Test accuracy against density") -> Path:
     """Test accuracy against density on a log axis, with the dense (density 1) accuracy as a line."""
+    dense = [r["test_accuracy"] for r in results if r["density"] >= 1.0]
+    return plot_accuracy_curves({"tickets": [(r["density"], r["test_accuracy"]) for r in results]}, path,
+                                dense[0] if dense_line and dense else None, title)
+
+
+def plot_accuracy_curves(curves: Mapping[str, Sequence[Tuple[float, float]]], path,
+                         dense_accuracy: Optional[float] = None,
+                         title: str = "Test accuracy against density") -> Path:
+    """One curve of (density, accuracy) points per label on a log density axis; the dense accuracy as a line."""
     import matplotlib  # only runs that plot pay for importing it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    ordered = sorted(results, key=lambda r: -r["density"])
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot([r["density"] for r in ordered], [100 * r["test_accuracy"] for r in ordered], "o-", label="tickets")
-    dense = [r for r in ordered if r["density"] >= 1.0]
-    if dense_line and dense:
-        ax.axhline(100 * dense[0]["test_accuracy"], color="gray", linestyle="--", label="dense")
+    for label, points in curves.items():
+        ordered = sorted(points, key=lambda p: -p[0])
+        ax.plot([d for d, _ in ordered], [100 * a for _, a in ordered], "o-", label=label)
+    if dense_accuracy is not None:
+        ax.axhline(100 * dense_accuracy, color="gray", linestyle="--", label="dense")
+    densities = sorted({d for points in curves.values() for d, _ in points}, reverse=True)
     ax.set_xscale("log")
-    ax.set_xticks([r["density"] for r in ordered], [f"{r['density']:.3g}" for r in ordered])
+    ax.set_xticks(densities, [f"{d:.3g}" for d in densities])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("density (kept fraction of prunable weights)")
@@ -46,6 +57,31 @@ def plot_accuracy_vs_density(results: Sequence[dict], path, dense_line: bool = T
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_distance_matrices(matrices: Mapping[str, Tuple[Sequence, Sequence[Sequence[float]]]], path,
+                           title: str = "Mask distance") -> Path:
+    """One heatmap per entry: {name: (tick labels, square matrix of distances)}, side by side."""
+    import matplotlib  # only runs that plot pay for importing it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), dpi=120, squeeze=False)
+    for ax, (name, (labels, matrix)) in zip(axes[0], matrices.items()):
+        image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(max(map(max, matrix), default=0.0), 1e-6))
+        ticks = range(0, len(labels), max(1, len(labels) // 8))
+        ax.set_xticks(list(ticks), [str(labels[i]) for i in ticks])
+        ax.set_yticks(list(ticks), [str(labels[i]) for i in ticks])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("epoch")
+        ax.set_title(f"ratio {name}")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

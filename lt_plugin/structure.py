@@ -103,6 +103,7 @@ class ChannelStructure:
         self._slice_cache: dict = {}
         self._score_cache: dict = {}
         self._dead: Dict[Tuple[str, bool], torch.Tensor] = {}
+        self._keep_best = False
         was_training = model.training
         try:
             with warnings.catch_warnings():
@@ -227,6 +228,9 @@ class ChannelStructure:
         if scores is not None and dead is not None:
             scores = scores.clone()
             scores[dead.to(scores.device)] = -math.inf
+        if scores is not None and self._keep_best:
+            scores = scores.clone()
+            scores[scores.argmax()] = math.inf
         return scores
 
     def _root_key(self, group):
@@ -242,6 +246,19 @@ class ChannelStructure:
                 root, is_out = self._root_key(group)
                 plan.append([root, is_out, sorted(int(i) for i in group[0].idxs)])
         return plan
+
+    def plans_at_ratios(self, ratios: Sequence[float]) -> Dict[float, list]:
+        """For each ratio, the plan removing that fraction of the channels (Torch-Pruning's pruning_ratio: one
+        threshold over all groups in global scope), ranked on the model's current weights (scored once).
+
+        Every group keeps its best channel: Torch-Pruning skips a group that would lose all its channels, which
+        would make a larger ratio remove fewer channels than a smaller one.
+        """
+        self._score_cache, self._keep_best = {}, True
+        try:
+            return {ratio: self._plan_at(ratio) for ratio in ratios}
+        finally:
+            self._score_cache, self._keep_best = {}, False
 
     def select(self, density: float, previous: Optional[Mask] = None, tolerance: float = 1e-3) -> Mask:
         """The channel mask whose weight density is nearest to `density`, never reviving what `previous` pruned.

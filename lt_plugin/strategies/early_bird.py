@@ -1,0 +1,464 @@
+"""Early-Bird tickets (You et al., ICLR 2020): find a channel ticket early in training, then train it small.
+
+Search: train the dense model with the network-slimming penalty (`penalty * sign(gamma)` added to the gradient of
+every normalisation scale) and draw a channel mask at each prune ratio at every check (every epoch by default, and
+once at initialisation, as the reference does). Per ratio an `EarlyBirdDetector` keeps the last `window` masks and
+declares the ticket found when the newest is within `epsilon` of each older one (normalised Hamming distance over
+channels). The search ends as soon as every ratio has its ticket. Each ticket is then exported through the dependency
+graph and trained, physically smaller, for the full schedule. `baseline=True` also runs the one-shot baseline on the
+same budget: train dense to the end with the same penalty, prune at the same ratio with the same score, retrain small.
+
+Run folder:
+    config.json, init.safetensors          hyperparameters; theta_0
+    search/train/                          the penalised dense training (fit's files); it ends at the last emergence
+    search/checks/step_K.safetensors       the channel flags of every ratio's mask at global step K; plans in metadata
+    ratio_R/emergence.safetensors          the dense weights when ratio R's ticket emerged (`retrain inherit` start)
+    ratio_R/mask.safetensors, train/, weights.safetensors, result.json    the ticket, its training, its result
+    baseline/dense/, baseline/ratio_R/     with `baseline`: the dense training to the end, and the one-shot tickets
+    results.json, mask_distance.png
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections import deque
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..errors import RunFolderError, UserError
+from ..experiment import Experiment
+from ..masks import Mask, resolve_ignored
+from ..report import format_table, plot_distance_matrices
+from ..run_folder import RunFolder
+from ..store import atomic_save_safetensors, atomic_write_json, load_weights, read_json, read_safetensors
+from ..structure import IMPORTANCES, ChannelStructure, export
+from ..train import (TrainConfig, check_training_data, evaluate, fit, make_accelerator, steps_per_epoch,
+                     train_config_of)
+from . import register_strategy
+from .base import Strategy, TicketFiles, experiment_of
+
+SCORES = ("auto", "bn-scale", "magnitude")
+RETRAIN = ("inherit", "reinit")
+SEARCH_PRECISIONS = ("fp32", "bf16", "int8")
+# Forward and backward of a training step cost about three forward passes.
+TRAIN_MACS_PER_FORWARD_MAC = 3
+
+
+# ---------------------------------------------------------------- detection
+
+def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normalised Hamming distance of two channel masks: 1 - (agreeing channels / all channels)."""
+    if a.shape != b.shape:
+        raise ValueError(f"masks of {a.numel()} and {b.numel()} channels cannot be compared")
+    return int(torch.count_nonzero(a != b)) / a.numel()  # exact: 1 of 10 channels is 0.1, not 0.1000001
+
+
+class EarlyBirdDetector:
+    """The Early-Bird rule: a FIFO of the last `window` channel masks; the ticket has emerged when the newest mask's
+    distance to every older mask in it is at most `epsilon` (the reference's boundary: exactly epsilon counts).
+
+    Drive it from any training loop: `if detector.update(mask): ...`, with a `Mask` (its channels are compared) or a
+    bool tensor of channel flags (e.g. `|gamma| > threshold` over all BatchNorm layers).
+    """
+
+    def __init__(self, window: int = 5, epsilon: float = 0.1):
+        if window < 2:
+            raise UserError(f"window must be 2 or more (the newest mask and at least one older), not {window}")
+        if not 0.0 <= epsilon <= 1.0:
+            raise UserError(f"epsilon must be in [0, 1], not {epsilon}")
+        self.window, self.epsilon = window, epsilon
+        self._older: deque = deque(maxlen=window - 1)  # the masks before the newest
+        self.distances: List[List[float]] = []   # per update: the newest mask's distance to each older, oldest first
+        self.found_at: Optional[int] = None       # index of the first update at which the rule held
+
+    def update(self, mask: Union[Mask, torch.Tensor]) -> bool:
+        """Add the newest mask; True if the rule holds now."""
+        flags = mask.channel_flags() if isinstance(mask, Mask) else torch.as_tensor(mask).reshape(-1).bool()
+        distances = [mask_distance(flags, older) for older in self._older]
+        self._older.append(flags.cpu())
+        self.distances.append(distances)
+        emerged = len(distances) == self.window - 1 and max(distances) <= self.epsilon
+        if emerged and self.found_at is None:
+            self.found_at = len(self.distances) - 1
+        return emerged
+
+    @property
+    def found(self) -> bool:
+        return self.found_at is not None
+
+
+# ---------------------------------------------------------------- the penalty and the low-precision search
+
+def norm_scales(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> Dict[str, nn.Parameter]:
+    """The normalisation scales the penalty and the `bn-scale` score act on: every BatchNorm weight, or on a model
+    without BatchNorm every LayerNorm/GroupNorm weight."""
+    ignored_ids = {id(m) for m in ignored}
+    norms = {name: m for name, m in model.named_modules() if id(m) not in ignored_ids}
+    batch_norms = {n: m for n, m in norms.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    chosen = batch_norms or {n: m for n, m in norms.items() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))}
+    return {f"{n}.weight": m.weight for n, m in chosen.items() if isinstance(getattr(m, "weight", None), nn.Parameter)}
+
+
+def slimming_penalty(scales: Sequence[nn.Parameter], strength: float):
+    """A `fit` regularizer adding `strength * sign(gamma)` to each scale's gradient (L1 subgradient)."""
+    @torch.no_grad()
+    def add_penalty(_model):
+        for gamma in scales:
+            if gamma.grad is not None:
+                gamma.grad.add_(torch.sign(gamma), alpha=strength)
+    return add_penalty
+
+
+def _fake_int8(x: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-tensor 8-bit fake quantisation; gradients pass straight through."""
+    scale = max(x.detach().abs().max().item(), 1e-8) / 127.0
+    return torch.fake_quantize_per_tensor_affine(x, scale, 0, -127, 127)
+
+
+@contextlib.contextmanager
+def search_precision(model: nn.Module, precision: str, device_type: str):
+    """Run `model` in the search's precision inside the block: bf16 autocast, or 8-bit fake quantisation of every
+    Conv/Linear weight and input. Parameters and state-dict names are untouched (weights stay fp32 masters)."""
+    if precision == "fp32":
+        yield
+        return
+    if precision == "bf16":
+        forward = model.forward
+
+        def bf16_forward(*args, **kwargs):
+            with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+                return forward(*args, **kwargs).float()
+        model.forward = bf16_forward
+        try:
+            yield
+        finally:
+            del model.forward
+        return
+    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+
+    def quantise(module, args):
+        # An instance attribute shadows the parameter for this forward only; the gradient reaches the parameter.
+        module.__dict__["weight"] = _fake_int8(module._parameters["weight"])
+        return (_fake_int8(args[0]),) + tuple(args[1:])
+
+    def unshadow(module, _args, _output):
+        module.__dict__.pop("weight", None)
+
+    hooks = [h for m in layers for h in (m.register_forward_pre_hook(quantise), m.register_forward_hook(unshadow))]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in layers:
+            m.__dict__.pop("weight", None)
+
+
+# ---------------------------------------------------------------- the strategy
+
+def _ratio_name(ratio: float) -> str:
+    return f"{ratio:g}"
+
+
+@register_strategy("early-bird")
+@dataclasses.dataclass
+class EarlyBird(Strategy, TrainConfig, Experiment):
+    """Early-Bird channel tickets found early in training, then trained physically smaller."""
+
+    description = "Early-Bird channel tickets: found early from normalisation scales, retrained small (You et al.)"
+
+    ratios: list = dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.7], metadata={
+        "help": "fractions of channels removed; each ratio gets its ticket"})
+    penalty: float = dataclasses.field(default=1e-4, metadata={
+        "help": "network-slimming L1 strength s: s*sign(gamma) is added to each normalisation scale's gradient"})
+    epsilon: float = dataclasses.field(default=0.1, metadata={
+        "help": "a ticket has emerged when its newest mask is within this distance of every older one"})
+    window: int = dataclasses.field(default=5, metadata={"help": "masks kept in the FIFO (the newest included)"})
+    check_every: int = dataclasses.field(default=0, metadata={
+        "help": "optimizer steps between two masks (0: every epoch)"})
+    search_epochs: Optional[int] = dataclasses.field(default=None, metadata={
+        "type": int, "help": "give up the search after this many epochs (default: --epochs)"})
+    score: str = dataclasses.field(default="auto", metadata={
+        "choices": SCORES, "help": "channel score: bn-scale (|gamma|, one global threshold), magnitude (Torch-Pruning "
+                                   "group magnitude), auto (bn-scale if the model has BatchNorm)"})
+    retrain: str = dataclasses.field(default="inherit", metadata={
+        "choices": RETRAIN, "help": "inherit (the ticket's weights at emergence, the paper's EB Train) or reinit "
+                                    "(a fresh initialisation of the small model)"})
+    search_precision: str = dataclasses.field(default="fp32", metadata={
+        "choices": SEARCH_PRECISIONS, "help": "precision of the search only (int8: 8-bit fake quantisation of "
+                                              "weights and activations); retraining is always fp32"})
+    baseline: bool = dataclasses.field(default=False, metadata={
+        "help": "also run the one-shot baseline (train dense to the end, prune, retrain) and compare the costs"})
+    ignore: list = dataclasses.field(default_factory=list, metadata={
+        "help": "layer names left unpruned (the classifier always is)"})
+
+    ticket_key_name = "ratio"
+
+    def __post_init__(self):
+        if not self.ratios:
+            raise UserError("--ratios needs at least one ratio")
+        if any(not 0.0 < r < 1.0 for r in self.ratios):
+            raise UserError(f"--ratios must each be in (0, 1) (the fraction of channels removed), not {self.ratios}")
+        if len({_ratio_name(r) for r in self.ratios}) != len(self.ratios):
+            raise UserError(f"--ratios has a ratio twice: {self.ratios}")
+        self.ratios = sorted(float(r) for r in self.ratios)
+        if self.penalty < 0:
+            raise UserError(f"--penalty must be 0 or more, not {self.penalty}")
+        if not (isinstance(self.window, int) and self.window >= 2):
+            raise UserError(f"--window must be 2 or more (the newest mask and at least one older), not {self.window}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise UserError(f"--epsilon must be in [0, 1], not {self.epsilon}")
+        if self.check_every < 0:
+            raise UserError(f"--check-every must be 0 (every epoch) or a number of steps, not {self.check_every}")
+        if self.search_epochs is not None and not 1 <= self.search_epochs <= self.epochs:
+            raise UserError(f"--search-epochs must be between 1 and --epochs ({self.epochs}), not {self.search_epochs}")
+        for flag, value, choices in (("--score", self.score, SCORES), ("--retrain", self.retrain, RETRAIN),
+                                     ("--search-precision", self.search_precision, SEARCH_PRECISIONS)):
+            if value not in choices:
+                raise UserError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+
+    # ---- where the tickets are ----
+    @classmethod
+    def ticket_keys(cls, run_dir) -> List[str]:
+        return sorted((p.parent.name[len("ratio_"):] for p in Path(run_dir).glob("ratio_*/result.json")), key=float)
+
+    @classmethod
+    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
+        run_dir = Path(run_dir)
+        try:
+            name = _ratio_name(float(key))
+        except ValueError:
+            raise UserError(f"an early-bird ticket is named by its ratio (e.g. 0.5), not {key!r}") from None
+        if name not in cls.ticket_keys(run_dir):
+            raise UserError(f"{run_dir} has no retrained ticket at ratio {name}; finished: "
+                            f"{', '.join(cls.ticket_keys(run_dir)) or 'none'}")
+        where = run_dir / f"ratio_{name}"
+        return TicketFiles(weights=where / "weights.safetensors", mask=where / "mask.safetensors",
+                           result=read_json(where / "result.json"),
+                           experiment=experiment_of(read_json(run_dir / "config.json")["hparams"]))
+
+    # ---- the run ----
+    def run(self, out_dir) -> List[dict]:
+        cfg = train_config_of(self)
+        accelerator = make_accelerator(cfg, project_dir=out_dir)
+        folder = RunFolder(out_dir, accelerator)
+        # Everything a user can get wrong is checked before the run folder gets its first file.
+        data = self.load_data()
+        check_training_data(cfg, len(data.train), accelerator.num_processes)
+        example = self.example_inputs()
+        model = self.create_model(data.num_classes, seed=self.seed)
+        init_state = {k: v.clone() for k, v in model.state_dict().items()}
+        ignored = resolve_ignored(model, self.ignore)
+        score = self._resolve_score(model, ignored)
+        structure = ChannelStructure(model, example, ignored, importance=self._importance(score), scope="global")
+        deepest = structure.plans_at_ratios([max(self.ratios)])[max(self.ratios)]
+        export(model, structure.mask_from_plan(deepest), example)  # fails now if the model cannot be pruned
+        per_epoch = steps_per_epoch(cfg, len(data.train))
+        folder.check_config(self.name, self.hparams())
+        folder.save_weights_once("init.safetensors", init_state)
+
+        dense_macs, _ = tp.utils.count_ops_and_params(model.eval(), example)
+        model.train()
+        search = self._search(folder, accelerator, cfg, data, model, structure, ignored, per_epoch)
+        samples_per_step = cfg.batch_size * cfg.grad_accum_steps
+        results = []
+        for ratio in self.ratios:
+            name = _ratio_name(ratio)
+            found_step = search["found"].get(name)
+            entry = {"ratio": ratio, "score": score, "search_precision": self.search_precision,
+                     "found": found_step is not None, "eb_step": found_step,
+                     "eb_epoch": _epochs(found_step, per_epoch),
+                     "distances": search["distances"][name], "num_classes": data.num_classes}
+            if found_step is None:
+                results.append(entry)
+                continue
+            where = folder.path / f"ratio_{name}"
+            start = (load_weights(where / "emergence.safetensors") if self.retrain == "inherit"
+                     else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
+            ticket = self._retrain(folder, where, search["plans"][name], start, structure, cfg, data, example,
+                                   accelerator, f"ratio {name}")
+            search_seconds = search["seconds"] * found_step / max(search["steps"], 1)  # pro rata up to emergence
+            search_macs = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * found_step * samples_per_step
+            entry.update(ticket)
+            entry.update({"search_macs": int(search_macs), "search_seconds": search_seconds,
+                          "train_macs": int(search_macs + ticket["retrain_macs"]),
+                          "train_seconds": search_seconds + ticket["retrain_seconds"]})
+            results.append(entry)
+        if self.baseline:
+            self._add_baseline(results, folder, accelerator, cfg, data, example, model, structure, dense_macs,
+                               init_state)
+        self._report(folder, results, search["matrices"])
+        return results
+
+    def _resolve_score(self, model: nn.Module, ignored) -> str:
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if self.score == "auto":
+            return "bn-scale" if has_bn else "magnitude"
+        if self.score == "bn-scale" and not has_bn:
+            raise UserError(f"--score bn-scale needs BatchNorm layers; {self.model} has none (use magnitude)")
+        return self.score
+
+    @staticmethod
+    def _importance(score: str):
+        # The reference ranks raw |gamma| against one global threshold: no per-group normalisation. A channel that
+        # several BatchNorm layers share (a residual stream) scores its largest |gamma|: timm starts the last scale
+        # of each residual block at zero, which must not make the whole stream look unimportant.
+        if score == "bn-scale":
+            return tp.importance.BNScaleImportance(group_reduction="max", normalizer=None)
+        return IMPORTANCES["magnitude"]()
+
+    # ---- the search ----
+    def _search(self, folder: RunFolder, accelerator, cfg: TrainConfig, data, model: nn.Module,
+                structure: ChannelStructure, ignored, per_epoch: int) -> dict:
+        search_dir = folder.path / "search"
+        checks_dir = search_dir / "checks"
+        names = [_ratio_name(r) for r in self.ratios]
+        checks = _read_checks(checks_dir)  # step -> (flags by ratio, plans by ratio); a resume replays them
+        interval = self.check_every or per_epoch
+        last_step = (self.search_epochs or self.epochs) * per_epoch
+
+        def check(step: int) -> Dict[str, int]:
+            plans = structure.plans_at_ratios(self.ratios)
+            flags = {_ratio_name(r): structure.mask_from_plan(p).channel_flags() for r, p in plans.items()}
+            plans = {_ratio_name(r): p for r, p in plans.items()}
+            checks[step] = (flags, plans)
+            if accelerator.is_main_process:
+                atomic_save_safetensors({f"flags/{n}": f for n, f in flags.items()},
+                                        checks_dir / f"step_{step}.safetensors",
+                                        {"step": json.dumps(step), "plans": json.dumps(plans)})
+            return self._detect(checks, names, step, per_epoch)[0]
+
+        model.load_state_dict(load_weights(folder.path / "init.safetensors"))
+        check(0)  # the reference's first mask is the initialisation's
+
+        def on_step(step: int, trained: nn.Module) -> bool:
+            if step % interval and step < last_step:
+                return False
+            found = check(step)  # a resumed run replays the checks before this step, so it decides the same
+            if accelerator.is_main_process:
+                for name in (n for n, s in found.items() if s == step):
+                    atomic_save_safetensors(trained.state_dict(),
+                                            folder.path / f"ratio_{name}" / "emergence.safetensors")
+            return len(found) == len(names) or step >= last_step
+
+        penalty = slimming_penalty(list(norm_scales(model, ignored).values()), self.penalty)
+        with search_precision(model, self.search_precision, accelerator.device.type):
+            trained = fit(model, data.train, data.val, cfg, search_dir / "train", accelerator=accelerator,
+                          regularizer=penalty if self.penalty else None, on_step=on_step, desc="search")
+        accelerator.wait_for_everyone()
+        checks = _read_checks(checks_dir)
+        found, distances = self._detect(checks, names, trained.steps, per_epoch)
+        for name, step in found.items():
+            if not (folder.path / f"ratio_{name}" / "emergence.safetensors").exists():
+                raise RunFolderError(f"{folder.path / f'ratio_{name}'}: the weights at the emergence of ratio {name} "
+                                     "are missing; delete the search folder to search again")
+        steps = sorted(s for s in checks if s <= trained.steps)
+        matrices = {name: ([_epochs(s, per_epoch) for s in steps],
+                           [[mask_distance(checks[a][0][name], checks[b][0][name]) for b in steps] for a in steps])
+                    for name in names}
+        return {"found": found, "distances": distances, "plans": {n: checks[s][1][n] for n, s in found.items()},
+                "steps": trained.steps, "seconds": trained.train_seconds, "matrices": matrices}
+
+    def _detect(self, checks: dict, names: List[str], upto: int, per_epoch: int):
+        """Replay the checks up to step `upto` through one detector per ratio: ({ratio: emergence step}, history)."""
+        found, history = {}, {}
+        for name in names:
+            detector = EarlyBirdDetector(self.window, self.epsilon)
+            steps = sorted(s for s in checks if s <= upto)
+            for step in steps:
+                detector.update(checks[step][0][name])
+                if detector.found_at is not None:
+                    found[name] = steps[detector.found_at]
+                    break
+            history[name] = [{"step": s, "epoch": _epochs(s, per_epoch), "distances": d}
+                             for s, d in zip(steps, detector.distances)]
+        return found, history
+
+    # ---- training a ticket small ----
+    def _retrain(self, folder: RunFolder, where: Path, plan: list, start_state, structure: ChannelStructure,
+                 cfg: TrainConfig, data, example, accelerator, desc: str) -> dict:
+        done = folder.read_result(where)
+        if done is not None:
+            return done
+        mask = folder.load_or_make_mask(where, lambda: structure.mask_from_plan(plan))
+        dense = self.create_model(data.num_classes, seed=self.seed, pretrained=False)  # the weights come next
+        dense.load_state_dict(start_state)
+        mask.apply(dense)
+        trained = fit(export(dense, mask, example), data.train, data.val, cfg, where / "train",
+                      accelerator=accelerator, desc=desc)
+        test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size)
+        macs, params = tp.utils.count_ops_and_params(trained.model.eval(), example.to(accelerator.device))
+        samples = trained.steps * cfg.batch_size * cfg.grad_accum_steps
+        result = {"density": mask.density, "params": int(params), "macs": int(macs),
+                  "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
+                  "retrain_macs": int(TRAIN_MACS_PER_FORWARD_MAC * macs * samples),
+                  "retrain_seconds": trained.train_seconds, "num_classes": data.num_classes}
+        folder.finish_level(where, mask.to_dense(trained.model.state_dict(), dense.state_dict()), result)
+        return result
+
+    def _add_baseline(self, results, folder, accelerator, cfg, data, example, model, structure, dense_macs,
+                      init_state) -> None:
+        """The one-shot baseline on the same budget: dense to the end (same penalty), prune, retrain small."""
+        model.load_state_dict(init_state)
+        penalty = slimming_penalty(list(norm_scales(model, structure.ignored).values()), self.penalty)
+        dense = fit(model, data.train, data.val, cfg, folder.path / "baseline" / "dense", accelerator=accelerator,
+                    regularizer=penalty if self.penalty else None, desc="baseline dense")
+        dense_state = {k: v.detach().clone() for k, v in dense.model.state_dict().items()}
+        plans = structure.plans_at_ratios(self.ratios)
+        dense_cost = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * dense.steps * cfg.batch_size * cfg.grad_accum_steps
+        for entry in results:
+            name = _ratio_name(entry["ratio"])
+            start = (dense_state if self.retrain == "inherit"
+                     else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
+            one_shot = self._retrain(folder, folder.path / "baseline" / f"ratio_{name}", plans[entry["ratio"]], start,
+                                     structure, cfg, data, example, accelerator, f"baseline ratio {name}")
+            baseline = {"baseline_test_accuracy": one_shot["test_accuracy"],
+                        "baseline_val_accuracy": one_shot["val_accuracy"], "baseline_density": one_shot["density"],
+                        "baseline_macs": one_shot["macs"],
+                        "baseline_train_macs": int(dense_cost + one_shot["retrain_macs"]),
+                        "baseline_train_seconds": dense.train_seconds + one_shot["retrain_seconds"]}
+            entry.update(baseline)
+            if entry.get("train_macs"):
+                entry["train_macs_saved"] = baseline["baseline_train_macs"] / entry["train_macs"]
+                entry["train_seconds_saved"] = baseline["baseline_train_seconds"] / entry["train_seconds"]
+
+    def _report(self, folder: RunFolder, results: List[dict], matrices) -> None:
+        if folder.is_main:
+            atomic_write_json(results, folder.path / "results.json")
+            plot_distance_matrices(matrices, folder.path / "mask_distance.png",
+                                   title=f"Early-Bird mask distance ({self.model})")
+            print(format_table(results, _COLUMNS))
+            print(f"results: {folder.path / 'results.json'}  plot: {folder.path / 'mask_distance.png'}")
+        folder.accelerator.wait_for_everyone()
+
+
+_COLUMNS = (("ratio", "ratio", "{:g}"), ("eb_epoch", "EB epoch", "{}"), ("density", "density", "{:.4f}"),
+            ("macs", "MACs", "{:,}"), ("test_accuracy", "test acc", "{:.2%}"), ("train_macs", "train MACs", "{:.3g}"),
+            ("train_seconds", "train s", "{:.1f}"), ("baseline_test_accuracy", "one-shot acc", "{:.2%}"),
+            ("baseline_train_macs", "one-shot MACs", "{:.3g}"), ("train_macs_saved", "MACs saved", "x{:.2f}"),
+            ("train_seconds_saved", "time saved", "x{:.2f}"))
+
+
+def _epochs(step: Optional[int], per_epoch: int):
+    """A step as epochs: an integer at epoch ends, else a fraction."""
+    if step is None:
+        return None
+    return step // per_epoch if step % per_epoch == 0 else round(step / per_epoch, 3)
+
+
+def _read_checks(checks_dir: Path) -> Dict[int, tuple]:
+    checks = {}
+    for path in sorted(checks_dir.glob("step_*.safetensors")):
+        tensors, metadata = read_safetensors(path)
+        try:
+            step, plans = json.loads(metadata["step"]), json.loads(metadata["plans"])
+        except (KeyError, json.JSONDecodeError):
+            raise RunFolderError(f"{path} is not an early-bird check file; delete it to recompute it") from None
+        checks[step] = ({k[len("flags/"):]: v for k, v in tensors.items()}, plans)
+    return checks
