@@ -12,11 +12,13 @@ from .errors import DataError, RunFolderError, UnsupportedModelError, UserError
 from .masks import Mask
 from .strategies import Strategy, create_strategy, get_strategy_class, list_strategies, register_strategy
 from .strategies import imp as _imp  # noqa: F401  (registers "imp")
+from .strategies import lottery_pools as _lottery_pools  # noqa: F401  (registers "lottery-pools")
+from .strategies.early_bird import EarlyBirdDetector
 from .structure import IMPORTANCES, create_mask, export
 from .tickets import Ticket, load_ticket, save_ticket
 
 __all__ = [
     "__version__", "Mask", "create_mask", "export", "IMPORTANCES", "Ticket", "save_ticket", "load_ticket",
-    "Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class",
+    "EarlyBirdDetector", "Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class",
     "UserError", "DataError", "UnsupportedModelError", "RunFolderError",
 ]

@@ -1,0 +1,310 @@
+"""Lottery Pools on a real (tiny) IMP run: the search, its sparsity, a blend by hand, channel export, resume, and
+the CIFAR-C style corruptions against hand computations."""
+
+import colorsys
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from scipy import ndimage
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader
+
+import lt_plugin
+from lt_plugin import Mask, load_ticket
+from lt_plugin.cli import main as cli_main
+from lt_plugin.corruptions import CORRUPTIONS, corrupt, corrupted_copies
+from lt_plugin.experiment import Experiment
+from lt_plugin.store import load_weights
+from lt_plugin.strategies.lottery_pools import DEFAULT_ALPHAS, adjacency_order, sweep_order
+
+TINY = dict(model="test_resnet", dataset="digits", image_size=8, max_train_samples=512, batch_size=32, epochs=2,
+            lr=0.05)
+ALPHAS = [0.1, 0.5]
+SECONDS = ("seconds", "search_seconds")
+
+
+def _data():
+    return Experiment(**{k: TINY[k] for k in ("model", "dataset", "image_size", "max_train_samples")}).load_data()
+
+
+def _kept(mask, names=None):
+    return {n: int(mask.tensors[n].sum()) for n in (names or mask.prunable)}
+
+
+@pytest.fixture(scope="module")
+def imp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("imp") / "run"
+    lt_plugin.create_strategy("imp", levels=2, **TINY).run(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pools(imp_run):
+    results = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS).run()
+    return imp_run / "pools", results
+
+
+def test_candidates_come_in_adjacency_order(pools):
+    assert adjacency_order(3, range(7)) == [2, 4, 1, 5, 0, 6]
+    assert adjacency_order(0, range(4)) == [1, 2, 3]
+    assert adjacency_order(5, range(6)) == [4, 3, 2, 1, 0]
+    _, results = pools
+    assert [r["candidates"] for r in results] == [[1, 2], [0, 2], [1, 0]]
+
+
+def _tried(score, patience):
+    """The alphas the sweep tries when alpha scores score(alpha)."""
+    order, tried, accuracy = sweep_order(DEFAULT_ALPHAS, patience), [], None
+    while True:
+        try:
+            alpha = order.send(accuracy)
+        except StopIteration:
+            return tried
+        tried.append(alpha)
+        accuracy = score(alpha)
+
+
+def test_fast_sweep_walks_the_alpha_grid_from_both_ends_until_each_side_stops_improving():
+    barrier = lambda alpha: abs(alpha - 0.5)  # noqa: E731  (best near either ticket, worst between them)
+    assert _tried(barrier, 2) == [0.05, 0.95, 0.1, 0.9, 0.2, 0.8]
+    assert _tried(barrier, 1) == [0.05, 0.95, 0.1, 0.9]
+    one_peak = lambda alpha: -abs(alpha - 0.6)  # noqa: E731  (both sides climb to it: every alpha is tried)
+    assert sorted(_tried(one_peak, 2)) == sorted(DEFAULT_ALPHAS)
+    assert _tried(barrier, None) == list(DEFAULT_ALPHAS)  # the reference protocol
+
+
+def test_pooled_tickets_keep_the_density_and_never_lose_validation_accuracy(imp_run, pools):
+    out, results = pools
+    assert [r["level"] for r in results] == [0, 1, 2]
+    assert json.loads((out / "results.json").read_text()) == results
+    assert (out / "pools.png").stat().st_size > 1000
+    for r in results:
+        level = r["level"]
+        target = Mask.load(imp_run / f"level_{level}" / "mask.safetensors")
+        pooled = Mask.load(out / f"level_{level}" / "mask.safetensors")
+        assert sum(_kept(pooled).values()) == sum(_kept(target).values())  # exactly the target's density
+        assert r["density"] == target.density
+        assert r["pooled_val_accuracy"] >= r["ticket_val_accuracy"]
+        assert r["val_accuracy"] == r["pooled_val_accuracy"]
+        imp_result = json.loads((imp_run / f"level_{level}" / "result.json").read_text())
+        assert r["ticket_test_accuracy"] == pytest.approx(imp_result["test_accuracy"])  # the ticket, scored as IMP did
+        assert r["macs"] == imp_result["macs"] and r["params"] == imp_result["params"]
+        weights = load_weights(out / f"level_{level}" / "weights.safetensors")
+        for name in pooled.prunable:
+            assert not weights[name][~pooled.tensors[name]].any()  # pruned entries are zero
+        assert all(candidate in r["candidates"] and alpha in ALPHAS for candidate, alpha in r["accepted"])
+        assert r["recalibrations"] == r["val_passes"] - 1  # one scored blend each, plus the ticket itself
+        assert 1 <= r["val_passes"] <= 1 + len(ALPHAS) * len(r["candidates"])
+        if not r["accepted"]:  # nothing beat the ticket: the ticket is kept
+            assert r["mask_distance"] == 0.0
+            ticket = load_weights(imp_run / f"level_{level}" / "weights.safetensors")
+            assert all(torch.equal(weights[k], ticket[k]) for k in ticket)
+        for model in ("ticket", "ticket_bn", "pooled", "ensemble", "swa", "ema"):
+            assert 0.0 <= r[f"{model}_test_accuracy"] <= 1.0
+    assert results[0]["density"] == 1.0  # the dense target is never pruned
+    stamp = (out / "level_1" / "result.json").stat().st_mtime_ns
+    again = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[1], alphas=ALPHAS).run()
+    assert again == [results[1]] and (out / "level_1" / "result.json").stat().st_mtime_ns == stamp  # no work
+    imp_results = json.loads((imp_run / "results.json").read_text())
+    assert results[0]["ensemble_macs"] == sum(r["macs"] for r in imp_results)
+
+
+def test_a_fixed_alpha_and_candidate_gives_the_blend_computed_by_hand(imp_run, tmp_path):
+    alpha, target_level, candidate_level = 0.3, 2, 1
+    results = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[target_level],
+                                        alphas=[alpha], max_candidates=1, protocol="reference").run(tmp_path / "p")
+    (r,) = results
+    assert r["candidates"] == [candidate_level]
+
+    target_state = load_weights(imp_run / f"level_{target_level}" / "weights.safetensors")
+    candidate_state = load_weights(imp_run / f"level_{candidate_level}" / "weights.safetensors")
+    target_mask = Mask.load(imp_run / f"level_{target_level}" / "mask.safetensors")
+    blended = {k: alpha * candidate_state[k] + (1 - alpha) * v if v.is_floating_point() else v
+               for k, v in target_state.items()}
+    # global magnitude pruning to the target's kept count
+    count = sum(_kept(target_mask).values())
+    magnitudes = torch.cat([blended[n].abs().reshape(-1) for n in target_mask.prunable])
+    threshold = magnitudes.topk(count).values[-1]
+    for name in target_mask.prunable:
+        blended[name] = blended[name] * (blended[name].abs() >= threshold)
+    assert sum(int(blended[n].count_nonzero()) for n in target_mask.prunable) == count
+    # BatchNorm statistics over the whole training set, as torch.optim.swa_utils.update_bn computes them
+    data = _data()
+    model = Experiment(model="test_resnet", image_size=8).create_model(data.num_classes, seed=0)
+    model.load_state_dict(blended)
+    update_bn(DataLoader(data.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)), model)
+    model.eval()
+    with torch.no_grad():
+        val_accuracy = (model(data.val.images).argmax(1) == data.val.labels).float().mean().item()
+
+    pooled = load_weights(tmp_path / "p" / f"level_{target_level}" / "weights.safetensors")
+    if val_accuracy > r["ticket_val_accuracy"]:
+        assert r["accepted"] == [[candidate_level, alpha]]
+        assert r["pooled_val_accuracy"] == pytest.approx(val_accuracy)
+        expected = model.state_dict()
+    else:
+        assert r["accepted"] == []
+        expected = target_state
+    assert pooled.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(pooled[name].float(), expected[name].float(), atol=1e-5), name
+
+
+def test_keep_mask_keeps_the_targets_mask(imp_run, tmp_path):
+    (r,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[1], alphas=[0.5],
+                                     keep_mask=True).run(tmp_path / "keep")
+    target = Mask.load(imp_run / "level_1" / "mask.safetensors")
+    pooled = Mask.load(tmp_path / "keep" / "level_1" / "mask.safetensors")
+    assert all(torch.equal(pooled.tensors[n], target.tensors[n]) for n in target.prunable)
+    assert r["mask_distance"] == 0.0 and r["pooled_val_accuracy"] >= r["ticket_val_accuracy"]
+
+
+def test_corruption_accuracies_sit_beside_every_model(imp_run, tmp_path):
+    (r,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[2], alphas=[0.5],
+                                     max_candidates=1, corruptions=True).run(tmp_path / "c")
+    for model in ("ticket", "ticket_bn", "pooled", "ensemble", "swa", "ema"):
+        per_corruption = r[f"{model}_corruptions"]
+        assert sorted(per_corruption) == sorted(CORRUPTIONS)
+        assert all(len(severities) == 5 for severities in per_corruption.values())
+        mean = sum(sum(s) for s in per_corruption.values()) / 30
+        assert r[f"{model}_corruption_accuracy"] == pytest.approx(mean)
+    # the strongest noise hurts the ticket more than the weakest
+    noise = r["ticket_corruptions"]["gaussian_noise"]
+    assert noise[4] <= noise[0] <= r["ticket_test_accuracy"] + 0.05
+
+
+def test_channel_ticket_keeps_its_channels_per_group_and_exports(tmp_path):
+    imp_dir = tmp_path / "imp"
+    imp_results = lt_plugin.create_strategy("imp", levels=1, granularity="channel", prune_fraction=0.4,
+                                            **TINY).run(imp_dir)
+    (r,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_dir), targets=[1],
+                                     alphas=[0.2, 0.6]).run()
+    target = Mask.load(imp_dir / "level_1" / "mask.safetensors")
+    pooled = Mask.load(imp_dir / "pools" / "level_1" / "mask.safetensors")
+    assert pooled.density == target.density and r["density"] == target.density
+    assert {root: len(idxs) for root, _, idxs in pooled.plan} == {root: len(idxs) for root, _, idxs in target.plan}
+    assert r["macs"] == imp_results[1]["macs"]  # the same channels per group: the ticket's MACs
+    assert r["pooled_val_accuracy"] >= r["ticket_val_accuracy"]
+
+    assert cli_main(["export", "--run", str(imp_dir / "pools"), "--level", "1", "--out", str(tmp_path / "t.st")]) == 0
+    ticket = load_ticket(tmp_path / "t.st")
+    assert ticket.metadata["physical"] and ticket.mask.density == pooled.density
+    masked = Experiment(model="test_resnet", image_size=8).create_model(10, seed=0)
+    masked.load_state_dict(load_weights(imp_dir / "pools" / "level_1" / "weights.safetensors"))
+    pooled.apply(masked).eval()
+    data = _data()
+    with torch.no_grad():
+        small, full = ticket.model(data.test.images), masked(data.test.images)
+    assert torch.allclose(small, full, atol=1e-4)  # a BatchNorm net: exported == masked
+    accuracy = (small.argmax(1) == data.test.labels).float().mean().item()
+    assert accuracy == pytest.approx(r["pooled_test_accuracy"])
+    assert sum(p.numel() for p in ticket.model.parameters()) < sum(p.numel() for p in masked.parameters())
+
+
+def test_killed_run_resumes_to_the_same_result(imp_run, pools, tmp_path):
+    out, results = pools
+    command = [sys.executable, "-m", "lt_plugin.cli", "lottery-pools", "--run", str(imp_run), "--targets", "0", "1",
+               "--alphas", *map(str, ALPHAS), "--out", str(tmp_path / "killed")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "level_0" / "result.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), "the run never finished its first target"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in SECONDS} for r in rs]  # noqa: E731
+    assert strip(resumed) == strip(results[:2])
+    for level in (0, 1):
+        a = load_weights(tmp_path / "killed" / f"level_{level}" / "weights.safetensors")
+        b = load_weights(out / f"level_{level}" / "weights.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
+
+
+def test_user_mistakes_exit_2_with_one_line_and_write_nothing(imp_run, tmp_path, capsys):
+    cases = [(["--run", str(tmp_path / "missing")], "not a run folder"),
+             (["--run", str(imp_run), "--targets", "7"], "--targets 7"),
+             (["--run", str(imp_run), "--alphas", "0.5", "1.5"], "--alphas"),
+             (["--run", str(imp_run), "--targets", "some"], "--targets"),
+             (["--run", str(imp_run), "--alphas"], "--alphas"),
+             (["--run", str(imp_run), "--max-candidates", "0"], "--max-candidates"),
+             (["--run", str(imp_run), "--protocol", "exact"], "--protocol"),
+             (["--run", str(imp_run), "--bn-batches", "0"], "--bn-batches"),
+             (["--run", str(imp_run), "--patience", "0"], "--patience"),
+             (["--run", str(imp_run), "--ema-alpha", "1"], "--ema-alpha"),
+             (["--run", str(imp_run), "--seed", "x"], "--seed"),
+             ([], "--run DIR is required")]
+    for flags, message in cases:
+        code = cli_main(["lottery-pools", *flags, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "x").exists()
+    one_level = tmp_path / "one"
+    one_level.mkdir()
+    (one_level / "config.json").write_text(json.dumps({"strategy": "imp", "hparams": {"levels": 0}}))
+    with pytest.raises(lt_plugin.RunFolderError, match="at least 2 levels"):
+        lt_plugin.create_strategy("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
+    (one_level / "config.json").write_text(json.dumps({"strategy": "imp", "hparams": {"levels": 2}}))
+    with pytest.raises(lt_plugin.RunFolderError, match="unfinished"):
+        lt_plugin.create_strategy("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
+    (one_level / "config.json").write_text(json.dumps({"strategy": "early-bird", "hparams": {}}))
+    with pytest.raises(lt_plugin.RunFolderError, match="imp run"):
+        lt_plugin.create_strategy("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
+
+
+# ---------------------------------------------------------------- corruptions
+
+def _pixels(n=4, size=12, seed=0):
+    return (torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 255).floor() / 255
+
+
+def test_corruptions_are_seeded_and_stay_8_bit():
+    x = _pixels()
+    for name in CORRUPTIONS:
+        a, b = corrupt(x, name, 3, seed=1), corrupt(x, name, 3, seed=1)
+        assert torch.equal(a, b), name
+        assert torch.equal(a * 255, (a * 255).round()) and a.min() >= 0 and a.max() <= 1, name
+        assert not torch.equal(corrupt(x, name, 1), corrupt(x, name, 5)), name
+    assert not torch.equal(corrupt(x, "gaussian_noise", 3, seed=1), corrupt(x, "gaussian_noise", 3, seed=2))
+
+
+def test_corruptions_match_their_definitions_by_hand():
+    x = _pixels()
+    # Gaussian blur: scikit-image's gaussian (scipy's filter, truncate 4, edges repeated), sigma 0.7 at severity 3
+    expected = torch.stack([torch.stack([torch.from_numpy(ndimage.gaussian_filter(
+        channel.double().numpy(), sigma=0.7, mode="nearest", truncate=4.0)) for channel in image]) for image in x])
+    assert torch.allclose(corrupt(x, "gaussian_blur", 3), (expected.float().clamp(0, 1) * 255).floor() / 255,
+                          atol=1 / 255 + 1e-6)
+    # contrast 0.4 around each channel's mean
+    means = x.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(corrupt(x, "contrast", 3), (((x - means) * 0.4 + means).clamp(0, 1) * 255).floor() / 255,
+                          atol=1e-6)
+    # brightness: HSV value + 0.15 through colorsys, pixel by pixel
+    bright = corrupt(x, "brightness", 3)
+    for i, j in [(0, 0), (3, 7), (11, 11)]:
+        r, g, b = x[1, :, i, j].tolist()
+        h, s, v = colorsys.rgb_to_hsv(r, g, b)
+        expected_pixel = torch.tensor(colorsys.hsv_to_rgb(h, s, min(v + 0.15, 1.0)))
+        assert torch.allclose(bright[1, :, i, j], (expected_pixel * 255).floor() / 255, atol=1 / 255 + 1e-6)
+    black = corrupt(torch.zeros(1, 3, 4, 4), "brightness", 5)
+    assert torch.allclose(black, torch.full_like(black, int(0.3 * 255) / 255))
+
+
+def test_corrupted_copies_undo_the_normalisation_exactly():
+    data = _data()
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # test_resnet's
+    copies = list(corrupted_copies(data.test, mean, std))
+    assert len(copies) == len(CORRUPTIONS) * 5
+    name, severity, contrast_1 = next(c for c in copies if c[0] == "contrast" and c[1] == 1)
+    pixels = ((data.test.images * 0.5 + 0.5) * 255).round() / 255  # the 8-bit pixels the images were made from
+    assert torch.allclose(contrast_1.images * 0.5 + 0.5, corrupt(pixels, "contrast", 1), atol=1e-5)
+    assert torch.equal(contrast_1.labels, data.test.labels)
