@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(OFFLINE) $(VENV)/bin/lt-plugin imp --model resnet18 --dataset digits --levels 3 --epochs 3 --out runs/demo
+	$(OFFLINE) $(VENV)/bin/lt-plugin imp --recipe demo --model resnet18 --dataset digits --out runs/demo
+	$(OFFLINE) $(VENV)/bin/lt-plugin lottery-pools --run runs/demo --corruptions
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q --durations=15

@@ -1,4 +1,8 @@
-"""The `lt-plugin` command. Each strategy's hyperparameters (dataclass fields) become its flags."""
+"""The `lt-plugin` command. Each strategy's hyperparameters (dataclass fields) become its flags.
+
+A strategy's options come in layers: its defaults, then a recipe's values (--recipe), then a YAML or JSON file's
+(--config, which also takes a finished run's config.json), then the flags given on the command line.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,15 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
+from pathlib import Path
 from typing import List, Optional
 
+import yaml
+
 from . import __version__
-from .errors import UserError, first_line
+from .errors import LtPluginWarning, UserError, first_line
+from .recipes import RECIPES, recipe_options
 from .strategies import get_strategy_class, list_strategies
 from .tickets import export_run_ticket
 
@@ -23,7 +32,11 @@ _TRAIN_HELP = {
     "grad_accum_steps": "gradient accumulation steps", "mixed_precision": "no | fp16 | bf16 (Accelerate)",
     "seed": "random seed (initialisation, data order)", "log_with": "Accelerate tracker, e.g. tensorboard",
     "num_workers": "data loader worker processes",
+    "sync_bn": "BatchNorm statistics over the global batch on several GPU processes (torch's SyncBatchNorm); "
+               "without it each process normalises with its own shard of the batch",
 }
+# Values that config.json files of earlier versions recorded, by option: --augment was a switch.
+_OLD_VALUES = {"augment": {True: "imagenet", False: "none"}}
 
 
 def _json_dict(text: str) -> dict:
@@ -40,38 +53,136 @@ def _default(field: dataclasses.Field):
     return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
+def _value_type(field: dataclasses.Field) -> type:
+    """What a field holds: bool, dict, list (for lists and tuples) or the scalar type of its flag."""
+    default = _default(field)
+    for kind in (bool, dict):
+        if isinstance(default, kind):
+            return kind
+    if isinstance(default, (list, tuple)):
+        return list
+    return field.metadata.get("type", type(default) if default is not None else str)
+
+
+def _item_type(field: dataclasses.Field) -> type:
+    default = _default(field)
+    return type(default[0]) if default else str
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field: --field-name, typed from the default (or metadata["type"])."""
+    """One flag per dataclass field: --field-name, typed from the default (or metadata["type"]).
+
+    A flag not given leaves no attribute in the parsed arguments (argparse.SUPPRESS), so that a recipe or a
+    config file can tell it from a flag given with the default value.
+    """
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
-        default = _default(field)
         meta = field.metadata
-        kwargs = {"dest": field.name, "default": default,
-                  "help": f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {default})"}
+        kwargs = {"dest": field.name, "default": argparse.SUPPRESS,
+                  "help": f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {_default(field)})"}
         if "choices" in meta:
             kwargs["choices"] = meta["choices"]
-        if isinstance(default, bool):
+        value_type = _value_type(field)
+        if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, dict):
+        elif value_type is dict:
             kwargs["type"] = _json_dict
-        elif isinstance(default, (list, tuple)):
+        elif value_type is list:
             kwargs["nargs"] = "*"
-            kwargs["type"] = type(default[0]) if default else str
+            kwargs["type"] = _item_type(field)
         else:
-            kwargs["type"] = meta.get("type", type(default) if default is not None else str)
+            kwargs["type"] = value_type
         parser.add_argument(flag, **kwargs)
 
 
 def _strategy_values(cls, args) -> dict:
+    """The strategy's hyperparameters: defaults < recipe < --config file < flags given on the command line."""
+    fields = dataclasses.fields(cls)
+    given = {field.name: getattr(args, field.name) for field in fields if hasattr(args, field.name)}
+    from_file = read_config(args.config, cls) if args.config else {}
+    recipe = given.get("recipe", from_file.get("recipe"))
+    layered = {**(recipe_options(recipe, cls) if recipe else {}), **from_file, **given}
     values = {}
-    for field in dataclasses.fields(cls):
-        value = getattr(args, field.name)
+    for field in fields:
+        value = layered.get(field.name, _default(field))
         values[field.name] = tuple(value) if isinstance(_default(field), tuple) else value
     return values
 
 
+def read_config(path, cls) -> dict:
+    """A strategy's options from a YAML or JSON file of option names and values, or from a finished run's
+    config.json (its "hparams"), checked and typed as the command line would have them."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"--config {path}: {exc.strerror}") from None
+    try:
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"--config {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                        f"{first_line(exc)}") from None
+    content = {} if content is None else content
+    if not isinstance(content, dict):
+        raise UserError(f"--config {path} must hold option names and their values")
+    if isinstance(content.get("hparams"), dict):  # a run's config.json
+        if content.get("strategy") != cls.name:
+            raise UserError(f"--config {path} is the config of a {content.get('strategy')!r} run, not {cls.name!r}")
+        content = content["hparams"]
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    values = {}
+    for key, value in content.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise UserError(f"--config {path}: {cls.name} has no option {key!r}")
+        values[name] = _config_value(fields[name], value, f"--config {path}: {key}")
+    return values
+
+
+def _config_value(field: dataclasses.Field, value, where: str):
+    if isinstance(value, bool):
+        value = _OLD_VALUES.get(field.name, {}).get(value, value)
+    value_type = _value_type(field)
+    if value is None and _default(field) is None:
+        return None
+    if value_type is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, not {value!r}")
+        return [_scalar(_item_type(field), item, where) for item in value]
+    if value_type in (bool, dict):
+        if not isinstance(value, value_type):
+            raise UserError(f"{where} must be a {value_type.__name__}, not {value!r}")
+        return value
+    value = _scalar(value_type, value, where)
+    choices = field.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, not {value!r}")
+    return value
+
+
+def _scalar(value_type: type, value, where: str):
+    """A number, or a string, as the command line would read it (YAML reads 1e-4 as a string: so would argparse)."""
+    if isinstance(value, str) and value_type is not str:
+        try:
+            return value_type(value)
+        except ValueError:
+            pass
+    elif value_type is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, value_type) and not isinstance(value, bool):
+        return value
+    raise UserError(f"{where} must be {value_type.__name__}, not {value!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (a UserError), not the whole usage text."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lt-plugin", description="Lottery tickets for timm models, on Torch-Pruning.")
+    parser = _Parser(prog="lt-plugin", description="Lottery tickets for timm models, on Torch-Pruning.")
     parser.add_argument("--version", action="version", version=f"lt-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("strategies", help="list the registered strategies")
@@ -80,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         strategy_parser = sub.add_parser(name, help=cls.description, description=cls.description)
         strategy_parser.add_argument("--out", required=cls.out_required, default=None,
                                      help="run folder (rerun to resume)")
+        strategy_parser.add_argument("--config", metavar="FILE", help="options from a YAML or JSON file, or a "
+                                     "finished run's config.json; flags given here win over it, it wins over "
+                                     "--recipe")
         add_dataclass_flags(strategy_parser, cls)
         strategy_parser.set_defaults(strategy_class=cls)
     export_parser = sub.add_parser("export", help="write one ticket of a run as a loadable file")
@@ -89,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--level", dest="ticket", help="the same as --ticket")
     which.add_argument("--ratio", dest="ticket", help="the same as --ticket")
     export_parser.add_argument("--out", required=True, help="the ticket file to write (.safetensors)")
+    sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
+    check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
+                                  description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
+                                              "a few densities, export them and run them; exit code 2 if it "
+                                              "cannot be pruned.")
+    check_parser.add_argument("model", help="timm model name")
+    check_parser.add_argument("--image-size", type=int, default=32, help="side of the square inputs (default: 32)")
+    check_parser.add_argument("--granularity", choices=("channel", "weight"), default="channel",
+                              help="channel (structured, exported) or weight (unstructured) tickets (default: channel)")
+    check_parser.add_argument("--model-kwargs", type=_json_dict, default={},
+                              help="extra timm.create_model arguments, as JSON")
     return parser
 
 
@@ -97,6 +222,24 @@ def _print_strategies() -> None:
     width = max(map(len, names), default=0)
     for name in names:
         print(f"{name.ljust(width)}  {get_strategy_class(name).description}")
+
+
+def _print_recipes() -> None:
+    for name, recipe in RECIPES.items():
+        options = " ".join(f"{key}={value}" for key, value in recipe["options"].items())
+        print(f"{name}\n  source: {recipe['source']}\n  options: {options}")
+
+
+def _check(args) -> None:
+    from .check import check_model, format_check  # Torch-Pruning and timm load only for this command
+    print(format_check(check_model(args.model, args.image_size, args.granularity, args.model_kwargs)))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _show=warnings.showwarning) -> None:
+    if issubclass(category, LtPluginWarning):
+        print(f"lt-plugin: warning: {message}", file=sys.stderr)
+    else:
+        _show(message, category, filename, lineno, file, line)
 
 
 def _export(args) -> None:
@@ -108,13 +251,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        if args.command == "strategies":
-            _print_strategies()
-        elif args.command == "export":
-            _export(args)
-        else:
-            cls = args.strategy_class
-            cls(**_strategy_values(cls, args)).run(args.out)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command == "strategies":
+                _print_strategies()
+            elif args.command == "recipes":
+                _print_recipes()
+            elif args.command == "export":
+                _export(args)
+            elif args.command == "check":
+                _check(args)
+            else:
+                cls = args.strategy_class
+                cls(**_strategy_values(cls, args)).run(args.out)
     except UserError as exc:
         print(f"lt-plugin: error: {first_line(exc)}", file=sys.stderr)
         return 2

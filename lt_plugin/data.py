@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -22,8 +23,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from datasets.exceptions import DatasetNotFoundError
 from sklearn.model_selection import train_test_split
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
+from torchvision import transforms
 
-from .errors import DataError, UserError, first_line
+from .errors import DataError, LtPluginWarning, UserError, first_line
+from .experiment import AUGMENTATIONS
 
 BUILTIN_DATASETS = {
     "digits": "scikit-learn's 1,797 handwritten digits, 8x8 grayscale, 10 classes (always available offline)",
@@ -47,6 +50,8 @@ IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 
 PREPARE_BATCH_SIZE = 256
+CROP_PADDING = 4  # pixels on each side, as the references pad CIFAR's 32x32 images
+SMALL_IMAGE_SIDE = 64  # source images below this lose too much to timm's random-resized crop
 
 
 @dataclass
@@ -59,6 +64,18 @@ class DataSplits:
     num_classes: int
     name: str
     input_size: tuple  # (C, H, W) of the tensors
+
+
+class DecodedImages:
+    """The images of a dataset's column, as PIL images in the mode `in_chans` calls for, decoded when indexed."""
+
+    def __init__(self, dataset: Dataset, image_column: str, in_chans: int):
+        self.dataset = dataset.select_columns([image_column])
+        self.image_column = image_column
+        self.in_chans = in_chans
+
+    def __getitem__(self, index):
+        return _in_mode(self.dataset[int(index)][self.image_column], self.in_chans)
 
 
 class PreparedImages(torch.utils.data.Dataset):
@@ -76,12 +93,12 @@ class PreparedImages(torch.utils.data.Dataset):
 
 
 class AugmentedImages(torch.utils.data.Dataset):
-    """Images decoded and randomly transformed anew each time they are read (augment=True)."""
+    """Images randomly transformed anew each time they are read. `images[i]` is what `pixel_transform` takes: uint8
+    pixels [C, H, W] transformed once at load time, which the small-image recipes shift and flip (augment="crop",
+    "crop-flip"), or a PIL image decoded each time for timm's ImageNet recipe (DecodedImages, augment="imagenet")."""
 
-    def __init__(self, dataset: Dataset, image_column: str, labels: np.ndarray, pixel_transform,
-                 mean: torch.Tensor, std: torch.Tensor):
-        self.dataset = dataset.select_columns([image_column])
-        self.image_column = image_column
+    def __init__(self, images, labels: np.ndarray, pixel_transform, mean: torch.Tensor, std: torch.Tensor):
+        self.images = images
         self.labels = labels
         self.pixel_transform = pixel_transform
         self.mean = mean
@@ -91,21 +108,23 @@ class AugmentedImages(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
-        image = self.dataset[int(index)][self.image_column]
-        pixels = self.pixel_transform(_in_mode(image, in_chans=len(self.mean)))
+        pixels = self.pixel_transform(self.images[index])
         return _normalise(pixels.unsqueeze(0), self.mean, self.std)[0], int(self.labels[index])
 
 
 def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,
               val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
-              augment: bool = False, image_column: Optional[str] = None, label_column: Optional[str] = None,
-              max_train_samples: Optional[int] = None) -> DataSplits:
+              augment: str = "none", augment_kwargs: Optional[dict] = None, image_column: Optional[str] = None,
+              label_column: Optional[str] = None, max_train_samples: Optional[int] = None) -> DataSplits:
     """Train/val/test splits of `name` as normalised float tensors of shape (in_chans, image_size, image_size).
 
     The dataset's own test (and validation) split is used when it has one; otherwise it is carved from the
     training data with `split_seed`, stratified by label when possible. Same arguments, same splits and tensors.
+    `augment` names a training augmentation (AUGMENTATIONS; `augment_kwargs` are timm's create_transform options
+    for "imagenet"); its randomness comes from torch's and Python's global generators, which `fit` seeds per epoch.
     """
     _check_options(image_size, in_chans, val_fraction, test_fraction, max_train_samples)
+    augmentation = _augmentation(augment, augment_kwargs or {}, image_size, in_chans)
     mean = _channel_stats(IMAGENET_DEFAULT_MEAN if mean is None else mean, in_chans, "mean")
     std = _channel_stats(IMAGENET_DEFAULT_STD if std is None else std, in_chans, "std")
 
@@ -129,9 +148,13 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     num_classes = _num_classes(train.features[label_column], labels)
 
     eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
-    if augment:
-        train_images = AugmentedImages(train, image_column, labels["train"],
-                                       _pixel_transform(image_size, in_chans, is_training=True), mean, std)
+    if augment == "imagenet":
+        _warn_if_small(train, image_column, name)
+        images = DecodedImages(train, image_column, len(mean))
+        train_images = AugmentedImages(images, labels["train"], augmentation, mean, std)
+    elif augmentation is not None:
+        pixels = _pixels(train, image_column, eval_transform, image_size, len(mean))
+        train_images = AugmentedImages(pixels, labels["train"], augmentation, mean, std)
     else:
         train_images = _prepare(train, image_column, labels["train"], eval_transform, image_size, mean, std)
     val_images = _prepare(val, image_column, labels["val"], eval_transform, image_size, mean, std)
@@ -346,14 +369,43 @@ def _num_classes(label_feature, labels: Dict[str, np.ndarray]) -> int:
 
 # ---- transforms ----
 
-def _pixel_transform(image_size: int, in_chans: int, is_training: bool):
+def _pixel_transform(image_size: int, in_chans: int, is_training: bool, **options):
     """timm's transform up to uint8 pixels [C, H, W], without ToTensor's scaling and the normalisation.
 
     This is how timm splits it for its prefetching loader: the normalisation is then done on whole splits at once
     (`_normalise`), with the same arithmetic as ToTensor + Normalize.
     """
     return create_transform(input_size=(in_chans, image_size, image_size), is_training=is_training, crop_pct=1.0,
-                            interpolation="bicubic", hflip=0.0, use_prefetcher=True)
+                            interpolation="bicubic", use_prefetcher=True, **options)
+
+
+def _augmentation(augment: str, augment_kwargs: dict, image_size: int, in_chans: int):
+    """The random training transform of an augmentation name: timm's, on PIL images, for "imagenet"; torchvision's
+    shift (and flip) on uint8 pixel tensors at the image size for the small-image recipes; None for "none"."""
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {augment!r}")
+    if augment_kwargs and augment != "imagenet":
+        raise UserError(f"augment_kwargs (timm's create_transform options) apply to augment 'imagenet', "
+                        f"not {augment!r}")
+    if augment == "imagenet":
+        try:
+            return _pixel_transform(image_size, in_chans, is_training=True, **augment_kwargs)
+        except TypeError as exc:
+            raise UserError(f"augment_kwargs {augment_kwargs}: {first_line(exc)}") from None
+    if augment == "none":
+        return None
+    shift = [transforms.RandomCrop(image_size, padding=CROP_PADDING)]
+    if augment == "crop-flip":
+        shift.append(transforms.RandomHorizontalFlip())
+    return transforms.Compose(shift)
+
+
+def _warn_if_small(dataset: Dataset, image_column: str, name: str) -> None:
+    width, height = dataset[0][image_column].size
+    if min(width, height) < SMALL_IMAGE_SIDE:
+        warnings.warn(f"augment 'imagenet' crops random areas down to 8% of an image and jitters its colours, which "
+                      f"destroys small images like the {width}x{height} of {name}: use 'crop-flip', or 'crop' for "
+                      "images that must not be mirrored (digits, text)", LtPluginWarning, stacklevel=3)
 
 
 def _in_mode(image, in_chans: int):
@@ -371,12 +423,18 @@ def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return pixels.expand(-1, len(mean), -1, -1).float().div_(255).sub_(mean).div_(std)
 
 
-def _prepare(dataset: Dataset, image_column: str, labels: np.ndarray, pixel_transform, image_size: int,
-             mean: torch.Tensor, std: torch.Tensor) -> PreparedImages:
-    pixels = torch.empty((len(dataset), len(mean), image_size, image_size), dtype=torch.uint8)
+def _pixels(dataset: Dataset, image_column: str, pixel_transform, image_size: int, channels: int) -> torch.Tensor:
+    """uint8 [N, channels, image_size, image_size] pixels of every image, transformed once."""
+    pixels = torch.empty((len(dataset), channels, image_size, image_size), dtype=torch.uint8)
     row = 0
     for batch in dataset.select_columns([image_column]).iter(batch_size=PREPARE_BATCH_SIZE):
         for image in batch[image_column]:
-            pixels[row] = pixel_transform(_in_mode(image, in_chans=len(mean)))  # 1 channel is copied into all
+            pixels[row] = pixel_transform(_in_mode(image, in_chans=channels))  # 1 channel is copied into all
             row += 1
+    return pixels
+
+
+def _prepare(dataset: Dataset, image_column: str, labels: np.ndarray, pixel_transform, image_size: int,
+             mean: torch.Tensor, std: torch.Tensor) -> PreparedImages:
+    pixels = _pixels(dataset, image_column, pixel_transform, image_size, len(mean))
     return PreparedImages(_normalise(pixels, mean, std), torch.from_numpy(labels))

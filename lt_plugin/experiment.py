@@ -3,27 +3,75 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pickle
+from pathlib import Path
 from typing import Optional
 
 import timm
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UnsupportedModelError, UserError, first_line
+from .recipes import RECIPES
+from .structure import check_forward
+
+AUGMENTATIONS = {
+    "none": "no augmentation",
+    "crop-flip": "pad by 4 pixels, random crop at the image size, horizontal flip: the small-image (CIFAR) recipe "
+                 "of the lottery-ticket papers",
+    "crop": "crop-flip without the flip, for images that must not be mirrored (digits, text)",
+    "imagenet": "timm's ImageNet recipe (random resized crop down to 8% of the area, flip, colour jitter), for "
+                "large images; its options in --augment-kwargs",
+}
+# An argument no timm constructor takes. Called with it after img_size, a constructor fails while binding its
+# arguments, before anything is built, and the error names the first of the two it does not take.
+_PROBE_ARGUMENT = "lt_plugin_probe"
+
+
+class _SizeMismatch(UserError):
+    """A pretrained file whose tensors do not have the model's shapes."""
+
+
+@functools.lru_cache(maxsize=None)
+def takes_img_size(model_name: str) -> bool:
+    """Whether the constructor of a timm model takes `img_size` (ViT, DeiT, Swin, MobileViT...), without building it."""
+    try:
+        timm.create_model(model_name, pretrained=False, img_size=224, **{_PROBE_ARGUMENT: True})
+    except TypeError as exc:
+        return _PROBE_ARGUMENT in str(exc)
+    except Exception:  # a constructor that passed both on and failed on something else: leave img_size out
+        return False
+    return True  # a constructor that accepts anything
 
 
 @dataclasses.dataclass
 class Experiment:
     """The model and data half of a strategy's hyperparameters."""
 
+    recipe: Optional[str] = dataclasses.field(default=None, metadata={
+        "type": str, "help": f"a published training setup ({', '.join(RECIPES)}; lt-plugin recipes shows their "
+                             "sources and values) filling the defaults of the other options; options given win"})
     model: str = dataclasses.field(default="resnet18", metadata={"help": "timm model name"})
     model_kwargs: dict = dataclasses.field(default_factory=dict,
                                            metadata={"help": "extra timm.create_model arguments, as JSON"})
+    pretrained_file: Optional[str] = dataclasses.field(default=None, metadata={
+        "type": str, "help": "start from the weights in this local file (.safetensors, or .pth/.bin read with "
+                             "torch.load(weights_only=True): nothing is unpickled) through timm's pretrained config; "
+                             "a classifier of another class count is left new; rewinding to init goes back to them"})
     dataset: str = dataclasses.field(default="digits", metadata={
         "help": "digits | fashion-mnist | an image folder | a saved dataset folder | a Hugging Face hub name"})
-    image_size: int = dataclasses.field(default=32, metadata={"help": "side of the square input images"})
+    image_size: int = dataclasses.field(default=32, metadata={
+        "help": "side of the square input images; timm models that take an img_size (ViT, DeiT, Swin...) are built "
+                "for it"})
     val_fraction: float = dataclasses.field(default=0.1, metadata={"help": "share of train held out for validation"})
-    augment: bool = dataclasses.field(default=False, metadata={"help": "timm's training augmentation"})
+    augment: str = dataclasses.field(default="none", metadata={
+        "choices": tuple(AUGMENTATIONS),
+        "help": "training augmentation: crop-flip for small images, crop for small images that must not be "
+                "mirrored (digits), imagenet for large images (see the README)"})
+    augment_kwargs: dict = dataclasses.field(default_factory=dict, metadata={
+        "help": "options of timm's create_transform for --augment imagenet, as JSON, e.g. '{\"scale\": [0.35, 1], "
+                "\"hflip\": 0}'"})
     max_train_samples: Optional[int] = dataclasses.field(default=None,
                                                          metadata={"type": int, "help": "use at most this many training images"})
 
@@ -32,7 +80,7 @@ class Experiment:
         mean, std = self._norm_stats()
         return load_data(self.dataset, image_size=self.image_size, mean=mean, std=std,
                          val_fraction=self.val_fraction, split_seed=0, augment=self.augment,
-                         max_train_samples=self.max_train_samples)
+                         augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples)
 
     def _norm_stats(self):
         self._check_model_name()
@@ -45,16 +93,111 @@ class Experiment:
         if not timm.is_model(self.model):
             raise UserError(f"unknown timm model {self.model!r} (see timm.list_models())")
 
-    def create_model(self, num_classes: int, seed: int) -> nn.Module:
-        """A freshly initialised timm model; the same seed gives the same weights."""
+    def timm_kwargs(self, num_classes: int) -> dict:
+        """The timm.create_model arguments of the model: `model_kwargs`, the number of classes, and `img_size` for
+        a model whose constructor takes one (unless `model_kwargs` set it), so that it is built for `image_size`."""
         self._check_model_name()
-        kwargs = dict(self.model_kwargs)
-        kwargs.setdefault("num_classes", num_classes)
-        torch.manual_seed(seed)
+        kwargs = {"num_classes": num_classes, **self.model_kwargs}
+        if "img_size" not in kwargs and takes_img_size(self.model):
+            kwargs["img_size"] = self.image_size
+        return kwargs
+
+    def create_model(self, num_classes: int, seed: int, pretrained: bool = True) -> nn.Module:
+        """A timm model that takes `example_inputs()`: initialised from `seed` (the same seed, the same weights), then
+        given the weights of `pretrained_file` when there is one and `pretrained` (random controls pass False).
+
+        The file's classifier is kept when it has `num_classes` outputs; otherwise timm leaves the classifier new."""
+        kwargs = self.timm_kwargs(num_classes)
+        if not (pretrained and self.pretrained_file is not None):
+            return self._build(kwargs, seed)
+        self.check_pretrained_file()
+        file = str(Path(self.pretrained_file).resolve())
         try:
-            return timm.create_model(self.model, pretrained=False, **kwargs)
+            model = self._build({**kwargs, "pretrained_cfg_overlay": {"file": file, "num_classes": num_classes}},
+                                seed, pretrained=True)
+        except _SizeMismatch:  # a classifier for other classes (e.g. ImageNet's 1000)
+            model = self._build({**kwargs, "pretrained_cfg_overlay": {"file": file}}, seed, pretrained=True)
+        return model
+
+    def _build(self, kwargs: dict, seed: int, pretrained: bool = False) -> nn.Module:
+        torch.manual_seed(seed)
+        refused = (f"--pretrained-file {self.pretrained_file} is refused: it is a pickle that would run code to load; "
+                   "give weights only (safetensors, or torch.save of a state dict)")
+        try:
+            model = timm.create_model(self.model, pretrained=pretrained, **kwargs)
+        except pickle.UnpicklingError:
+            raise UserError(refused) from None
+        except RuntimeError as exc:
+            if pretrained and "weights_only" in str(exc):  # timm's wording of torch.load(weights_only=True) refusing
+                raise UserError(refused) from None
+            if pretrained and "size mismatch" in str(exc):
+                raise _SizeMismatch(str(exc)) from None
+            if pretrained:
+                raise UserError(f"--pretrained-file {self.pretrained_file} does not fit {self.model}: "
+                                f"{first_line(exc)}") from None
+            raise UserError(f"timm cannot build {self.model} with {kwargs}: {first_line(exc)}") from None
         except TypeError as exc:
             raise UserError(f"timm.create_model({self.model!r}) rejected the model kwargs {kwargs}: {exc}") from None
+        except Exception as exc:  # timm's constructors raise many types for arguments they cannot build
+            raise UserError(f"timm cannot build {self.model} with {kwargs}: {type(exc).__name__}: "
+                            f"{first_line(exc)}") from None
+        self._check_input_fits(model, kwargs)
+        return model
+
+    def _check_input_fits(self, model: nn.Module, kwargs: dict) -> None:
+        """An input the model cannot take is the user's mistake: say so now, before a tracer or trainer fails on it."""
+        size = self.image_size
+        try:
+            check_forward(model, self.example_inputs(), "it")
+        except UnsupportedModelError as exc:
+            built_for = kwargs.get("img_size")
+            if built_for is not None and _square(built_for) != (size, size):
+                height, width = _square(built_for)
+                raise UserError(f"{self.model} was built for {height}x{width} inputs (img_size in --model-kwargs), "
+                                f"not {size}x{size}: drop img_size or use --image-size {height}") from None
+            smallest = _smallest_input(model, size, _default_side(self.model))
+            if smallest is not None:
+                raise UserError(f"{self.model} needs inputs of at least {smallest}x{smallest} pixels; "
+                                f"--image-size is {size}") from None
+            raise UserError(f"the {size}x{size} input does not fit {self.model}: {exc}") from None
+
+    def check_pretrained_file(self) -> None:
+        if self.pretrained_file is not None and not Path(self.pretrained_file).is_file():
+            raise UserError(f"--pretrained-file {self.pretrained_file}: no such file")
 
     def example_inputs(self) -> torch.Tensor:
         return torch.zeros(1, 3, self.image_size, self.image_size)
+
+
+def _square(img_size):
+    return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+
+def _default_side(model_name: str) -> int:
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return cfg.input_size[-1] if cfg is not None else 224
+
+
+def _fits(model: nn.Module, side: int) -> bool:
+    try:
+        check_forward(model, torch.zeros(1, 3, side, side), "")
+    except UnsupportedModelError:
+        return False
+    return True
+
+
+def _smallest_input(model: nn.Module, failing: int, limit: int) -> Optional[int]:
+    """The smallest square side above `failing` that `model` takes, or None if none up to `limit` does.
+
+    Sides double until one fits, then bisection: small inputs first, as large ones cost the most."""
+    if failing >= limit:
+        return None
+    fitting = min(2 * failing, limit)
+    while not _fits(model, fitting):
+        if fitting >= limit:
+            return None
+        failing, fitting = fitting, min(2 * fitting, limit)
+    while fitting - failing > 1:
+        middle = (failing + fitting) // 2
+        failing, fitting = (failing, middle) if _fits(model, middle) else (middle, fitting)
+    return fitting

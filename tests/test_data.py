@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 
 from lt_plugin import data
 from lt_plugin.data import BUILTIN_DATASETS, DataSplits, PreparedImages, data_config_for, load_data
-from lt_plugin.errors import DataError, UserError
+from lt_plugin.errors import DataError, LtPluginWarning, UserError
 
 RAW = dict(mean=(0.0,), std=(1.0,))  # normalisation that keeps pixels / 255, so they can be read back
 
@@ -104,7 +104,8 @@ def test_max_train_samples_shrinks_only_train():
 
 def test_augment_transforms_train_on_the_fly():
     plain = load_data("digits", image_size=32)
-    augmented = load_data("digits", image_size=32, augment=True)
+    with pytest.warns(LtPluginWarning):  # timm's ImageNet recipe on 8x8 digits
+        augmented = load_data("digits", image_size=32, augment="imagenet")
     assert not isinstance(augmented.train, PreparedImages)
     assert len(augmented.train) == len(plain.train)
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from typing import Callable, Dict, List, Type
 
 from ..errors import UserError
+from ..recipes import recipe_options
 from .base import Strategy
 
 ENTRY_POINT_GROUP = "lt_plugin.strategies"
@@ -61,8 +62,14 @@ def get_strategy_class(name: str) -> Type[Strategy]:
 
 
 def create_strategy(name: str, **hparams) -> Strategy:
-    """Build a registered strategy from its hyperparameters (keyword arguments with defaults)."""
-    return get_strategy_class(name)(**hparams)
+    """Build a registered strategy from its hyperparameters (keyword arguments with defaults).
+
+    `recipe="lth-cifar"` (see lt_plugin.recipes) fills the options the keyword arguments do not give.
+    """
+    cls = get_strategy_class(name)
+    if hparams.get("recipe"):
+        hparams = {**recipe_options(hparams["recipe"], cls), **hparams}
+    return cls(**hparams)
 
 
 __all__ = ["Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class",

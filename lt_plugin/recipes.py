@@ -1,0 +1,66 @@
+"""Recipes: the reference papers' training setups by name (`--recipe NAME`, `lt-plugin recipes`).
+
+A recipe is data: values for a strategy's options, with the source they were read from. They fill the defaults;
+options given explicitly (flags, a --config file, keyword arguments) win, and options a strategy does not have are
+skipped (the Early-Bird penalty of `eb-cifar` means nothing to `imp`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from .errors import UserError
+
+# The schedule the three reference papers share for CIFAR: SGD with momentum, the LR decayed x0.1 at 50% and 75%.
+_CIFAR_SGD = dict(opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="multistep", decay_milestones=(0.5, 0.75),
+                  decay_rate=0.1, warmup_epochs=0.0, augment="crop-flip")
+
+RECIPES = {
+    "demo": {
+        "source": "lt_plugin's short job on the built-in digits (README, `make demo`): 3 levels of 3 epochs, a few "
+                  "minutes on 2 CPU cores; not a paper's setup",
+        "options": dict(epochs=3, batch_size=128, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="cosine",
+                        warmup_epochs=0.0, augment="none", levels=3),
+    },
+    "lth-cifar": {
+        "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), ResNet-20 on CIFAR-10 as open_lth trains it "
+                  "(github.com/facebookresearch/open_lth: models/cifar_resnet.py default_hparams, "
+                  "datasets/cifar10.py): batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% "
+                  "of the remaining weights per level by global magnitude, rewinding to init",
+        "options": dict(_CIFAR_SGD, epochs=160, batch_size=128, prune_fraction=0.2, scope="global", rewind="init"),
+    },
+    "lth-vgg-cifar": {
+        "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), section 4: a deeper network (VGG) gives tickets "
+                  "rewound to init only with linear LR warm-up (theirs: 10,000 iterations of batch 64 for VGG-19, "
+                  "12.8 epochs); the training is open_lth's VGG-16 on CIFAR-10 (models/cifar_vgg.py "
+                  "default_hparams): batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% per "
+                  "level by global magnitude",
+        "options": dict(_CIFAR_SGD, epochs=160, batch_size=128, warmup_epochs=12.8, prune_fraction=0.2,
+                        scope="global", rewind="init"),
+    },
+    "eb-cifar": {
+        "source": "You et al., ICLR 2020 (arXiv:1909.11957), VGG/PreResNet on CIFAR as the reference code trains "
+                  "them (github.com/GATECH-EIC/Early-Bird-Tickets: main.py, scripts/standard-train/search.sh): "
+                  "batch 256, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, BatchNorm-scale L1 "
+                  "penalty 1e-4, prune ratios 0.3/0.5/0.7, mask distance 0.1 over the last 5 masks",
+        "options": dict(_CIFAR_SGD, epochs=160, batch_size=256, penalty=1e-4, ratios=[0.3, 0.5, 0.7], epsilon=0.1,
+                        window=5),
+    },
+    "lottery-pools-cifar": {
+        "source": "Yin, Liu et al., AAAI 2023 (arXiv:2208.10842), the IMP runs whose tickets are pooled "
+                  "(github.com/luuyin/Lottery-pools: CIFAR/main_imp.py defaults, CIFAR/dataset.py, the README's "
+                  "command): batch 128, 182 epochs, x0.1 at epochs 91 and 136, pad-4 crop and flip, 5,000 of the "
+                  "50,000 training images held out, 20% per level for 18 levels, rewinding to epoch 9",
+        "options": dict(_CIFAR_SGD, epochs=182, batch_size=128, decay_milestones=(0.5, 0.7473), val_fraction=0.1,
+                        prune_fraction=0.2, levels=18, rewind="9ep"),
+    },
+}
+
+
+def recipe_options(name: str, strategy_class) -> dict:
+    """The values recipe `name` gives to the options `strategy_class` has."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)} (see lt-plugin recipes)")
+    fields = {field.name for field in dataclasses.fields(strategy_class)}
+    return {key: copy.deepcopy(value) for key, value in RECIPES[name]["options"].items() if key in fields}
