@@ -17,6 +17,14 @@ class RunFolderError(UserError):
     """A run folder is missing, unreadable, or was made with other settings."""
 
 
+class DivergedError(UserError):
+    """Training produced a loss that is NaN or infinite (usually a learning rate too high for the model)."""
+
+
+class LtPluginWarning(UserWarning):
+    """A setting that works but is probably not what the user wants; the CLI prints it on one line."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to one line (the CLI reports errors on one line)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -28,6 +30,32 @@ def package_versions() -> Dict[str, str]:
     return versions
 
 
+# Run folders this process holds the lock of (path -> open lock file); the OS drops a lock when its process dies.
+_held_locks: Dict[Path, object] = {}
+
+
+def lock_run_folder(path: Path) -> None:
+    """Refuse to go on if another live process writes `path`; a killed run leaves no stale lock."""
+    path = path.resolve()
+    if path in _held_locks:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderError(f"{path} is being written by a live run ({owner}); wait for it to finish or choose "
+                             "another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    _held_locks[path] = handle
+
+
 class RunFolder:
     """Files of one run. Only the main process writes; every process waits until a file is complete."""
 
@@ -45,7 +73,11 @@ class RunFolder:
         self.accelerator.wait_for_everyone()
 
     def check_config(self, strategy: str, hparams: dict) -> None:
-        """Write config.json, or check that an existing run was made with the same settings."""
+        """Write config.json, or check that an existing run was made with the same settings. The main process
+        takes the folder's lock first: a second run on a folder that a live run writes is refused."""
+        if self.is_main:
+            lock_run_folder(self.path)
+        self._sync()
         hparams = json.loads(json.dumps(hparams))
         config_path = self.path / "config.json"
         if config_path.exists():

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import RunFolderError
+from .errors import RunFolderError, first_line
 
 
 def _umask() -> int:
@@ -50,7 +50,8 @@ def read_safetensors(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     except FileNotFoundError:
         raise RunFolderError(f"{path}: no such file") from None
     except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise RunFolderError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise RunFolderError(f"{path}: not a readable safetensors file ({first_line(exc)}); it is damaged: "
+                             "restore it, or delete it to recompute that stage") from None
 
 
 def load_weights(path) -> Dict[str, torch.Tensor]:
@@ -73,4 +74,5 @@ def read_json(path):
     except FileNotFoundError:
         raise RunFolderError(f"{path}: no such file") from None
     except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{path}: not valid JSON ({exc})") from None
+        raise RunFolderError(f"{path}: not valid JSON ({exc}); it is damaged: restore it, or delete it to recompute "
+                             "that stage") from None

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .errors import UserError
+from .errors import RunFolderError, UserError
 from .masks import Mask
 from .store import atomic_save_safetensors, load_weights, read_json, read_safetensors
 from .structure import ChannelStructure, export
@@ -67,15 +67,16 @@ def export_run_ticket(run_dir, key, out_path) -> Path:
     ticket file, physically pruned for channel tickets."""
     from .strategies import get_strategy_class  # strategies import this module
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise RunFolderError(f"--run {run_dir}: not a run folder (no config.json)")
     config = read_json(run_dir / "config.json")
     files = get_strategy_class(config.get("strategy", "")).locate_ticket(run_dir, str(key))
     experiment = files.experiment
     num_classes = files.result["num_classes"]
-    model = experiment.create_model(num_classes, seed=0)
+    model = experiment.create_model(num_classes, seed=0, pretrained=False)
     model.load_state_dict(load_weights(files.weights))
     mask = Mask.load(files.mask)
-    model_kwargs = {**experiment.model_kwargs, "num_classes": num_classes}
-    save_ticket(out_path, model, mask, model_name=experiment.model, model_kwargs=model_kwargs,
+    save_ticket(out_path, model, mask, model_name=experiment.model, model_kwargs=experiment.timm_kwargs(num_classes),
                 input_size=tuple(experiment.example_inputs().shape[1:]),
                 extra={"run": str(run_dir), "ticket": str(key), "test_accuracy": files.result.get("test_accuracy")})
     return Path(out_path)

@@ -23,27 +23,28 @@ import time
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import filter_trackers
-from accelerate.utils import broadcast, set_seed
-from timm.optim import create_optimizer_v2
+from accelerate.utils import LoggerType, ProjectConfiguration, broadcast, set_seed
+from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
+from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .errors import RunFolderError, UserError
+from .errors import DivergedError, RunFolderError, UserError
 from .masks import Mask
 from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 # Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
-SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers")
+SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe")
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
 _OPTIMIZER_PREFIX = "optimizer/"
 _MODEL_PREFIX = "model/"
@@ -69,6 +70,52 @@ class TrainConfig:
     seed: int = 0
     log_with: Optional[str] = None   # an Accelerate tracker name, e.g. "tensorboard"; None = no trackers
     num_workers: int = 0
+    sync_bn: bool = False            # BatchNorm statistics over the global batch on N processes (GPUs only)
+
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Every training option that cannot work, as a UserError naming its flag (before anything is written)."""
+    def need(ok: bool, flag: str, what: str, value) -> None:
+        if not ok:
+            raise UserError(f"--{flag} must be {what}, not {value!r}")
+
+    need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, "epochs", "1 or more", cfg.epochs)
+    need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "batch-size", "1 or more", cfg.batch_size)
+    need(cfg.eval_batch_size >= 1, "eval-batch-size", "1 or more", cfg.eval_batch_size)
+    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a positive number", cfg.lr)
+    need(0.0 <= cfg.momentum < 1.0, "momentum", "in [0, 1)", cfg.momentum)
+    need(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight-decay", "0 or more", cfg.weight_decay)
+    need(cfg.opt.lower() in list_optimizers(), "opt", "a timm optimizer name (e.g. sgd, adamw, lamb; see "
+         "timm.optim.list_optimizers())", cfg.opt)
+    need(cfg.sched in SCHEDULES, "sched", f"one of {', '.join(SCHEDULES)}", cfg.sched)
+    milestones = list(cfg.decay_milestones)
+    need(all(0 < m < 1 for m in milestones) and milestones == sorted(milestones), "decay-milestones",
+         "increasing fractions of training in (0, 1), e.g. 0.5 0.75", milestones)
+    need(cfg.sched not in ("step", "multistep") or bool(milestones), "decay-milestones",
+         f"at least one fraction with --sched {cfg.sched}", milestones)
+    need(0 < cfg.decay_rate <= 1, "decay-rate", "in (0, 1]", cfg.decay_rate)
+    need(0 <= cfg.warmup_epochs < cfg.epochs, "warmup-epochs", f"0 or more and fewer than --epochs ({cfg.epochs})",
+         cfg.warmup_epochs)
+    need(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1, "grad-accum-steps", "1 or more",
+         cfg.grad_accum_steps)
+    need(cfg.mixed_precision in MIXED_PRECISIONS, "mixed-precision", f"one of {', '.join(MIXED_PRECISIONS)}",
+         cfg.mixed_precision)
+    need(cfg.num_workers >= 0, "num-workers", "0 or more", cfg.num_workers)
+    need(0 <= cfg.seed < 2**31, "seed", "in [0, 2**31)", cfg.seed)
+    trackers = [t.value for t in LoggerType if t.value != "all"]
+    need(cfg.log_with is None or cfg.log_with in trackers, "log-with", f"one of {', '.join(trackers)}", cfg.log_with)
+
+
+def check_training_data(cfg: TrainConfig, num_train_samples: int, num_processes: int) -> None:
+    """The options that depend on the data and the processes: at least one global batch, split evenly."""
+    if num_train_samples < cfg.batch_size * cfg.grad_accum_steps:
+        raise UserError(f"--batch-size {cfg.batch_size} x --grad-accum-steps {cfg.grad_accum_steps} needs more "
+                        f"training samples than the {num_train_samples} there are; lower them")
+    if cfg.batch_size % num_processes:
+        raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the {num_processes} processes")
 
 
 def train_config_of(hparams) -> TrainConfig:
@@ -86,22 +133,34 @@ class TrainResult:
 
 
 def make_accelerator(cfg: TrainConfig, project_dir=None) -> Accelerator:
-    """The Accelerator `fit` expects: global batches split over processes, accumulation and precision from `cfg`."""
+    """The Accelerator `fit` expects: global batches split over processes, accumulation and precision from `cfg`.
+
+    Trackers write into `<project_dir>/logs/<name of the fit>`, so that the curves of a run's fits overlay.
+    """
+    check_train_config(cfg)
     if cfg.log_with and project_dir is None:
         raise UserError(f"log_with={cfg.log_with!r} needs a project_dir for the tracker's files")
+    logging_dir = Path(project_dir) / "logs" if project_dir is not None else None
     try:
-        if cfg.log_with and not filter_trackers(cfg.log_with, project_dir):  # Accelerate would drop it silently
+        if cfg.log_with and not filter_trackers(cfg.log_with, logging_dir):  # Accelerate would drop it silently
             raise UserError(f"log_with={cfg.log_with!r}: that tracker's package is not installed "
                             "(for TensorBoard: pip install 'lt-plugin[tensorboard]')")
-        return Accelerator(
+        accelerator = Accelerator(
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             gradient_accumulation_steps=cfg.grad_accum_steps,
             mixed_precision=cfg.mixed_precision,
             log_with=cfg.log_with,
-            project_dir=project_dir,
+            project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=logging_dir),
         )
     except ValueError as exc:
         raise UserError(f"cannot set up Accelerate: {exc}") from None
+    _check_sync_bn(cfg, accelerator)
+    return accelerator
+
+
+def _check_sync_bn(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    if cfg.sync_bn and accelerator.device.type == "cpu":
+        raise UserError("--sync-bn needs GPUs: torch's SyncBatchNorm runs on accelerators only")
 
 
 def _batches_per_epoch(cfg: TrainConfig, num_train_samples: int) -> int:
@@ -147,14 +206,20 @@ class _EpochShuffle(Sampler):
 # ---------------------------------------------------------------- evaluation and BatchNorm statistics
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, accelerator: Accelerator, batch_size: int = 256) -> Tuple[float, int]:
+def evaluate(model: Union[nn.Module, Sequence[nn.Module]], dataset, accelerator: Accelerator,
+             batch_size: int = 256) -> Tuple[float, int]:
     """Top-1 accuracy over `dataset` and the number of samples counted (each exactly once, on 1 or N processes).
 
-    Leaves the model in eval mode.
+    `model` may be a list of models: their mean softmax is the prediction (a naive output ensemble).
+    Leaves the model(s) in eval mode.
     """
     if len(dataset) == 0:
         raise UserError("cannot evaluate on an empty dataset")
-    model = accelerator.unwrap_model(model).to(accelerator.device).eval()
+    if isinstance(model, (list, tuple)):
+        members = [accelerator.unwrap_model(m).to(accelerator.device).eval() for m in model]
+        model = lambda inputs: torch.stack([m(inputs).softmax(dim=1) for m in members]).mean(dim=0)  # noqa: E731
+    else:
+        model = accelerator.unwrap_model(model).to(accelerator.device).eval()
     processes = accelerator.num_processes
     batch_size = math.ceil(batch_size / processes) * processes  # split_batches needs a multiple of the processes
     loader = accelerator.prepare_data_loader(DataLoader(dataset, batch_size=batch_size, shuffle=False))
@@ -179,6 +244,23 @@ def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batc
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     update_bn(islice(loader, num_batches), model, device=accelerator.device)
     model.eval()
+
+
+def convert_sync_batchnorm(model: nn.Module) -> Dict[str, nn.Module]:
+    """Replace the BatchNorm layers of `model` in place by torch's SyncBatchNorm (timm's conversion, which keeps the
+    activation of timm's BatchNormAct2d). The new layers share the old ones' parameters and buffers, so state-dict
+    names and values, masks and optimizers see no difference. Returns the replaced layers by name."""
+    originals = {name: m for name, m in model.named_modules()
+                 if name and isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)}
+    timm_convert_sync_batchnorm(model)
+    return originals
+
+
+def revert_sync_batchnorm(model: nn.Module, originals: Dict[str, nn.Module]) -> None:
+    """Put back the layers `convert_sync_batchnorm` replaced: plain BatchNorm with the trained (shared) tensors."""
+    for name, layer in originals.items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, layer)
 
 
 # ---------------------------------------------------------------- files
@@ -330,6 +412,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     if final_path.exists():
         return _load_result(model, final_path, settings)
     _check_can_train(model, train_set, cfg, accelerator)
+    _check_sync_bn(cfg, accelerator)
     per_epoch = steps_per_epoch(cfg, len(train_set))
     last_step = cfg.epochs * per_epoch
     if not 0 <= start_step <= last_step:
@@ -348,6 +431,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.num_workers)
     # `model` stays the unwrapped module (DDP wraps it, never copies it): masks, regularizer and files use it.
+    synced_batchnorms = convert_sync_batchnorm(model) if cfg.sync_bn else {}
     prepared_model, optimizer, loader = accelerator.prepare(model, _create_optimizer(model, cfg), loader)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -362,7 +446,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
 
     try:
         if cfg.log_with:
-            accelerator.init_trackers(desc, config=_tracker_config(cfg))
+            accelerator.init_trackers("_".join(desc.split()), config=_tracker_config(cfg))  # a folder name
         if step in snapshot_steps:
             snapshot()
         for epoch in range(step // per_epoch, cfg.epochs if not stopped else 0):
@@ -379,6 +463,11 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
                 with accelerator.accumulate(prepared_model):
                     outputs = prepared_model(inputs)
                     loss = F.cross_entropy(outputs, targets)
+                    if _any_process(accelerator, not math.isfinite(loss.item())):  # every process stops together
+                        raise DivergedError(
+                            f"[{desc}] the loss became NaN or infinite at step {step + 1} (epoch {epoch + 1}); the run "
+                            f"folder keeps the last finished epoch. Lower the learning rate (now {cfg.lr}) or add "
+                            "warm-up, and rerun in a new folder")
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         if regularizer is not None:
@@ -439,6 +528,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
         accelerator.wait_for_everyone()
         return result
     finally:
+        revert_sync_batchnorm(model, synced_batchnorms)
         _finish_trackers(accelerator)
         accelerator.free_memory()
 

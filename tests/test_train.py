@@ -319,6 +319,28 @@ def test_on_step_ends_training_at_that_step_and_a_resume_does_not_train_on(tmp_p
     assert reference.steps == 3 * steps_per_epoch(cfg, len(train_set))
 
 
+def test_a_loss_that_becomes_nan_stops_with_one_line_and_keeps_the_last_good_epoch(tmp_path):
+    from lt_plugin.errors import DivergedError
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05)
+    train_set, val_set = image_data(96), image_data(20, seed=1)
+    per_epoch = steps_per_epoch(cfg, len(train_set))
+    poison_at = per_epoch + 2
+    calls = []
+
+    def poison(model):  # after the gradients of step `poison_at`: the next forward gives NaN
+        calls.append(1)
+        if len(calls) == poison_at:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(DivergedError, match=f"step {poison_at + 1} \\(epoch 2\\).*learning rate") as info:
+        fit(conv_bn_model(), train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg), regularizer=poison)
+    assert "\n" not in str(info.value)
+    kept = load_weights(tmp_path / "checkpoint.safetensors")
+    assert all(torch.isfinite(t).all() for t in kept.values())
+    assert metadata_of(tmp_path / "checkpoint.safetensors")["epoch"] == 1 and not (tmp_path / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------- 7. finished work is not redone
 
 def test_finished_run_folder_is_loaded_not_retrained(tmp_path, monkeypatch):
@@ -370,13 +392,15 @@ def test_same_config_gives_identical_weights(tmp_path):
     assert not torch.equal(c.model[0].weight, a.model[0].weight)  # the seed does change the data order
 
 
-def test_tensorboard_tracker_logs_every_fit(tmp_path):
+def test_tensorboard_tracker_logs_every_fit_in_one_folder_of_the_run(tmp_path):
     pytest.importorskip("tensorboard")
     cfg = TrainConfig(epochs=1, batch_size=16, log_with="tensorboard")
-    accelerator = make_accelerator(cfg, project_dir=tmp_path / "logs")
-    for desc in ("level_0", "level_1"):
+    accelerator = make_accelerator(cfg, project_dir=tmp_path)
+    for desc in ("level 0", "level 1"):
         fit(mlp(), image_data(32), image_data(8), cfg, tmp_path / desc, accelerator=accelerator, desc=desc)
-        assert list((tmp_path / "logs" / desc).glob("events.out.tfevents.*"))
+    # one folder per fit, named without spaces, side by side: TensorBoard overlays their curves
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["level_0", "level_1"]
+    assert all(list((tmp_path / "logs" / name).glob("events.out.tfevents.*")) for name in ("level_0", "level_1"))
 
 
 def test_clear_errors_for_what_cannot_be_trained(tmp_path):

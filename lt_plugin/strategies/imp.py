@@ -31,7 +31,8 @@ from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_
 from ..run_folder import RunFolder
 from ..store import load_weights, read_json
 from ..structure import IMPORTANCES, ChannelStructure, create_mask, export
-from ..train import TrainConfig, evaluate, final_lr, fit, make_accelerator, steps_per_epoch, train_config_of
+from ..train import (TrainConfig, check_training_data, evaluate, final_lr, fit, make_accelerator, steps_per_epoch,
+                     train_config_of)
 from . import register_strategy
 from .base import Strategy, TicketFiles, experiment_of
 
@@ -130,6 +131,7 @@ class IMP(Strategy, TrainConfig, Experiment):
         folder = RunFolder(out_dir, accelerator)
         # Everything a user can get wrong is checked before the run folder gets its first file.
         data = self.load_data()
+        check_training_data(cfg, len(data.train), accelerator.num_processes)
         example = self.example_inputs()
         dense = self.create_model(data.num_classes, seed=self.seed)
         ignored = resolve_ignored(dense, self.ignore)
@@ -158,7 +160,7 @@ class IMP(Strategy, TrainConfig, Experiment):
             mask = folder.load_or_make_mask(
                 level_dir, lambda: self._make_mask(folder, level, dense, example, prunable, total_weights))
             start_weights, start_step, level_cfg = self._start(folder, level, kind, rewind_step, cfg, data)
-            model = self.create_model(data.num_classes, seed=self.seed)
+            model = self.create_model(data.num_classes, seed=self.seed, pretrained=False)  # the weights come next
             model.load_state_dict(start_weights)
             mask.apply(model)
             if self.granularity == "channel":
@@ -209,7 +211,7 @@ class IMP(Strategy, TrainConfig, Experiment):
         if level == 0:
             return load_weights(folder.path / "init.safetensors"), 0, cfg
         if self.control == "random-reinit":
-            fresh = self.create_model(data.num_classes, seed=self.seed + level)
+            fresh = self.create_model(data.num_classes, seed=self.seed + level, pretrained=False)
             return fresh.state_dict(), rewind_step, cfg
         previous = folder.path / f"level_{level - 1}" / "weights.safetensors"
         if kind == "init":
