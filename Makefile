@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/lt-plugin imp --recipe demo --model resnet18 --dataset digits --out runs/demo
-	$(OFFLINE) $(VENV)/bin/lt-plugin lottery-pools --run runs/demo --corruptions
+	$(OFFLINE) $(VENV)/bin/lt-plugin lottery-pools --run runs/demo
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q --durations=15

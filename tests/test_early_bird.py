@@ -1,13 +1,10 @@
 """Early-Bird: the detection rule by hand, the penalty by hand, the search stopping where it should, tickets whose
 exported widths are their masks, resumes and several processes that agree with a plain run."""
 
-import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -216,28 +213,24 @@ def test_int8_search_still_finds_the_tickets(tmp_path):
     assert results[0]["test_accuracy"] > 0.3  # retrained in full precision: well above chance (0.1)
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    command = [sys.executable, "-m", "lt_plugin.cli", "early-bird", *TINY_FLAGS]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_a_run_killed_in_the_search_the_retraining_and_the_baseline_ends_as_an_uninterrupted_one(eb_run, tmp_path,
+                                                                                                  kill_when):
+    straight, _ = eb_run
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    target = killed / "ratio_0.3" / "train" / "checkpoint.safetensors"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert target.exists(), "the run never reached the retraining"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run([*command, "--out", str(killed)], env=env, check=True, capture_output=True)
-    subprocess.run([*command, "--out", str(tmp_path / "straight")], env=env, check=True, capture_output=True)
-    for ratio in ("0.3", "0.5"):
-        a = load_weights(killed / f"ratio_{ratio}" / "weights.safetensors")
-        b = load_weights(tmp_path / "straight" / f"ratio_{ratio}" / "weights.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), ratio
+    command = [sys.executable, "-m", "lt_plugin.cli", "early-bird", *TINY_FLAGS, "--baseline", "--out", str(killed)]
+    checks = killed / "search" / "checks"
+    points = {"the second search check": lambda: len(list(checks.glob("step_*.safetensors"))) >= 2,
+              "the retraining": lambda: (killed / "ratio_0.3" / "train" / "checkpoint.safetensors").exists(),
+              "the baseline": lambda: (killed / "baseline" / "dense" / "checkpoint.safetensors").exists()}
+    for what, reached in points.items():
+        kill_when(command, reached, what)
+    subprocess.run(command, check=True, capture_output=True)
+    for where in ("ratio_0.3", "ratio_0.5", "baseline/ratio_0.3", "baseline/ratio_0.5"):
+        a, b = (load_weights(root / where / "weights.safetensors") for root in (killed, straight))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), where
     strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k} for r in rs]  # noqa: E731
     assert strip(json.loads((killed / "results.json").read_text())) == \
-        strip(json.loads((tmp_path / "straight" / "results.json").read_text()))
+        strip(json.loads((straight / "results.json").read_text()))
 
 
 @pytest.mark.slow

@@ -3,10 +3,8 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -147,23 +145,18 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+def test_a_run_killed_at_several_points_ends_as_an_uninterrupted_one(tmp_path, kill_when):
     flags = ["--model", "test_resnet", "--dataset", "digits", "--image-size", "16", "--max-train-samples", "256",
              "--batch-size", "32", "--epochs", "3", "--levels", "2", "--lr", "0.05"]
     command = [sys.executable, "-m", "lt_plugin.cli", "imp", *flags]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*command, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    target = killed / "level_1" / "train" / "checkpoint.safetensors"
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert target.exists(), "the run never reached level 1"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run([*command, "--out", str(killed)], env=env, check=True, capture_output=True)
-    subprocess.run([*command, "--out", str(tmp_path / "straight")], env=env, check=True, capture_output=True)
+    points = {"level 0 training": killed / "level_0" / "train" / "checkpoint.safetensors",
+              "level 1's mask": killed / "level_1" / "mask.safetensors",
+              "level 2 training": killed / "level_2" / "train" / "checkpoint.safetensors"}
+    for what, path in points.items():
+        kill_when([*command, "--out", str(killed)], path.exists, what)
+    subprocess.run([*command, "--out", str(killed)], check=True, capture_output=True)
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
     for level in range(3):
         a = weights(killed / f"level_{level}" / "weights.safetensors")
         b = weights(tmp_path / "straight" / f"level_{level}" / "weights.safetensors")

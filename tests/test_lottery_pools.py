@@ -3,11 +3,8 @@ the CIFAR-C style corruptions against hand computations."""
 
 import colorsys
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -207,25 +204,21 @@ def test_channel_ticket_keeps_its_channels_per_group_and_exports(tmp_path):
     assert sum(p.numel() for p in ticket.model.parameters()) < sum(p.numel() for p in masked.parameters())
 
 
-def test_killed_run_resumes_to_the_same_result(imp_run, pools, tmp_path):
+def test_a_run_killed_at_several_points_ends_as_an_uninterrupted_one(imp_run, pools, tmp_path, kill_when):
     out, results = pools
+    killed = tmp_path / "killed"
     command = [sys.executable, "-m", "lt_plugin.cli", "lottery-pools", "--run", str(imp_run), "--targets", "0", "1",
-               "--alphas", *map(str, ALPHAS), "--out", str(tmp_path / "killed")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "killed" / "level_0" / "result.json"
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert first.exists(), "the run never finished its first target"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+               "--alphas", *map(str, ALPHAS), "--out", str(killed)]
+    points = {"the ensemble": (killed / "ensemble.json").exists,
+              "the first target": (killed / "level_0" / "result.json").exists}
+    for what, reached in points.items():
+        kill_when(command, reached, what)
+    subprocess.run(command, check=True, capture_output=True)
+    resumed = json.loads((killed / "results.json").read_text())
     strip = lambda rs: [{k: v for k, v in r.items() if k not in SECONDS} for r in rs]  # noqa: E731
     assert strip(resumed) == strip(results[:2])
     for level in (0, 1):
-        a = load_weights(tmp_path / "killed" / f"level_{level}" / "weights.safetensors")
+        a = load_weights(killed / f"level_{level}" / "weights.safetensors")
         b = load_weights(out / f"level_{level}" / "weights.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
 
