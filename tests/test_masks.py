@@ -1,5 +1,8 @@
 """Weight masks against hand computation; Mask arithmetic, files and enforcement."""
 
+import math
+
+import pytest
 import torch
 from torch import nn
 
@@ -101,3 +104,12 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("k", [1, 1000, 2_000_000, 3_999_999, 4_000_000])
+def test_kth_smallest_equals_kthvalue_with_ties_and_infinities(k):
+    from lt_plugin.masks import kth_smallest
+    g = torch.Generator().manual_seed(1)
+    flat = torch.randn(4_000_000, generator=g).abs().round(decimals=2)  # many ties
+    flat[:500_000] = -math.inf  # entries an earlier level pruned
+    assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
