@@ -18,7 +18,7 @@ from torch import nn
 from .experiment import Experiment
 from .masks import classifier_modules, resolve_ignored
 from .report import format_table
-from .structure import ChannelStructure, check_forward, create_mask, export
+from .structure import ChannelStructure, check_forward, check_round_to, create_mask, export
 
 DENSITIES = (0.75, 0.5, 0.25)
 NUM_CLASSES = 10  # the classifier is never pruned, so its width does not matter
@@ -28,7 +28,7 @@ _COLUMNS = (("target", "target density", "{:.2f}"), ("density", "density", "{:.3
 
 
 def check_model(model: str, image_size: int = 32, granularity: str = "channel", model_kwargs: Optional[dict] = None,
-                densities: Sequence[float] = DENSITIES) -> dict:
+                densities: Sequence[float] = DENSITIES, round_to: Optional[int] = None) -> dict:
     """Masks of `model` at `densities`: achieved density, MACs and params of the exported model (fractions of the
     dense model's) and the largest output difference between the masked and the exported model, per density;
     the layers left unpruned and the seconds it took. Raises UnsupportedModelError where a run would."""
@@ -39,7 +39,8 @@ def check_model(model: str, image_size: int = 32, granularity: str = "channel", 
     ignored = resolve_ignored(dense)
     dense_macs, dense_params = tp.utils.count_ops_and_params(dense, example)
     inputs = torch.randn(2, *example.shape[1:], generator=torch.Generator().manual_seed(0))
-    structure = ChannelStructure(dense, example, ignored) if granularity == "channel" else None
+    check_round_to(round_to)
+    structure = ChannelStructure(dense, example, ignored, round_to=round_to) if granularity == "channel" else None
     rows, mask = [], None
     for density in densities:
         if structure is not None:

@@ -202,7 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--ticket", help="the ticket: a level (imp, lottery-pools) or a ratio (early-bird)")
     which.add_argument("--level", dest="ticket", help="the same as --ticket")
     which.add_argument("--ratio", dest="ticket", help="the same as --ticket")
-    export_parser.add_argument("--out", required=True, help="the ticket file to write (.safetensors)")
+    export_parser.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
+    export_parser.add_argument("--format", choices=("safetensors", "onnx"), default=None,
+                               help="safetensors (a ticket file for lt_plugin.load_ticket) or onnx (checked with ONNX "
+                                    "Runtime; needs lt-plugin[onnx]); default: from the --out suffix")
+    export_parser.add_argument("--benchmark", action="store_true",
+                               help="also measure params, MACs and median latency at batch 1 and 64 against the "
+                                    "dense model (PyTorch, and ONNX Runtime for --format onnx); stored in the file")
     sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
     check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
                                   description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
@@ -214,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="channel (structured, exported) or weight (unstructured) tickets (default: channel)")
     check_parser.add_argument("--model-kwargs", type=_json_dict, default={},
                               help="extra timm.create_model arguments, as JSON")
+    check_parser.add_argument("--round-to", type=int, default=None,
+                              help="channel tickets: every pruned layer keeps a multiple of N channels")
     return parser
 
 
@@ -232,7 +240,8 @@ def _print_recipes() -> None:
 
 def _check(args) -> None:
     from .check import check_model, format_check  # Torch-Pruning and timm load only for this command
-    print(format_check(check_model(args.model, args.image_size, args.granularity, args.model_kwargs)))
+    print(format_check(check_model(args.model, args.image_size, args.granularity, args.model_kwargs,
+                                   round_to=args.round_to)))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _show=warnings.showwarning) -> None:
@@ -243,7 +252,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _sh
 
 
 def _export(args) -> None:
-    path = export_run_ticket(args.run, args.ticket, args.out)
+    fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "safetensors")
+    path, details = export_run_ticket(args.run, args.ticket, args.out, fmt=fmt, benchmark=args.benchmark)
+    if details["latency"] is not None:
+        from .deploy import format_latency
+        print(format_latency(details["latency"]))
+    if details["onnx_max_difference"] is not None:
+        print(f"ONNX Runtime against PyTorch on random inputs: max |difference| "
+              f"{details['onnx_max_difference']:.1e}")
     print(f"wrote {path}")
 
 

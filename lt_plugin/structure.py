@@ -373,22 +373,31 @@ def check_forward(model: nn.Module, example_inputs: torch.Tensor, what: str) -> 
         model.train(was_training)
 
 
+def check_round_to(round_to: Optional[int]) -> None:
+    if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
+        raise UserError(f"--round-to must be a whole number of channels, 1 or more, not {round_to!r}")
+
+
 def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, granularity: str = "channel",
                 importance=None, scope: str = "global", ignored_layers: Optional[Iterable] = None,
-                previous: Optional[Mask] = None, ignore_classifier: bool = True) -> Mask:
+                previous: Optional[Mask] = None, ignore_classifier: bool = True, round_to: Optional[int] = None
+                ) -> Mask:
     """A ticket mask for `model` keeping `density` of its prunable (Conv/Linear) weights.
 
     granularity "weight": the largest |w| (global threshold or the same fraction per layer).
     granularity "channel": Torch-Pruning channel groups ranked by `importance` (any tp.importance.Importance or a
     name in IMPORTANCES; default group magnitude); the density is the nearest reachable.
     The classifier head and `ignored_layers` (modules or names) are left alone; entries `previous` pruned stay pruned.
+    `round_to` N (channel tickets): every pruned group keeps a multiple of N channels (Torch-Pruning's round_to),
+    the density as near as the rounding allows.
     """
     ignored = resolve_ignored(model, ignored_layers, ignore_classifier)
     if granularity == "weight":
         return magnitude_mask(model, density, prunable_weight_names(model, ignored), scope, previous)
     if granularity != "channel":
         raise UserError(f"granularity must be 'weight' or 'channel', not {granularity!r}")
-    structure = ChannelStructure(model, example_inputs, ignored, importance, scope)
+    check_round_to(round_to)
+    structure = ChannelStructure(model, example_inputs, ignored, importance, scope, round_to=round_to)
     mask = structure.select(density, previous)
     export(model, mask, example_inputs)  # fails clearly now, not later in training, if the model cannot be pruned
     return mask

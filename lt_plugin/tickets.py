@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import timm
 import torch
@@ -62,9 +63,12 @@ def load_ticket(path, map_location: str = "cpu") -> Ticket:
     return Ticket(model.to(map_location).eval(), mask, metadata)
 
 
-def export_run_ticket(run_dir, key, out_path) -> Path:
-    """Write the finished ticket `key` of a run (a level, a ratio...: the strategy that made the run says) as a
-    ticket file, physically pruned for channel tickets."""
+FORMATS = ("safetensors", "onnx")
+
+
+def load_run_ticket(run_dir, key):
+    """(model, mask, experiment, result) of the finished ticket `key` of a run (a level, a ratio...: the strategy
+    that made the run says where it is): the dense-space model with the ticket's weights, masked."""
     from .strategies import get_strategy_class  # strategies import this module
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -72,11 +76,47 @@ def export_run_ticket(run_dir, key, out_path) -> Path:
     config = read_json(run_dir / "config.json")
     files = get_strategy_class(config.get("strategy", "")).locate_ticket(run_dir, str(key))
     experiment = files.experiment
-    num_classes = files.result["num_classes"]
-    model = experiment.create_model(num_classes, seed=0, pretrained=False)
+    model = experiment.create_model(files.result["num_classes"], seed=0, pretrained=False)
     model.load_state_dict(load_weights(files.weights))
     mask = Mask.load(files.mask)
-    save_ticket(out_path, model, mask, model_name=experiment.model, model_kwargs=experiment.timm_kwargs(num_classes),
-                input_size=tuple(experiment.example_inputs().shape[1:]),
-                extra={"run": str(run_dir), "ticket": str(key), "test_accuracy": files.result.get("test_accuracy")})
-    return Path(out_path)
+    return mask.apply(model).eval(), mask, experiment, files.result
+
+
+def export_run_ticket(run_dir, key, out_path, fmt: str = "safetensors", benchmark: bool = False
+                      ) -> Tuple[Path, dict]:
+    """Write the finished ticket `key` of a run as a ticket file (physically pruned for channel tickets): a
+    safetensors ticket (`load_ticket`) or, `fmt="onnx"`, an ONNX file checked with ONNX Runtime against PyTorch.
+    `benchmark` also measures the ticket's latency against the dense model (`deploy.latency_report`) and stores the
+    figures in the file's metadata. Returns (path, {"latency": the report, "onnx_max_difference": the largest
+    |ONNX Runtime - PyTorch| output difference}, each None when not measured)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    from .deploy import export_onnx, latency_report
+    if fmt == "onnx":
+        from .deploy import _onnxruntime
+        _onnxruntime()  # before any work: say what to install
+    model, mask, experiment, result = load_run_ticket(run_dir, key)
+    example = experiment.example_inputs()
+    num_classes = result["num_classes"]
+    ticket = export(model, mask, example) if mask.granularity == "channel" else model
+    extra = {"run": str(run_dir), "ticket": str(key), "test_accuracy": result.get("test_accuracy")}
+    report, difference = None, None
+    if benchmark:
+        dense = experiment.create_model(num_classes, seed=0, pretrained=False).eval()
+        onnx_files = {}
+        with tempfile.TemporaryDirectory() as scratch:
+            if fmt == "onnx":
+                for name, net in (("ticket", ticket), ("dense", dense)):
+                    onnx_files[name] = Path(scratch) / f"{name}.onnx"
+                    export_onnx(net, example, onnx_files[name])
+            report = latency_report(ticket, dense, example, onnx_files=onnx_files)
+        extra["latency"] = report
+    if fmt == "onnx":
+        difference = export_onnx(ticket, example, out_path, metadata={
+            "model": experiment.model, "model_kwargs": experiment.timm_kwargs(num_classes), "density": mask.density,
+            "granularity": mask.granularity, "lt_plugin_version": __version__, **extra})
+    else:
+        save_ticket(out_path, model, mask, model_name=experiment.model,
+                    model_kwargs=experiment.timm_kwargs(num_classes),
+                    input_size=tuple(example.shape[1:]), extra=extra)
+    return Path(out_path), {"latency": report, "onnx_max_difference": difference}

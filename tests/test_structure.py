@@ -6,8 +6,9 @@ import pytest
 import timm
 import torch
 import torch_pruning as tp
+from torch import nn
 
-from lt_plugin import UnsupportedModelError, create_mask, export, load_ticket, save_ticket
+from lt_plugin import UnsupportedModelError, UserError, create_mask, export, load_ticket, save_ticket
 from lt_plugin.structure import ChannelStructure
 
 X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -155,3 +156,30 @@ def test_any_torch_pruning_importance_decides_the_channels():
         assert idxs == list(range(cutoff + 1))
     by_name = create_mask(model, X32, 0.5, granularity="channel", importance="bn-scale")
     assert by_name.distance(mask) > 0
+
+
+def _widths(model):
+    return {name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_round_to_keeps_a_multiple_of_n_channels_in_every_pruned_layer_across_levels(round_to):
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    dense = _widths(model)
+    previous, densities = None, []
+    for density in (0.5, 0.25):
+        mask = create_mask(model, example, density, "channel", previous=previous, round_to=round_to)
+        widths = _widths(export(model, mask, example))
+        pruned = {name: w for name, w in widths.items() if w != dense[name]}
+        assert pruned, "nothing was pruned"
+        assert all(w % round_to == 0 for w in pruned.values()), pruned
+        densities.append(mask.density)
+        previous = mask
+    assert densities[0] == pytest.approx(0.5, abs=0.05) and densities[1] == pytest.approx(0.25, abs=0.05)
+
+
+def test_round_to_must_be_a_positive_whole_number():
+    with pytest.raises(UserError, match="--round-to"):
+        create_mask(timm.create_model("test_resnet"), torch.zeros(1, 3, 16, 16), 0.5, "channel", round_to=0)

@@ -37,7 +37,7 @@ from ..masks import Mask, resolve_ignored
 from ..report import format_table, plot_distance_matrices
 from ..run_folder import RunFolder
 from ..store import atomic_save_safetensors, atomic_write_json, load_weights, read_json, read_safetensors
-from ..structure import IMPORTANCES, ChannelStructure, export
+from ..structure import IMPORTANCES, ChannelStructure, check_round_to, export
 from ..train import (TrainConfig, check_training_data, evaluate, fit, make_accelerator, steps_per_epoch,
                      train_config_of)
 from . import register_strategy
@@ -197,6 +197,9 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         "help": "also run the one-shot baseline (train dense to the end, prune, retrain) and compare the costs"})
     ignore: list = dataclasses.field(default_factory=list, metadata={
         "help": "layer names left unpruned (the classifier always is)"})
+    round_to: Optional[int] = dataclasses.field(default=None, metadata={
+        "type": int, "help": "every pruned layer keeps a multiple of N channels (8 or 16 suit vector units and "
+                             "tensor cores)"})
 
     ticket_key_name = "ratio"
 
@@ -222,6 +225,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
                                      ("--search-precision", self.search_precision, SEARCH_PRECISIONS)):
             if value not in choices:
                 raise UserError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+        check_round_to(self.round_to)
 
     # ---- where the tickets are ----
     @classmethod
@@ -256,7 +260,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         init_state = {k: v.clone() for k, v in model.state_dict().items()}
         ignored = resolve_ignored(model, self.ignore)
         score = self._resolve_score(model, ignored)
-        structure = ChannelStructure(model, example, ignored, importance=self._importance(score), scope="global")
+        structure = ChannelStructure(model, example, ignored, importance=self._importance(score), scope="global",
+                                     round_to=self.round_to)
         deepest = structure.plans_at_ratios([max(self.ratios)])[max(self.ratios)]
         export(model, structure.mask_from_plan(deepest), example)  # fails now if the model cannot be pruned
         per_epoch = steps_per_epoch(cfg, len(data.train))

@@ -30,7 +30,7 @@ from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..run_folder import RunFolder
 from ..store import load_weights, read_json
-from ..structure import IMPORTANCES, ChannelStructure, create_mask, export
+from ..structure import IMPORTANCES, ChannelStructure, check_round_to, create_mask, export
 from ..train import (TrainConfig, check_training_data, evaluate, final_lr, fit, make_accelerator, steps_per_epoch,
                      train_config_of)
 from . import register_strategy
@@ -72,6 +72,9 @@ class IMP(Strategy, TrainConfig, Experiment):
         "choices": tuple(IMPORTANCES), "help": "Torch-Pruning importance for channel tickets"})
     ignore: list = dataclasses.field(default_factory=list, metadata={"help": "layer names left unpruned (the "
                                                                              "classifier always is)"})
+    round_to: Optional[int] = dataclasses.field(default=None, metadata={
+        "type": int, "help": "channel tickets: every pruned layer keeps a multiple of N channels (8 or 16 suit "
+                             "vector units and tensor cores)"})
     rewind: str = dataclasses.field(default="init", metadata={
         "help": "init | <N>it | <N>ep (late rewinding) | lr (keep weights, rerun the LR schedule) | finetune "
                 "(keep weights, final LR)"})
@@ -95,6 +98,9 @@ class IMP(Strategy, TrainConfig, Experiment):
         if self.control is not None and self.control not in CONTROLS:
             raise UserError(f"--control must be one of {', '.join(CONTROLS)}")
         parse_rewind(self.rewind)
+        check_round_to(self.round_to)
+        if self.round_to is not None and self.granularity != "channel":
+            raise UserError("--round-to applies to channel tickets: add --granularity channel")
 
     # ---- where the tickets are ----
     @classmethod
@@ -146,7 +152,8 @@ class IMP(Strategy, TrainConfig, Experiment):
         if self.granularity == "channel" and self.levels:
             # Fail now, not after training level 0, if Torch-Pruning cannot prune this model.
             create_mask(copy.deepcopy(dense), example, self.level_density(1, total_weights), "channel",
-                        importance=self.importance, scope=self.scope, ignored_layers=self.ignore)
+                        importance=self.importance, scope=self.scope, ignored_layers=self.ignore,
+                        round_to=self.round_to)
         folder.check_config("imp", self.hparams())
         folder.save_weights_once("init.safetensors", dense.state_dict())
 
@@ -195,7 +202,8 @@ class IMP(Strategy, TrainConfig, Experiment):
         trained.load_state_dict(load_weights(previous_dir / "weights.safetensors"))
         density = self.level_density(level, total_weights)
         mask = create_mask(trained, example, density, self.granularity, importance=self.importance,
-                           scope=self.scope, ignored_layers=self.ignore, previous=previous)
+                           scope=self.scope, ignored_layers=self.ignore, previous=previous,
+                           round_to=self.round_to)
         if self.control != "random-mask":
             return mask
         seed = self.seed * 1000 + level
