@@ -135,6 +135,22 @@ def test_ratio_masks_grow_with_the_ratio_and_export_to_their_widths(name, kwargs
         assert small.get_submodule(n).out_channels == kept, n
 
 
+def test_ratio_masks_rounded_to_8_keep_multiples_of_8_channels():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10)
+    with torch.no_grad():
+        for gamma in norm_scales(model).values():
+            gamma.copy_(torch.rand_like(gamma) + 0.05)
+    x = torch.zeros(1, 3, 32, 32)
+    structure = ChannelStructure(model, x, resolve_ignored(model), importance=EarlyBird._importance("bn-scale"),
+                                 scope="global", round_to=8)
+    for ratio, plan in structure.plans_at_ratios([0.3, 0.5]).items():
+        small = export(model, structure.mask_from_plan(plan), x)
+        pruned = [m.out_channels for n, m in small.named_modules()
+                  if isinstance(m, torch.nn.Conv2d) and m.out_channels != model.get_submodule(n).out_channels]
+        assert pruned and all(w % 8 == 0 for w in pruned), (ratio, pruned)
+
+
 # ---------------------------------------------------------------- the strategy end to end
 
 @pytest.fixture(scope="module")
