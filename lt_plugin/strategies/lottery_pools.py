@@ -157,7 +157,7 @@ class LotteryPools(Strategy):
                                       "paper's, a full training pass per blend and every alpha"})
     bn_batches: int = dataclasses.field(default=2, metadata={
         "help": f"fast protocol: batches of {BN_BATCH_SIZE} training images for BatchNorm statistics"})
-    patience: int = dataclasses.field(default=2, metadata={
+    patience: int = dataclasses.field(default=1, metadata={
         "help": "fast protocol: a side of a candidate's alpha grid stops after this many alphas in a row that do "
                 "not beat its best"})
     ema_alpha: float = dataclasses.field(default=0.9, metadata={
