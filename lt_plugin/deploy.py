@@ -101,6 +101,25 @@ def interleaved_medians(runs: Dict[str, Callable[[], object]], rounds: int, warm
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+LATENCY_BATCH = 64
+
+
+def forward_latency_ms(model: nn.Module, example_inputs: torch.Tensor, batch: int = LATENCY_BATCH, rounds: int = 10,
+                       warmup: int = 3) -> float:
+    """Median milliseconds of one forward pass of `model` (eval mode, no autograd) on `batch` random inputs shaped
+    like `example_inputs`, on the model's device: the latency column of the strategies' tables."""
+    device = next(model.parameters()).device
+    inputs = torch.randn(batch, *example_inputs.shape[1:], generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            seconds = interleaved_medians({"model": lambda: model(inputs)}, rounds, warmup)["model"]
+    finally:
+        model.train(was_training)
+    return seconds * 1e3
+
+
 def latency_report(ticket: nn.Module, dense: nn.Module, example_inputs: torch.Tensor,
                    batches: Sequence[int] = (1, 64), onnx_files: Optional[Dict[str, Path]] = None, rounds: int = 20,
                    warmup: int = 5) -> dict:

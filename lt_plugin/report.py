@@ -8,7 +8,8 @@ from typing import Mapping, Optional, Sequence, Tuple
 from .store import atomic_write
 
 _COLUMNS = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("params", "params", "{:,}"),
-            ("macs", "MACs", "{:,}"), ("val_accuracy", "val acc", "{:.2%}"), ("test_accuracy", "test acc", "{:.2%}"),
+            ("macs", "MACs", "{:,}"), ("latency_ms", "ms/64", "{:.1f}"), ("val_accuracy", "val acc", "{:.2%}"),
+            ("test_accuracy", "test acc", "{:.2%}"),
             ("train_seconds", "train s", "{:.1f}"))
 
 

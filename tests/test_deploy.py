@@ -133,3 +133,9 @@ def test_round_to_reaches_channel_imp_runs_and_their_exports(tmp_path):
 def test_round_to_is_for_channel_tickets(tmp_path, capsys):
     assert cli_main(["imp", *FAST, "--round-to", "8", "--out", str(tmp_path / "r")]) == 2
     assert "--granularity channel" in capsys.readouterr().err
+
+
+def test_channel_and_weight_runs_record_a_forward_latency_per_level(runs):
+    for granularity in ("channel", "weight"):
+        results = json.loads((runs / granularity / "results.json").read_text())
+        assert all(r["latency_ms"] > 0 for r in results), results

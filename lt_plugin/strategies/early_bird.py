@@ -37,6 +37,7 @@ from ..masks import Mask, resolve_ignored
 from ..report import format_table, plot_distance_matrices
 from ..run_folder import RunFolder
 from ..store import atomic_save_safetensors, atomic_write_json, load_weights, read_json, read_safetensors
+from ..deploy import forward_latency_ms
 from ..structure import IMPORTANCES, ChannelStructure, check_round_to, export
 from ..train import (TrainConfig, check_training_data, evaluate, fit, make_accelerator, steps_per_epoch,
                      train_config_of)
@@ -403,7 +404,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         result = {"density": mask.density, "params": int(params), "macs": int(macs),
                   "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
                   "retrain_macs": int(TRAIN_MACS_PER_FORWARD_MAC * macs * samples),
-                  "retrain_seconds": trained.train_seconds, "num_classes": data.num_classes}
+                  "retrain_seconds": trained.train_seconds, "num_classes": data.num_classes,
+                  "latency_ms": forward_latency_ms(trained.model, example)}
         folder.finish_level(where, mask.to_dense(trained.model.state_dict(), dense.state_dict()), result)
         return result
 
@@ -444,7 +446,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
 
 
 _COLUMNS = (("ratio", "ratio", "{:g}"), ("eb_epoch", "EB epoch", "{}"), ("density", "density", "{:.4f}"),
-            ("macs", "MACs", "{:,}"), ("test_accuracy", "test acc", "{:.2%}"), ("train_macs", "train MACs", "{:.3g}"),
+            ("macs", "MACs", "{:,}"), ("latency_ms", "ms/64", "{:.1f}"), ("test_accuracy", "test acc", "{:.2%}"),
+            ("train_macs", "train MACs", "{:.3g}"),
             ("train_seconds", "train s", "{:.1f}"), ("baseline_test_accuracy", "one-shot acc", "{:.2%}"),
             ("baseline_train_macs", "one-shot MACs", "{:.3g}"), ("train_macs_saved", "MACs saved", "x{:.2f}"),
             ("train_seconds_saved", "time saved", "x{:.2f}"))

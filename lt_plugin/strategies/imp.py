@@ -30,6 +30,7 @@ from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..run_folder import RunFolder
 from ..store import load_weights, read_json
+from ..deploy import forward_latency_ms
 from ..structure import IMPORTANCES, ChannelStructure, check_round_to, create_mask, export
 from ..train import (TrainConfig, check_training_data, evaluate, final_lr, fit, make_accelerator, steps_per_epoch,
                      train_config_of)
@@ -187,7 +188,7 @@ class IMP(Strategy, TrainConfig, Experiment):
             result = {"level": level, "density": mask.density, "params": int(params), "macs": int(macs),
                       "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
                       "train_seconds": trained.train_seconds, "steps": trained.steps,
-                      "num_classes": data.num_classes}
+                      "num_classes": data.num_classes, "latency_ms": forward_latency_ms(trained.model, example)}
             folder.finish_level(level_dir, dense_state, result)
             results.append(result)
         folder.write_results(results, dense_line=True)
