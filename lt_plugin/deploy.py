@@ -41,6 +41,9 @@ def onnx_session(path, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle threads must not spin after a run: they would steal the cores of whatever runs next (PyTorch, in the
+    # interleaved timings), and a shipped model shares its machine too.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
