@@ -284,3 +284,23 @@ def test_a_diverging_two_process_run_ends_every_rank_with_the_same_line(tmp_path
     lines = [line for line in done.stderr.splitlines() if line.startswith("lt-plugin: error:")]
     assert len(lines) == 2 and lines[0] == lines[1] and "NaN or infinite" in lines[0], done.stderr
     assert "/lt_plugin/" not in done.stderr  # no traceback through the project's code (the launcher may print its own)
+
+
+@pytest.mark.slow
+def test_a_two_process_run_killed_mid_level_resumes_to_the_uninterrupted_result(tmp_path, kill_when):
+    """kill -9 of the launcher and both ranks in the middle of a level, rerun: the same weights as a 2-process run
+    that was never interrupted."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO)}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    flags = ["imp", *FAST, "--epochs", "3", "--levels", "1"]
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    kill_when([*launcher, *flags, "--out", str(killed)],
+              (killed / "level_1" / "train" / "checkpoint.safetensors").exists, "level 1 training", group=True,
+              env=env)
+    for out in (killed, straight):
+        subprocess.run([*launcher, *flags, "--out", str(out)], env=env, check=True, capture_output=True, timeout=600)
+    from lt_plugin.store import load_weights
+    for level in (0, 1):
+        a, b = (load_weights(out / f"level_{level}" / "weights.safetensors") for out in (killed, straight))
+        assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a), level
