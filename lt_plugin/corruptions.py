@@ -99,17 +99,11 @@ def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     return _to_uint8(CORRUPTIONS[name](pixels.float(), severity, generator)).float() / 255
 
 
-def corrupted_copies(dataset: PreparedImages, mean, std, seed: int = 0
-                     ) -> Iterator[Tuple[str, int, PreparedImages]]:
-    """(corruption, severity, corrupted copy of `dataset`) for every corruption and severity, one at a time.
-
-    `dataset` holds normalised images (pixels / 255 - mean) / std; each copy is normalised the same way.
-    """
-    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    # The stored images are 8-bit pixels normalised: undo it and round back to the exact pixel values.
-    pixels = ((dataset.images * std + mean) * 255).round().clamp(0, 255) / 255
+def corrupted_copies(dataset: PreparedImages, seed: int = 0) -> Iterator[Tuple[str, int, PreparedImages]]:
+    """(corruption, severity, corrupted copy of `dataset`) for every corruption and severity, one at a time; each
+    copy holds 8-bit pixels normalised as `dataset`'s are."""
+    pixels = dataset.pixels.expand(-1, len(dataset.mean), -1, -1).float() / 255
     for name in CORRUPTIONS:
         for severity in SEVERITIES:
-            corrupted = corrupt(pixels, name, severity, seed)
-            yield name, severity, PreparedImages((corrupted - mean) / std, dataset.labels)
+            corrupted = (corrupt(pixels, name, severity, seed) * 255).round().to(torch.uint8)  # its exact 8 bits
+            yield name, severity, PreparedImages(corrupted, dataset.labels, dataset.mean, dataset.std)

@@ -254,3 +254,18 @@ def test_data_config_for():
     assert gray_config["input_size"] == (1, 16, 16)
     splits = load_data("digits", image_size=16, in_chans=1, mean=gray_config["mean"], std=gray_config["std"])
     assert splits.train[0][0].shape == (1, 16, 16)
+
+
+def test_prepared_images_keep_uint8_pixels_and_read_the_same_values_one_by_one_or_by_batch():
+    splits = load_data("digits", image_size=16)
+    test = splits.test
+    assert test.pixels.dtype == torch.uint8  # a quarter of float32's memory
+    whole = test.images
+    assert whole.dtype == torch.float32 and whole.shape[0] == len(test)
+    one_by_one = torch.stack([test[i][0] for i in range(len(test))])
+    loader = torch.utils.data.DataLoader(test, batch_size=37, shuffle=False)  # batches through __getitems__
+    by_batch = torch.cat([inputs for inputs, _ in loader])
+    assert torch.equal(one_by_one, whole) and torch.equal(by_batch, whole)
+    assert torch.equal(torch.cat([labels for _, labels in loader]), test.labels)
+    with pytest.raises(TypeError, match="uint8"):
+        PreparedImages(whole, test.labels, test.mean, test.std)

@@ -57,6 +57,15 @@ BAD_OPTIONS = [
         (["--seed", "-5"], "--seed"),
         (["--log-with", "tb"], "--log-with"),
         (["--epochs", "two"], "invalid int value"),
+        (["--recipe", "cifar"], "unknown recipe"),
+        (["--config", "/no/such/config.yaml"], "--config"),
+        (["--pretrained-file", "/no/such/weights.pth"], "--pretrained-file"),
+        (["--augment", "autoaugment"], "--augment"),
+        (["--augment", "imagenet", "--augment-kwargs", "[1]"], "JSON object"),
+        (["--granularity", "channel", "--round-to", "0"], "--round-to"),
+        (["--round-to", "8"], "--granularity channel"),
+        (["--sync-bn"], "--sync-bn"),
+        (["--control", "random-mask", "--levels", "x"], "invalid int value"),
     ]],
     *[(["early-bird", *FAST, *extra], said) for extra, said in [
         (["--ratios", "0.5", "1.0"], "--ratios"),
@@ -73,6 +82,10 @@ BAD_OPTIONS = [
         (["--model", "test_vit", "--score", "bn-scale"], "bn-scale needs BatchNorm"),
         (["--lr", "0"], "--lr"),
         (["--opt", "nope"], "--opt"),
+        (["--ignore", "no.such.layer"], "no.such.layer"),
+        (["--round-to", "-8"], "--round-to"),
+        (["--baseline", "yes"], "unrecognized arguments"),
+        (["--recipe", "eb-imagenet"], "unknown recipe"),
     ]],
 ]
 
@@ -90,7 +103,11 @@ def test_every_bad_option_is_one_line_and_exit_2_with_nothing_written(argv, said
 
 def test_export_mistakes_are_one_line(tmp_path, capsys):
     for argv, said in ((["export", "--run", str(tmp_path / "none"), "--level", "1", "--out", "t"], "config.json"),
-                       (["export", "--run", str(tmp_path), "--out", "t"], "--ticket")):
+                       (["export", "--run", str(tmp_path), "--out", "t"], "--ticket"),
+                       (["export", "--run", str(tmp_path), "--level", "1"], "--out"),
+                       (["export", "--level", "1", "--out", "t"], "--run"),
+                       (["export", "--run", str(tmp_path), "--level", "1", "--format", "tflite", "--out", "t"],
+                        "--format")):
         assert cli_main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err

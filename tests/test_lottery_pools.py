@@ -292,10 +292,9 @@ def test_corruptions_match_their_definitions_by_hand():
     assert torch.allclose(black, torch.full_like(black, int(0.3 * 255) / 255))
 
 
-def test_corrupted_copies_undo_the_normalisation_exactly():
-    data = _data()
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # test_resnet's
-    copies = list(corrupted_copies(data.test, mean, std))
+def test_corrupted_copies_corrupt_the_8_bit_pixels_and_normalise_them_as_the_split_is():
+    data = _data()  # test_resnet's normalisation: mean 0.5, std 0.5
+    copies = list(corrupted_copies(data.test))
     assert len(copies) == len(CORRUPTIONS) * 5
     name, severity, contrast_1 = next(c for c in copies if c[0] == "contrast" and c[1] == 1)
     pixels = ((data.test.images * 0.5 + 0.5) * 255).round() / 255  # the 8-bit pixels the images were made from

@@ -35,7 +35,6 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from ..corruptions import corrupted_copies
-from ..data import data_config_for
 from ..errors import RunFolderError, UserError
 from ..masks import Mask, magnitude_mask, named_tensors, resolve_ignored
 from ..report import format_table, plot_accuracy_curves
@@ -460,10 +459,8 @@ class _Pool:
             out[f"{name}_val_accuracy"] = evaluate(model, self.data.val, self.accelerator, self.eval_batch_size)[0]
             out[f"{name}_test_accuracy"] = evaluate(model, self.data.test, self.accelerator, self.eval_batch_size)[0]
         if corruptions:
-            config = data_config_for(self.model, self.experiment.image_size)
             detail: Dict[str, Dict[str, List[float]]] = {name: {} for name in models}
-            for corruption, _, dataset in corrupted_copies(self.data.test, config["mean"], config["std"],
-                                                           self.hp.seed):
+            for corruption, _, dataset in corrupted_copies(self.data.test, self.hp.seed):
                 for name, model in models.items():
                     accuracy = evaluate(model, dataset, self.accelerator, self.eval_batch_size)[0]
                     detail[name].setdefault(corruption, []).append(accuracy)
