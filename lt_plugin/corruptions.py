@@ -102,7 +102,7 @@ def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
 def corrupted_copies(dataset: PreparedImages, seed: int = 0) -> Iterator[Tuple[str, int, PreparedImages]]:
     """(corruption, severity, corrupted copy of `dataset`) for every corruption and severity, one at a time; each
     copy holds 8-bit pixels normalised as `dataset`'s are."""
-    pixels = dataset.pixels.expand(-1, len(dataset.mean), -1, -1).float() / 255
+    pixels = dataset.pixels[:].expand(-1, len(dataset.mean), -1, -1).float() / 255
     for name in CORRUPTIONS:
         for severity in SEVERITIES:
             corrupted = (corrupt(pixels, name, severity, seed) * 255).round().to(torch.uint8)  # its exact 8 bits

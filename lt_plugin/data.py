@@ -64,6 +64,7 @@ class DataSplits:
     num_classes: int
     name: str
     input_size: tuple  # (C, H, W) of the tensors
+    in_memory: bool = True  # False: images decoded and transformed as they are read (the streaming path)
 
 
 class DecodedImages:
@@ -78,13 +79,39 @@ class DecodedImages:
         return _in_mode(self.dataset[int(index)][self.image_column], self.in_chans)
 
 
-class PreparedImages(torch.utils.data.Dataset):
-    """Images transformed once at load time and kept as uint8 `pixels` [N, C, H, W] (a quarter of float32's
-    memory), normalised to float32 `(pixels / 255 - mean) / std` as they are read, a whole batch at a time when a
-    DataLoader asks (`__getitems__`); `labels` int64 [N]. The values are the same however the images are read."""
+class LazyPixels:
+    """The uint8 pixels [C, H, W] of a dataset's images, decoded and transformed each time they are indexed (by an
+    int, a slice or a list of ints): the streaming path. The values are those `_pixels` keeps in memory."""
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
-        if pixels.dtype != torch.uint8:
+    def __init__(self, dataset: Dataset, image_column: str, pixel_transform, channels: int):
+        self.dataset = dataset.select_columns([image_column])
+        self.image_column = image_column
+        self.pixel_transform = pixel_transform
+        self.channels = channels
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _transform(self, image) -> torch.Tensor:
+        return self.pixel_transform(_in_mode(image, self.channels)).expand(self.channels, -1, -1)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self)))
+        if isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.dim() == 0):
+            return self._transform(self.dataset[int(index)][self.image_column])
+        images = self.dataset[[int(i) for i in index]][self.image_column]  # one read for the batch
+        return torch.stack([self._transform(image) for image in images])
+
+
+class PreparedImages(torch.utils.data.Dataset):
+    """Images as uint8 `pixels` [N, C, H, W], transformed once at load time and kept in memory (a quarter of
+    float32's memory), or `LazyPixels` decoded and transformed as they are read; normalised to float32
+    `(pixels / 255 - mean) / std` when read, a whole batch at a time when a DataLoader asks (`__getitems__`);
+    `labels` int64 [N]. The values are the same however the images are read."""
+
+    def __init__(self, pixels, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+        if isinstance(pixels, torch.Tensor) and pixels.dtype != torch.uint8:
             raise TypeError(f"PreparedImages keeps uint8 pixels, not {pixels.dtype}")
         self.pixels = pixels
         self.labels = labels
@@ -94,7 +121,7 @@ class PreparedImages(torch.utils.data.Dataset):
     @property
     def images(self) -> torch.Tensor:
         """Every image normalised, float32 [N, C, H, W] (allocated on each access: for small splits and tests)."""
-        return _normalise(self.pixels, self.mean, self.std)
+        return _normalise(self.pixels[:], self.mean, self.std)
 
     def __len__(self):
         return len(self.labels)
@@ -130,14 +157,20 @@ class AugmentedImages(torch.utils.data.Dataset):
 def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,
               val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
               augment: str = "none", augment_kwargs: Optional[dict] = None, image_column: Optional[str] = None,
-              label_column: Optional[str] = None, max_train_samples: Optional[int] = None) -> DataSplits:
+              label_column: Optional[str] = None, max_train_samples: Optional[int] = None,
+              in_memory: str = "auto") -> DataSplits:
     """Train/val/test splits of `name` as normalised float tensors of shape (in_chans, image_size, image_size).
 
     The dataset's own test (and validation) split is used when it has one; otherwise it is carved from the
     training data with `split_seed`, stratified by label when possible. Same arguments, same splits and tensors.
     `augment` names a training augmentation (AUGMENTATIONS; `augment_kwargs` are timm's create_transform options
     for "imagenet"); its randomness comes from torch's and Python's global generators, which `fit` seeds per epoch.
+    `in_memory`: "yes" transforms every image once and keeps the 8-bit pixels in memory; "no" decodes and
+    transforms images as they are read (in DataLoader workers with num_workers > 0); "auto" keeps them in memory
+    when their pixels take at most MEMORY_SHARE of the memory available now, shared by this machine's processes.
     """
+    if in_memory not in IN_MEMORY:
+        raise UserError(f"--data-in-memory must be one of {', '.join(IN_MEMORY)}, not {in_memory!r}")
     _check_options(image_size, in_chans, val_fraction, test_fraction, max_train_samples)
     augmentation = _augmentation(augment, augment_kwargs or {}, image_size, in_chans)
     mean = _channel_stats(IMAGENET_DEFAULT_MEAN if mean is None else mean, in_chans, "mean")
@@ -163,19 +196,48 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     num_classes = _num_classes(train.features[label_column], labels)
 
     eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
+    keep = _keep_in_memory(in_memory, sum(map(len, splits.values())) * len(mean) * image_size ** 2)
+
+    def pixels_of(dataset):
+        if keep:
+            return _pixels(dataset, image_column, eval_transform, image_size, len(mean))
+        return LazyPixels(dataset, image_column, eval_transform, len(mean))
+
     if augment == "imagenet":
         _warn_if_small(train, image_column, name)
         images = DecodedImages(train, image_column, len(mean))
         train_images = AugmentedImages(images, labels["train"], augmentation, mean, std)
     elif augmentation is not None:
-        pixels = _pixels(train, image_column, eval_transform, image_size, len(mean))
-        train_images = AugmentedImages(pixels, labels["train"], augmentation, mean, std)
+        train_images = AugmentedImages(pixels_of(train), labels["train"], augmentation, mean, std)
     else:
-        train_images = _prepare(train, image_column, labels["train"], eval_transform, image_size, mean, std)
-    val_images = _prepare(val, image_column, labels["val"], eval_transform, image_size, mean, std)
-    test_images = _prepare(test, image_column, labels["test"], eval_transform, image_size, mean, std)
+        train_images = PreparedImages(pixels_of(train), torch.from_numpy(labels["train"]), mean, std)
+    val_images = PreparedImages(pixels_of(val), torch.from_numpy(labels["val"]), mean, std)
+    test_images = PreparedImages(pixels_of(test), torch.from_numpy(labels["test"]), mean, std)
     return DataSplits(train=train_images, val=val_images, test=test_images, num_classes=num_classes, name=name,
-                      input_size=(in_chans, image_size, image_size))
+                      input_size=(in_chans, image_size, image_size), in_memory=keep)
+
+
+IN_MEMORY = ("auto", "yes", "no")
+MEMORY_SHARE = 0.25  # "auto" keeps the pixels in memory when they take at most this share of the available memory
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (the kernel's MemAvailable: free plus reclaimable caches)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _keep_in_memory(choice: str, pixel_bytes: int) -> bool:
+    if choice != "auto":
+        return choice == "yes"
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # each process of a launch holds its own copy
+    return pixel_bytes * processes <= MEMORY_SHARE * available_memory()
 
 
 def data_config_for(model: torch.nn.Module, image_size: int) -> dict:
@@ -449,7 +511,3 @@ def _pixels(dataset: Dataset, image_column: str, pixel_transform, image_size: in
     return pixels
 
 
-def _prepare(dataset: Dataset, image_column: str, labels: np.ndarray, pixel_transform, image_size: int,
-             mean: torch.Tensor, std: torch.Tensor) -> PreparedImages:
-    pixels = _pixels(dataset, image_column, pixel_transform, image_size, len(mean))
-    return PreparedImages(pixels, torch.from_numpy(labels), mean, std)

@@ -72,6 +72,11 @@ class Experiment:
     augment_kwargs: dict = dataclasses.field(default_factory=dict, metadata={
         "help": "options of timm's create_transform for --augment imagenet, as JSON, e.g. '{\"scale\": [0.35, 1], "
                 "\"hflip\": 0}'"})
+    data_in_memory: str = dataclasses.field(default="auto", metadata={
+        "choices": ("auto", "yes", "no"),
+        "help": "yes: transform every image once and keep its 8-bit pixels in memory; no: decode and transform "
+                "images as they are read, in --num-workers processes (for data larger than memory); auto: in memory "
+                "when the pixels take at most a quarter of the memory available (results are the same either way)"})
     max_train_samples: Optional[int] = dataclasses.field(default=None,
                                                          metadata={"type": int, "help": "use at most this many training images"})
 
@@ -80,7 +85,8 @@ class Experiment:
         mean, std = self._norm_stats()
         return load_data(self.dataset, image_size=self.image_size, mean=mean, std=std,
                          val_fraction=self.val_fraction, split_seed=0, augment=self.augment,
-                         augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples)
+                         augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples,
+                         in_memory=self.data_in_memory)
 
     def _norm_stats(self):
         self._check_model_name()

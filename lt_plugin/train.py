@@ -44,7 +44,7 @@ from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 # Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
-SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe")
+SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory")
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
 _OPTIMIZER_PREFIX = "optimizer/"
 _MODEL_PREFIX = "model/"

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 
 from lt_plugin import data
-from lt_plugin.data import BUILTIN_DATASETS, DataSplits, PreparedImages, data_config_for, load_data
+from lt_plugin.data import BUILTIN_DATASETS, DataSplits, LazyPixels, PreparedImages, data_config_for, load_data
 from lt_plugin.errors import DataError, LtPluginWarning, UserError
 
 RAW = dict(mean=(0.0,), std=(1.0,))  # normalisation that keeps pixels / 255, so they can be read back
@@ -269,3 +269,45 @@ def test_prepared_images_keep_uint8_pixels_and_read_the_same_values_one_by_one_o
     assert torch.equal(torch.cat([labels for _, labels in loader]), test.labels)
     with pytest.raises(TypeError, match="uint8"):
         PreparedImages(whole, test.labels, test.mean, test.std)
+
+
+@pytest.mark.parametrize("augment", ["none", "crop"])
+def test_streamed_and_in_memory_splits_give_the_same_tensors_batch_for_batch(augment):
+    in_memory = load_data("digits", image_size=16, augment=augment, in_memory="yes")
+    streamed = load_data("digits", image_size=16, augment=augment, in_memory="no")
+    assert in_memory.in_memory and not streamed.in_memory
+    for split in ("val", "test"):
+        a, b = getattr(in_memory, split), getattr(streamed, split)
+        assert isinstance(b.pixels, LazyPixels) and torch.equal(a.images, b.images)
+        loaders = [torch.utils.data.DataLoader(d, batch_size=64, num_workers=workers)
+                   for d, workers in ((a, 0), (b, 2))]  # the streamed one decodes in worker processes
+        for (x, y), (x2, y2) in zip(*loaders):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    torch.manual_seed(3)  # the augmentation draws from torch's generator: the same draws give the same images
+    first = [in_memory.train[i][0] for i in range(20)]
+    torch.manual_seed(3)
+    assert all(torch.equal(x, streamed.train[i][0]) for i, x in enumerate(first))
+
+
+def test_auto_keeps_pixels_in_memory_when_they_take_a_small_share_of_the_memory(monkeypatch):
+    from lt_plugin import data
+    assert load_data("digits", image_size=8).in_memory  # 1,797 x 3 x 8 x 8 bytes
+    monkeypatch.setattr(data, "available_memory", lambda: 4 * 1797 * 3 * 8 * 8 - 1)
+    assert not load_data("digits", image_size=8).in_memory
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes, two copies
+    monkeypatch.setattr(data, "available_memory", lambda: 4 * 1797 * 3 * 8 * 8)
+    assert not load_data("digits", image_size=8).in_memory
+    with pytest.raises(UserError, match="--data-in-memory"):
+        load_data("digits", in_memory="sometimes")
+
+
+def test_a_streamed_run_with_workers_trains_the_same_weights_as_an_in_memory_run(tmp_path):
+    from lt_plugin.cli import main as cli_main
+    from lt_plugin.store import load_weights
+    flags = ["imp", "--model", "test_resnet", "--dataset", "digits", "--image-size", "16", "--max-train-samples",
+             "256", "--batch-size", "32", "--epochs", "2", "--levels", "1"]
+    assert cli_main([*flags, "--out", str(tmp_path / "memory")]) == 0
+    assert cli_main([*flags, "--data-in-memory", "no", "--num-workers", "2", "--out", str(tmp_path / "streamed")]) == 0
+    for level in (0, 1):
+        a, b = (load_weights(tmp_path / run / f"level_{level}" / "weights.safetensors") for run in ("memory", "streamed"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
