@@ -311,3 +311,17 @@ def test_a_streamed_run_with_workers_trains_the_same_weights_as_an_in_memory_run
     for level in (0, 1):
         a, b = (load_weights(tmp_path / run / f"level_{level}" / "weights.safetensors") for run in ("memory", "streamed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
+
+
+def test_an_image_folder_with_train_and_val_folders_uses_val_for_validation(tmp_path):
+    """The layout timm users have (train/ and val/, one folder per class): val/ is the validation split."""
+    colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    for split, count in (("train", 6), ("val", 3)):
+        for colour, rgb in colours.items():
+            folder = tmp_path / split / colour
+            folder.mkdir(parents=True)
+            for i in range(count):
+                PILImage.new("RGB", (10, 10), rgb).save(folder / f"{i}.png")
+    splits = load_data(str(tmp_path), image_size=8, test_fraction=0.5)
+    assert len(splits.val) == 6  # all of val/, none carved from train/
+    assert len(splits.train) + len(splits.test) == 12
