@@ -1,14 +1,21 @@
-"""The Strategy base class: hyperparameters as dataclass fields, one `run(out_dir)`, and where its tickets are."""
+"""The Strategy base class: hyperparameters as dataclass fields, one `run(out_dir)`, and where its tickets are;
+and the start that training strategies share (`start_training_run`)."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
 from pathlib import Path
-from typing import ClassVar, List
+from typing import ClassVar, List, NamedTuple
 
+import torch
+from accelerate import Accelerator
+
+from ..data import DataSplits
 from ..errors import UserError
 from ..experiment import Experiment
+from ..run_folder import RunFolder
+from ..train import TrainConfig, check_training_data, make_accelerator, train_config_of
 
 
 @dataclasses.dataclass
@@ -57,3 +64,24 @@ def experiment_of(hparams: dict) -> Experiment:
     """The Experiment (model and data settings) among a run's recorded hyperparameters."""
     names = {f.name for f in dataclasses.fields(Experiment)}
     return Experiment(**{k: v for k, v in hparams.items() if k in names})
+
+
+class TrainingRun(NamedTuple):
+    cfg: TrainConfig
+    accelerator: Accelerator
+    folder: RunFolder
+    data: DataSplits
+    example: torch.Tensor   # one input of the experiment's shape, for tracing
+
+
+def start_training_run(hparams, out_dir) -> TrainingRun:
+    """The start every training strategy shares, with nothing written yet: its training options checked
+    (make_accelerator), the run folder opened, the data loaded and checked against the batch size and the processes.
+    `hparams` is a strategy that is both an Experiment and a TrainConfig; its own checks follow, then the folder's
+    config check writes the first file."""
+    cfg = train_config_of(hparams)
+    accelerator = make_accelerator(cfg, project_dir=out_dir)
+    folder = RunFolder(out_dir, accelerator)
+    data = hparams.load_data()
+    check_training_data(cfg, len(data.train), accelerator.num_processes)
+    return TrainingRun(cfg, accelerator, folder, data, hparams.example_inputs())

@@ -31,18 +31,17 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..deploy import forward_latency_ms
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
 from ..masks import Mask, resolve_ignored
 from ..report import format_table, plot_distance_matrices
 from ..run_folder import RunFolder
 from ..store import atomic_save_safetensors, atomic_write_json, load_weights, read_json, read_safetensors
-from ..deploy import forward_latency_ms
 from ..structure import IMPORTANCES, ChannelStructure, check_round_to, export
-from ..train import (TrainConfig, check_training_data, evaluate, fit, make_accelerator, steps_per_epoch,
-                     train_config_of)
+from ..train import TrainConfig, evaluate, fit, steps_per_epoch
 from . import register_strategy
-from .base import Strategy, TicketFiles, experiment_of
+from .base import Strategy, TicketFiles, experiment_of, start_training_run
 
 SCORES = ("auto", "bn-scale", "magnitude")
 RETRAIN = ("inherit", "reinit")
@@ -250,13 +249,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
-        cfg = train_config_of(self)
-        accelerator = make_accelerator(cfg, project_dir=out_dir)
-        folder = RunFolder(out_dir, accelerator)
         # Everything a user can get wrong is checked before the run folder gets its first file.
-        data = self.load_data()
-        check_training_data(cfg, len(data.train), accelerator.num_processes)
-        example = self.example_inputs()
+        cfg, accelerator, folder, data, example = start_training_run(self, out_dir)
         model = self.create_model(data.num_classes, seed=self.seed)
         init_state = {k: v.clone() for k, v in model.state_dict().items()}
         ignored = resolve_ignored(model, self.ignore)

@@ -25,17 +25,15 @@ from typing import List, Optional, Tuple
 import torch
 import torch_pruning as tp
 
+from ..deploy import forward_latency_ms
 from ..errors import UserError
 from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
-from ..run_folder import RunFolder
 from ..store import load_weights, read_json
-from ..deploy import forward_latency_ms
 from ..structure import IMPORTANCES, ChannelStructure, check_round_to, create_mask, export
-from ..train import (TrainConfig, check_training_data, evaluate, final_lr, fit, make_accelerator, steps_per_epoch,
-                     train_config_of)
+from ..train import TrainConfig, evaluate, final_lr, fit, steps_per_epoch
 from . import register_strategy
-from .base import Strategy, TicketFiles, experiment_of
+from .base import Strategy, TicketFiles, experiment_of, start_training_run
 
 CONTROLS = ("random-reinit", "random-mask")
 _REWIND = re.compile(r"^(init|lr|finetune|(\d+)(it|ep))$")
@@ -133,13 +131,8 @@ class IMP(Strategy, TrainConfig, Experiment):
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
-        cfg = train_config_of(self)
-        accelerator = make_accelerator(cfg, project_dir=out_dir)
-        folder = RunFolder(out_dir, accelerator)
         # Everything a user can get wrong is checked before the run folder gets its first file.
-        data = self.load_data()
-        check_training_data(cfg, len(data.train), accelerator.num_processes)
-        example = self.example_inputs()
+        cfg, accelerator, folder, data, example = start_training_run(self, out_dir)
         dense = self.create_model(data.num_classes, seed=self.seed)
         ignored = resolve_ignored(dense, self.ignore)
         prunable = prunable_weight_names(dense, ignored)
