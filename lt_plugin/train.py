@@ -463,7 +463,8 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
                 with accelerator.accumulate(prepared_model):
                     outputs = prepared_model(inputs)
                     loss = F.cross_entropy(outputs, targets)
-                    if _any_process(accelerator, not math.isfinite(loss.item())):  # every process stops together
+                    loss_value = loss.item()  # one device sync per step, for the check and the epoch's mean
+                    if _any_process(accelerator, not math.isfinite(loss_value)):  # every process stops together
                         raise DivergedError(
                             f"[{desc}] the loss became NaN or infinite at step {step + 1} (epoch {epoch + 1}); the run "
                             f"folder keeps the last finished epoch. Lower the learning rate (now {cfg.lr}) or add "
@@ -484,7 +485,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
                         snapshot()
                     if on_step is not None:
                         stopped = _any_process(accelerator, on_step(step, model))
-                loss_sum += loss.item() * len(targets)
+                loss_sum += loss_value * len(targets)
                 correct += int((outputs.argmax(dim=1) == targets).sum())
                 seen += len(targets)
                 if stopped:
