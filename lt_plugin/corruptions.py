@@ -90,13 +90,18 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """Corruption `name` at `severity` (1-5) of pixels [N, 3, H, W] in [0, 1]; returns pixels in [0, 1] that are
     whole multiples of 1/255. The same (pixels, name, severity, seed) always gives the same result."""
+    return corrupt_to_uint8(pixels, name, severity, seed).float() / 255
+
+
+def corrupt_to_uint8(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """`corrupt`, as the 8-bit values [N, 3, H, W] that CIFAR-10-C stores."""
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be 1 to 5, not {severity}")
     index = list(CORRUPTIONS).index(name)
     generator = torch.Generator().manual_seed(seed * 1_000 + index * 10 + severity)
-    return _to_uint8(CORRUPTIONS[name](pixels.float(), severity, generator)).float() / 255
+    return _to_uint8(CORRUPTIONS[name](pixels.float(), severity, generator))
 
 
 def corrupted_copies(dataset: PreparedImages, seed: int = 0) -> Iterator[Tuple[str, int, PreparedImages]]:
@@ -105,5 +110,5 @@ def corrupted_copies(dataset: PreparedImages, seed: int = 0) -> Iterator[Tuple[s
     pixels = dataset.pixels[:].expand(-1, len(dataset.mean), -1, -1).float() / 255
     for name in CORRUPTIONS:
         for severity in SEVERITIES:
-            corrupted = (corrupt(pixels, name, severity, seed) * 255).round().to(torch.uint8)  # its exact 8 bits
+            corrupted = corrupt_to_uint8(pixels, name, severity, seed)
             yield name, severity, PreparedImages(corrupted, dataset.labels, dataset.mean, dataset.std)

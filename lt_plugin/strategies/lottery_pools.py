@@ -389,6 +389,14 @@ class _Pool:
             return magnitude_mask_like(self.model, target, self.scope)
         return channels_like(self.structure, target)
 
+    def load_blend(self, level: int, current: Dict[str, torch.Tensor], candidate: int, alpha: float) -> Mask:
+        """Load `alpha * candidate + (1 - alpha) * current` into the working model at target `level`'s sparsity;
+        returns the mask that put it there."""
+        self.load(blend(current, self.states[candidate], alpha))
+        mask = self.reprune(level)
+        mask.apply(self.model)
+        return mask
+
     def recalibrate(self, mask: Mask) -> None:
         set_seed(self.hp.seed)  # the same batches, and the same augmentation if any, on every process and rerun
         recalibrate_bn(self.model, self.data.train, self.accelerator, self.bn_batches, BN_BATCH_SIZE)
@@ -413,9 +421,7 @@ class _Pool:
                     alpha = order.send(accuracy)
                 except StopIteration:
                     break
-                self.load(blend(found.state, self.states[candidate], alpha))
-                mask = self.reprune(level)
-                mask.apply(self.model)
+                mask = self.load_blend(level, found.state, candidate, alpha)
                 self.recalibrate(mask)
                 accuracy = self.val_accuracy(mask)
                 scores.append([alpha, accuracy])
@@ -435,9 +441,7 @@ class _Pool:
         mask)."""
         state, mask = self.states[level], self.masks[level]
         for candidate, alpha in zip(candidates, alphas):
-            self.load(blend(state, self.states[candidate], alpha))
-            mask = self.reprune(level)
-            mask.apply(self.model)
+            mask = self.load_blend(level, state, candidate, alpha)
             state = self.snapshot()
         self.load(state)
         self.recalibrate(mask)
