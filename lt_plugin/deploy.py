@@ -26,7 +26,8 @@ ONNX_TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| accepted, relative to 
 CHECK_BATCH = 4  # random inputs the exported file is checked on (not the export's batch of 2: the batch is dynamic)
 
 
-def _onnxruntime():
+def require_onnx():
+    """The onnxruntime module; a UserError saying what to install when onnx or onnxruntime is missing."""
     try:
         import onnx  # noqa: F401  (timm's helper imports it)
         import onnxruntime
@@ -37,7 +38,7 @@ def _onnxruntime():
 
 def onnx_session(path, threads: int):
     """An ONNX Runtime CPU session of `path` using `threads` threads."""
-    ort = _onnxruntime()
+    ort = require_onnx()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -53,7 +54,7 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path, tolerance:
     random inputs and compare with PyTorch. Returns the largest absolute difference; raises UserError (and writes
     nothing) if it exceeds `tolerance` times the largest |output| (at least 1). The file appears whole or not at all.
     `metadata` is stored as JSON in the file's metadata_props under "lt_plugin"."""
-    _onnxruntime()
+    require_onnx()
     from timm.utils.onnx import onnx_export
 
     path = Path(path)

@@ -93,8 +93,8 @@ def export_run_ticket(run_dir, key, out_path, fmt: str = "safetensors", benchmar
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     from .deploy import export_onnx, latency_report
     if fmt == "onnx":
-        from .deploy import _onnxruntime
-        _onnxruntime()  # before any work: say what to install
+        from .deploy import require_onnx
+        require_onnx()  # before any work: say what to install
     model, mask, experiment, result = load_run_ticket(run_dir, key)
     example = experiment.example_inputs()
     num_classes = result["num_classes"]
