@@ -1,7 +1,9 @@
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +31,11 @@ def _kill_when(command, reached, what, timeout=300, group=False, env=None):
 def kill_when():
     """kill_when(command, reached, what): run a command and kill -9 it at the moment `reached()` holds."""
     return _kill_when
+
+
+@pytest.fixture
+def two_processes():
+    """(command prefix, environment) that run `lt-plugin` as 2 CPU processes under `accelerate launch`."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    return launcher, {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

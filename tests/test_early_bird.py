@@ -2,7 +2,6 @@
 exported widths are their masks, resumes and several processes that agree with a plain run."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -250,14 +249,12 @@ def test_a_run_killed_in_the_search_the_retraining_and_the_baseline_ends_as_an_u
 
 
 @pytest.mark.slow
-def test_two_processes_find_the_same_ticket_as_one(tmp_path):
+def test_two_processes_find_the_same_ticket_as_one(tmp_path, two_processes):
     # A LayerNorm model: its training does not depend on how the global batch is split over processes.
     vit = ["early-bird", "--model", "test_vit", "--model-kwargs", '{"img_size": 16, "patch_size": 4}',
            "--dataset", "digits", "--image-size", "16", "--max-train-samples", "256", "--batch-size", "32",
            "--epochs", "3", "--lr", "0.01", "--opt", "adamw", "--window", "2", "--ratios", "0.5"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    launcher, env = two_processes
     subprocess.run([*launcher, *vit, "--out", str(tmp_path / "two")], env=env, check=True, capture_output=True,
                    timeout=600)
     assert cli_main([*vit, "--out", str(tmp_path / "one")]) == 0

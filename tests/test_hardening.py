@@ -290,11 +290,9 @@ def test_the_readme_error_table_is_there():
 
 
 @pytest.mark.slow
-def test_a_diverging_two_process_run_ends_every_rank_with_the_same_line(tmp_path):
+def test_a_diverging_two_process_run_ends_every_rank_with_the_same_line(tmp_path, two_processes):
     """The NaN check is collective: both ranks stop at the same step with the same line, and nothing hangs."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    launcher, env = two_processes
     done = subprocess.run([*launcher, "imp", *FAST, "--levels", "0", "--lr", "1e30", "--out", str(tmp_path / "run")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
@@ -304,12 +302,10 @@ def test_a_diverging_two_process_run_ends_every_rank_with_the_same_line(tmp_path
 
 
 @pytest.mark.slow
-def test_a_two_process_run_killed_mid_level_resumes_to_the_uninterrupted_result(tmp_path, kill_when):
+def test_a_two_process_run_killed_mid_level_resumes_to_the_uninterrupted_result(tmp_path, kill_when, two_processes):
     """kill -9 of the launcher and both ranks in the middle of a level, rerun: the same weights as a 2-process run
     that was never interrupted."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    launcher, env = two_processes
     flags = ["imp", *FAST, "--epochs", "3", "--levels", "1"]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     kill_when([*launcher, *flags, "--out", str(killed)],

@@ -2,10 +2,8 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -189,12 +187,10 @@ def test_finetune_trains_at_the_final_lr_and_lr_rewinding_reruns_the_schedule(tm
 
 
 @pytest.mark.slow
-def test_two_process_run_matches_the_one_process_schedule(tmp_path):
+def test_two_process_run_matches_the_one_process_schedule(tmp_path, two_processes):
     flags = ["imp", "--model", "test_resnet", "--dataset", "digits", "--image-size", "16", "--max-train-samples",
              "256", "--batch-size", "32", "--epochs", "1", "--levels", "1", "--lr", "0.05"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lt_plugin.cli"]
+    launcher, env = two_processes
     subprocess.run([*launcher, *flags, "--out", str(tmp_path / "two")], env=env, check=True, capture_output=True,
                    timeout=600)
     assert cli_main([*flags, "--out", str(tmp_path / "one")]) == 0
