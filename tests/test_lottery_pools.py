@@ -300,3 +300,12 @@ def test_corrupted_copies_corrupt_the_8_bit_pixels_and_normalise_them_as_the_spl
     pixels = ((data.test.images * 0.5 + 0.5) * 255).round() / 255  # the 8-bit pixels the images were made from
     assert torch.allclose(contrast_1.images * 0.5 + 0.5, corrupt(pixels, "contrast", 1), atol=1e-5)
     assert torch.equal(contrast_1.labels, data.test.labels)
+
+
+def test_a_reference_run_folder_takes_other_values_of_the_fast_protocols_options(imp_run, tmp_path, capsys):
+    flags = ["lottery-pools", "--run", str(imp_run), "--targets", "1", "--max-candidates", "1", "--alphas", "0.5",
+             "--protocol", "reference", "--out", str(tmp_path / "reference")]
+    assert cli_main(flags) == 0
+    assert cli_main([*flags, "--patience", "3", "--bn-batches", "5"]) == 0  # options the reference does not read
+    assert cli_main([*flags, "--ema-alpha", "0.5"]) == 2  # an option it reads
+    assert "ema_alpha" in capsys.readouterr().err

@@ -220,8 +220,10 @@ class LotteryPools(Strategy):
         accelerator = make_accelerator(cfg)
         folder = RunFolder(out, accelerator)
         pool = _Pool(self, imp_dir, imp_hparams, levels, accelerator, cfg.eval_batch_size)
-        # Which levels are pooled changes no level's result: other --targets may reuse the folder.
-        folder.check_config(self.name, {k: v for k, v in self.hparams().items() if k != "targets"})
+        # Which levels are pooled changes no level's result: other --targets may reuse the folder; so may other
+        # values of the options only the fast protocol reads.
+        unused = {"targets"} | ({"bn_batches", "patience"} if self.protocol == "reference" else set())
+        folder.check_config(self.name, {k: v for k, v in self.hparams().items() if k not in unused})
         if folder.is_main and not (out / "imp_config.json").exists():
             atomic_write_json(imp_config, out / "imp_config.json")
 
