@@ -13,7 +13,7 @@ scikit-image with an argument scikit-image removed (`multichannel`); `corrupt-tt
 from __future__ import annotations
 
 import io
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -104,11 +104,19 @@ def corrupt_to_uint8(pixels: torch.Tensor, name: str, severity: int, seed: int =
     return _to_uint8(CORRUPTIONS[name](pixels.float(), severity, generator))
 
 
-def corrupted_copies(dataset: PreparedImages, seed: int = 0) -> Iterator[Tuple[str, int, PreparedImages]]:
+def corrupted_copies(dataset: PreparedImages, seed: int = 0, samples: Optional[int] = None
+                     ) -> Iterator[Tuple[str, int, PreparedImages]]:
     """(corruption, severity, corrupted copy of `dataset`) for every corruption and severity, one at a time; each
-    copy holds 8-bit pixels normalised as `dataset`'s are."""
-    pixels = dataset.pixels[:].expand(-1, len(dataset.mean), -1, -1).float() / 255
+    copy holds 8-bit pixels normalised as `dataset`'s are. `samples`: corrupt only that many images, drawn with
+    `seed` (kept in their order), instead of all."""
+    labels = dataset.labels
+    if samples is not None and samples < len(dataset):
+        chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+        pixels, labels = dataset.pixels[chosen.tolist()], labels[chosen]
+    else:
+        pixels = dataset.pixels[:]
+    pixels = pixels.expand(-1, len(dataset.mean), -1, -1).float() / 255
     for name in CORRUPTIONS:
         for severity in SEVERITIES:
             corrupted = corrupt_to_uint8(pixels, name, severity, seed)
-            yield name, severity, PreparedImages(corrupted, dataset.labels, dataset.mean, dataset.std)
+            yield name, severity, PreparedImages(corrupted, labels, dataset.mean, dataset.std)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 import lt_plugin
 from lt_plugin import Mask, load_ticket
 from lt_plugin.cli import main as cli_main
-from lt_plugin.corruptions import CORRUPTIONS, corrupt, corrupted_copies
+from lt_plugin.corruptions import CORRUPTIONS, corrupt, corrupt_to_uint8, corrupted_copies
 from lt_plugin.experiment import Experiment
 from lt_plugin.store import load_weights
 from lt_plugin.strategies.lottery_pools import DEFAULT_ALPHAS, adjacency_order, sweep_order
@@ -300,6 +300,26 @@ def test_corrupted_copies_corrupt_the_8_bit_pixels_and_normalise_them_as_the_spl
     pixels = ((data.test.images * 0.5 + 0.5) * 255).round() / 255  # the 8-bit pixels the images were made from
     assert torch.allclose(contrast_1.images * 0.5 + 0.5, corrupt(pixels, "contrast", 1), atol=1e-5)
     assert torch.equal(contrast_1.labels, data.test.labels)
+
+
+def test_corrupted_copies_of_a_sample_corrupt_the_drawn_images_with_their_labels():
+    data = _data()
+    copies = list(corrupted_copies(data.test, seed=3, samples=5))
+    assert len(copies) == len(CORRUPTIONS) * 5
+    first = copies[0][2]
+    assert len(first) == 5 and all(len(c[2]) == 5 for c in copies)
+    # The drawn images are test images, each with its own label, in the split's order.
+    test_pixels = data.test.pixels[:].expand(-1, len(data.test.mean), -1, -1)
+    name, severity, contrast_1 = next(c for c in copies if c[0] == "contrast" and c[1] == 1)
+    matches = [[i for i in range(len(data.test))
+                if torch.equal(corrupt_to_uint8(test_pixels[i:i + 1].float() / 255, "contrast", 1)[0],
+                               contrast_1.pixels[k])] for k in range(5)]
+    rows = [m[0] for m in matches]
+    assert all(matches) and rows == sorted(rows) and len(set(rows)) == 5
+    assert contrast_1.labels.tolist() == [int(data.test.labels[r]) for r in rows]
+    again = list(corrupted_copies(data.test, seed=3, samples=5))
+    assert all(torch.equal(a[2].pixels, b[2].pixels) for a, b in zip(copies, again))
+    assert len(list(corrupted_copies(data.test, samples=10 ** 6))[0][2]) == len(data.test)
 
 
 def test_a_reference_run_folder_takes_other_values_of_the_fast_protocols_options(imp_run, tmp_path, capsys):

@@ -164,6 +164,9 @@ class LotteryPools(Strategy):
     corruptions: bool = dataclasses.field(default=False, metadata={
         "help": "also score every model on corrupted copies of the test split (CIFAR-10-C style, 6 corruptions, "
                 "severities 1-5)"})
+    corruption_samples: Optional[int] = dataclasses.field(default=None, metadata={
+        "type": int, "help": "with --corruptions: score the corrupted copies of this many test images, drawn with "
+                             "--seed (default: the whole test split; 30 copies of it are scored per model)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the corruptions and BatchNorm batches"})
 
     def __post_init__(self):
@@ -178,6 +181,10 @@ class LotteryPools(Strategy):
             raise UserError("--bn-batches must be at least 1")
         if self.patience < 1:
             raise UserError("--patience must be at least 1")
+        if self.corruption_samples is not None and self.corruption_samples < 1:
+            raise UserError("--corruption-samples must be at least 1")
+        if self.corruption_samples is not None and not self.corruptions:
+            raise UserError("--corruption-samples applies with --corruptions")
         if not 0.0 < self.ema_alpha < 1.0:
             raise UserError("--ema-alpha must be strictly between 0 and 1")
         targets = [str(t) for t in self.targets]
@@ -466,7 +473,8 @@ class _Pool:
             out[f"{name}_test_accuracy"] = evaluate(model, self.data.test, self.accelerator, self.eval_batch_size)[0]
         if corruptions:
             detail: Dict[str, Dict[str, List[float]]] = {name: {} for name in models}
-            for corruption, _, dataset in corrupted_copies(self.data.test, self.hp.seed):
+            for corruption, _, dataset in corrupted_copies(self.data.test, self.hp.seed,
+                                                                 self.hp.corruption_samples):
                 for name, model in models.items():
                     accuracy = evaluate(model, dataset, self.accelerator, self.eval_batch_size)[0]
                     detail[name].setdefault(corruption, []).append(accuracy)
