@@ -105,8 +105,8 @@ class LazyPixels:
 
 
 class PreparedImages(torch.utils.data.Dataset):
-    """Images as uint8 `pixels` [N, C, H, W], transformed once at load time and kept in memory (a quarter of
-    float32's memory), or `LazyPixels` decoded and transformed as they are read; normalised to float32
+    """Images as uint8 `pixels` [N, C or 1, H, W], transformed once at load time and kept in memory (a quarter of
+    float32's memory; a twelfth for grayscale images, kept as one channel), or `LazyPixels` decoded and transformed as they are read; normalised to float32
     `(pixels / 255 - mean) / std` when read, a whole batch at a time when a DataLoader asks (`__getitems__`);
     `labels` int64 [N]. The values are the same however the images are read."""
 
@@ -501,13 +501,21 @@ def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
 
 def _pixels(dataset: Dataset, image_column: str, pixel_transform, image_size: int, channels: int) -> torch.Tensor:
-    """uint8 [N, channels, image_size, image_size] pixels of every image, transformed once."""
-    pixels = torch.empty((len(dataset), channels, image_size, image_size), dtype=torch.uint8)
+    """uint8 [N, C, image_size, image_size] pixels of every image, transformed once. C is 1 while every image is
+    grayscale (a third of the memory of 3 channels; `_normalise` copies the channel), else `channels`."""
+    pixels = None
     row = 0
     for batch in dataset.select_columns([image_column]).iter(batch_size=PREPARE_BATCH_SIZE):
         for image in batch[image_column]:
-            pixels[row] = pixel_transform(_in_mode(image, in_chans=channels))  # 1 channel is copied into all
+            image = pixel_transform(_in_mode(image, in_chans=channels))
+            if pixels is None:
+                pixels = torch.empty((len(dataset), image.shape[0], image_size, image_size), dtype=torch.uint8)
+            elif image.shape[0] > pixels.shape[1]:  # the first colour image after grayscale ones
+                pixels = pixels.expand(-1, image.shape[0], -1, -1).clone()
+            pixels[row] = image  # a grayscale image among colour ones is copied into every channel
             row += 1
+    if pixels is None:
+        pixels = torch.empty((0, channels, image_size, image_size), dtype=torch.uint8)
     return pixels
 
 

@@ -325,3 +325,23 @@ def test_an_image_folder_with_train_and_val_folders_uses_val_for_validation(tmp_
     splits = load_data(str(tmp_path), image_size=8, test_fraction=0.5)
     assert len(splits.val) == 6  # all of val/, none carved from train/
     assert len(splits.train) + len(splits.test) == 12
+
+
+def test_grayscale_images_are_kept_as_one_channel_and_read_as_the_streamed_ones(tmp_path):
+    in_memory = load_data("digits", in_memory="yes")
+    streamed = load_data("digits", in_memory="no")
+    assert in_memory.test.pixels.shape[1] == 1  # a third of the memory of three channels
+    assert in_memory.test.images.shape[1] == 3 and torch.equal(in_memory.test.images, streamed.test.images)
+    # Grayscale images, then a colour one: the store gets its channels when the colour image comes.
+    images = []
+    for i in range(4):
+        pixels = np.full((9, 9, 3), 40 * i, dtype=np.uint8)
+        pixels[..., 0] = 200
+        image = PILImage.fromarray(pixels)
+        images.append(image if i == 3 else image.convert("L"))
+    dataset = Dataset.from_dict({"image": images}, features=Features({"image": Image()}))
+    transform = data._pixel_transform(8, 3, is_training=False)
+    kept = data._pixels(dataset, "image", transform, 8, 3)
+    assert kept.shape == (4, 3, 8, 8)
+    assert torch.equal(kept, LazyPixels(dataset, "image", transform, 3)[:])
+    assert torch.equal(kept[0, 0], kept[0, 2]) and not torch.equal(kept[3, 0], kept[3, 2])
