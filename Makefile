@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lt_plugin-installed
 OFFLINE := HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 
-.PHONY: demo test install
+.PHONY: demo test install bench-accuracy bench-speed
 
 install: $(STAMP)
 
@@ -22,3 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q --durations=15
+
+# The README's Results section (needs Debian's dataset-fashion-mnist): about an hour, and under 15 minutes.
+bench-accuracy: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/accuracy.py
+
+bench-speed: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/speed.py
+	$(OFFLINE) $(PY) benchmarks/cost_growth.py
