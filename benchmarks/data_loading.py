@@ -1,17 +1,17 @@
 """Memory and speed of the two data paths: in memory (8-bit pixels) and streamed (decoded as read).
 
 1. Peak memory and loading time against dataset size and image size: Fashion-MNIST with 10k/30k/60k training images
-   (plus its 6,000 validation and 10,000 test images) at 32/64/128 px, each path, each configuration in a fresh
+   (plus its 6,000 validation and 10,000 test images) at 32/128/224 px, each path, each configuration in a fresh
    process: `load_data`, then 20 training batches of 128 read through a DataLoader, as `fit` reads them. Peak memory
    is the process's maximum resident set (`ru_maxrss`); the imported libraries' share is measured before loading.
-2. The streaming path's images/s with 0, 1 and 2 DataLoader workers at 32 and 128 px, next to the images/s a resnet18
+2. The streaming path's images/s with 0, 1 and 2 DataLoader workers at 32 and 224 px, next to the images/s a resnet18
    training step consumes at that size on this machine (batch 128, 2 threads): below it, loading starves training.
 3. Per-process peak memory of a 2-process run (`accelerate launch`, CPU) against a 1-process one, both paths.
 4. The issue's check: `lt-plugin imp --dataset fashion-mnist --image-size 224 --levels 0 --epochs 1
    --max-train-samples 512 --batch-size 32 --data-in-memory no` and its peak memory.
 Writes benchmarks/results/data_loading.json and .png.
 
-    python benchmarks/data_loading.py        # Debian's dataset-fashion-mnist installed; ~15 minutes on 2 cores
+    python benchmarks/data_loading.py        # Debian's dataset-fashion-mnist installed; ~20 minutes on 2 cores
 """
 
 import argparse
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 SIZES = (10_000, 30_000, 60_000)
-IMAGE_SIZES = (32, 64, 128)
+IMAGE_SIZES = (32, 128, 224)
 PATHS = {"in memory": "yes", "streamed": "no"}
 READ_BATCHES = 20
 
@@ -104,7 +104,7 @@ def memory_rows() -> list:
 
 def throughput_rows() -> list:
     rows = []
-    for image_size in (32, 128):
+    for image_size in (32, 224):
         train = child(["train_step", image_size, SIZES[0], "yes", 0, 2])[0]["train_images_per_second"]
         for workers in (0, 1, 2):
             result = child(["load", image_size, SIZES[0], "no", workers, READ_BATCHES])[0]
@@ -121,9 +121,9 @@ def processes_rows() -> list:
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     rows = []
     for path, flag in PATHS.items():
-        single = child(["load", 64, SIZES[-1], flag, 0, READ_BATCHES])[0]
-        double = child(["load", 64, SIZES[-1], flag, 0, READ_BATCHES], launcher=launcher)
-        rows.append({"path": path, "image_size": 64, "train_images": SIZES[-1],
+        single = child(["load", 128, SIZES[-1], flag, 0, READ_BATCHES])[0]
+        double = child(["load", 128, SIZES[-1], flag, 0, READ_BATCHES], launcher=launcher)
+        rows.append({"path": path, "image_size": 128, "train_images": SIZES[-1],
                      "one_process_peak_bytes": single["peak_bytes"],
                      "two_processes_peak_bytes": [r["peak_bytes"] for r in sorted(double, key=lambda r: r["rank"])]})
         print(f"{path}: one process {single['peak_bytes'] / 2 ** 30:.2f} GiB, two processes "

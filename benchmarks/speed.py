@@ -98,9 +98,10 @@ def weight_ticket_step(rounds: int, density: float = 0.1) -> dict:
     return row
 
 
-OPERATOR_KINDS = (("convolution", ("conv", "mkldnn_convolution")), ("normalisation", ("batch_norm",)),
-                  ("optimizer", ("_foreach", "sgd")), ("elementwise", ("relu", "add", "mul", "threshold", "copy_")),
-                  ("pooling and linear", ("pool", "addmm", "mm", "linear")))
+# Matched in this order against lower-case operator names (forward and autograd's backward nodes).
+OPERATOR_KINDS = (("convolution", ("conv",)), ("normalisation", ("batch_norm", "batchnorm")),
+                  ("optimizer", ("_foreach", "sgd")), ("pooling and linear", ("pool", "addmm", "linear", "mm")),
+                  ("elementwise", ("relu", "threshold", "add", "mul", "copy_")))
 
 
 def _profile(step, steps=3) -> dict:
