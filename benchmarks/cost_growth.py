@@ -57,8 +57,10 @@ def main():
     parser.add_argument("--work", default="runs/bench-cost-growth")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
+    started = time.perf_counter()
     rows = [measure(model, Path(args.work)) for model in MODELS]
-    report = {"benchmark": "cost_growth", "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    report = {"wall_seconds": time.perf_counter() - started, "benchmark": "cost_growth", "torch": torch.__version__,
+              "torch_threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "machine": platform.machine(), "common": COMMON, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,10 +85,11 @@ def main():
     left.set_ylabel("seconds")
     left.set_title("against the model's MACs (digits, 1 epoch)")
     left.legend(fontsize=7)
-    for r in rows:
+    for index, r in enumerate(rows):
         cumulative = torch.tensor(r["imp_level_train_seconds"]).cumsum(0).tolist()
-        right.plot(range(len(cumulative)), cumulative, "o-", label=f"IMP {r['model']}: training seconds to level L")
-        right.plot(list(CANDIDATES), [r["pools_search_seconds"][c] for c in CANDIDATES], "s--",
+        right.plot(range(len(cumulative)), cumulative, "o-", color=f"C{index}",
+                   label=f"IMP {r['model']}: training seconds to level L")
+        right.plot(list(CANDIDATES), [r["pools_search_seconds"][c] for c in CANDIDATES], "s--", color=f"C{index}",
                    label=f"Lottery Pools {r['model']}: search seconds for N candidates")
     right.set_xlabel("level L / candidates N")
     right.set_ylabel("seconds")

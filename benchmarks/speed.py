@@ -9,8 +9,10 @@ b. Channel IMP: the training step of each level's exported ticket (the densities
    the MACs share.
 c. Inference latency of an exported channel ticket against the dense model and the masked dense model, batch 1 and
    64, densities 0.5 and 0.25 (free channel counts and rounded to 8), next to the MACs ratio (the ceiling).
-d. Lottery Pools: the fast default against `--protocol reference` on the same IMP run (Fashion-MNIST, 10,000 test
-   images, so 0.01 points resolve). Target: at least 5x faster, within 0.2 points.
+d. Lottery Pools: the fast default against `--protocol reference` on the same IMP run (Fashion-MNIST, 8,000 training
+   images, 1,800 validation images, 10,000 test images so 0.01 points resolve). Target: at least 5x faster, within
+   0.2 points. The ratio grows with the training set, over which the reference recomputes BatchNorm statistics for
+   every blend.
 e. Early-Bird against one-shot pruning (`--baseline`): total training MACs and seconds to a retrained ticket.
 Also the cost growth (benchmarks/cost_growth.py's plot): wall time against model MACs and levels/candidates.
 
@@ -24,6 +26,7 @@ import copy
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lottery_pools_protocols import compare  # noqa: E402  (a script next to this one)
 
 MODEL, IMAGE_SIZE, BATCH = "resnet18", 32, 128
+REPEATS = 3
 CHANNEL_DENSITIES = [0.25 ** (level / 4) for level in range(1, 5)]  # a 4-level channel IMP run to 0.25
 POOLS_IMP = ["imp", "--model", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32",
-             "--max-train-samples", "4000", "--val-fraction", "0.03", "--epochs", "2", "--levels", "2",
+             "--max-train-samples", "8000", "--val-fraction", "0.03", "--epochs", "2", "--levels", "2",
              "--target-density", "0.25", "--rewind", "8it"]
 EARLY_BIRD = ["early-bird", "--model", "resnet18", "--dataset", "digits", "--epochs", "10", "--ratios", "0.3", "0.5",
               "--baseline"]
@@ -87,11 +91,15 @@ def weight_ticket_step(rounds: int, density: float = 0.1) -> dict:
     batch = _batch()
     runs = {"dense": _step_fn(dense, batch), "lt_plugin": _step_fn(ticket, batch, mask.enforcer(ticket)),
             "torch_nn_utils_prune": _step_fn(pruned, batch)}
-    seconds = interleaved_medians(runs, rounds, warmup=3)
+    # A 2% target is within one measurement's noise here (+-1.5%): three measurements, the median of their ratios.
+    repeats = [interleaved_medians(runs, rounds, warmup=3) for _ in range(REPEATS)]
+    seconds = {name: statistics.median(r[name] for r in repeats) for name in runs}
     kept = all(bool((p[~mask.tensors[n]] == 0).all()) for n, p in ticket.named_parameters() if n in mask.tensors)
-    row = {"density": mask.density, "batch": BATCH, "rounds": rounds, "seconds": seconds, "mask_held": kept,
-           "lt_plugin_over_dense": seconds["lt_plugin"] / seconds["dense"],
-           "lt_plugin_over_torch_prune": seconds["lt_plugin"] / seconds["torch_nn_utils_prune"]}
+    row = {"density": mask.density, "batch": BATCH, "rounds": rounds, "repeats": repeats, "seconds": seconds,
+           "mask_held": kept,
+           "lt_plugin_over_dense": statistics.median(r["lt_plugin"] / r["dense"] for r in repeats),
+           "lt_plugin_over_torch_prune": statistics.median(r["lt_plugin"] / r["torch_nn_utils_prune"]
+                                                           for r in repeats)}
     print(f"a. weight ticket step: dense {seconds['dense'] * 1e3:.0f} ms, lt_plugin {seconds['lt_plugin'] * 1e3:.0f} "
           f"ms (x{row['lt_plugin_over_dense']:.3f} of dense), torch.nn.utils.prune "
           f"{seconds['torch_nn_utils_prune'] * 1e3:.0f} ms", flush=True)
@@ -208,7 +216,8 @@ def tables(report: dict) -> str:
            "|---|---|---|"]
     for name, label in (("dense", "dense"), ("lt_plugin", "lt_plugin (mask enforced after the step)"),
                         ("torch_nn_utils_prune", "torch.nn.utils.prune (mask in every forward)")):
-        out.append(f"| {label} | {s[name] * 1e3:.1f} | x{s[name] / s['dense']:.3f} |")
+        ratio = statistics.median(r[name] / r["dense"] for r in a["repeats"])
+        out.append(f"| {label} | {s[name] * 1e3:.1f} | x{ratio:.3f} |")
     b = report["b_channel_levels"]
     out += ["", "| channel level density | round-to | MACs share | training time share | time / MACs |",
             "|---|---|---|---|---|"]
