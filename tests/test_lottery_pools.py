@@ -234,6 +234,8 @@ def test_user_mistakes_exit_2_with_one_line_and_write_nothing(imp_run, tmp_path,
              (["--run", str(imp_run), "--bn-batches", "0"], "--bn-batches"),
              (["--run", str(imp_run), "--patience", "0"], "--patience"),
              (["--run", str(imp_run), "--ema-alpha", "1"], "--ema-alpha"),
+             (["--run", str(imp_run), "--corruptions", "--corruption-samples", "0"], "--corruption-samples"),
+             (["--run", str(imp_run), "--corruption-samples", "100"], "applies with --corruptions"),
              (["--run", str(imp_run), "--seed", "x"], "--seed"),
              ([], "--run DIR is required")]
     for flags, message in cases:
