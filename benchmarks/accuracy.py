@@ -3,7 +3,7 @@
 Model: timm resnet18 at 32x32 (Fashion-MNIST's 28x28 resized), 10,000 of the 60,000 training images (6,000 others held
 out for validation, the 10,000 test images for testing). Schedule of every training: 4 epochs, batch 128, SGD lr 0.1
 momentum 0.9 cosine, weight decay 1e-4, no augmentation. That is what fits 90 minutes of 2 CPU cores: one epoch of
-10,000 images is ~17 s, and the suite trains about 120 epochs.
+10,000 images is ~17 s, and the suite trains about 135 epochs (Lottery Pools scoring is the rest).
 
 1. IMP, weight tickets: 6 levels to density 0.01 (x0.46 per level), late rewinding to iteration 16 (5% of training);
    the random-reinit and random-mask controls on the same levels (`--control`).
