@@ -77,10 +77,14 @@ def _step_fn(model, batch, after_step=None):
     return step
 
 
-def weight_ticket_step(rounds: int, density: float = 0.1) -> dict:
+def _dense():
+    """The dense model every part measures, and its example input."""
     torch.manual_seed(0)
-    dense = timm.create_model(MODEL, num_classes=10)
-    example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return timm.create_model(MODEL, num_classes=10), torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def weight_ticket_step(rounds: int, density: float = 0.1) -> dict:
+    dense, example = _dense()
     mask = lt_plugin.create_mask(dense, example, density, "weight")
     ticket = copy.deepcopy(dense)
     mask.apply(ticket)
@@ -113,7 +117,7 @@ OPERATOR_KINDS = (("convolution", ("conv",)), ("normalisation", ("batch_norm", "
 
 
 def _profile(step, steps=3) -> dict:
-    """Self CPU seconds of one step by kind of operator (a median-free mean over `steps` steps)."""
+    """Self CPU seconds of one step by kind of operator (the mean over `steps` profiled steps)."""
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
@@ -126,19 +130,24 @@ def _profile(step, steps=3) -> dict:
     return kinds
 
 
-def channel_levels(rounds: int) -> dict:
-    torch.manual_seed(0)
-    dense = timm.create_model(MODEL, num_classes=10)
-    example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+def _channel_tickets(dense, example, densities) -> list:
+    """(target density, round_to, mask, exported ticket, MACs share of dense) per density, free and rounded to 8."""
     dense_macs, _ = tp.utils.count_ops_and_params(dense.eval(), example)
-    batch = _batch()
-    tickets = {}
-    for density in CHANNEL_DENSITIES:
+    tickets = []
+    for density in densities:
         for round_to in (None, 8):
             mask = lt_plugin.create_mask(dense, example, density, "channel", round_to=round_to)
-            ticket = lt_plugin.export(dense, mask, example)
-            macs, _ = tp.utils.count_ops_and_params(ticket.eval(), example)
-            tickets[(density, round_to)] = (ticket, mask.density, macs / dense_macs)
+            ticket = lt_plugin.export(dense, mask, example).eval()
+            macs, _ = tp.utils.count_ops_and_params(ticket, example)
+            tickets.append((density, round_to, mask, ticket, macs / dense_macs))
+    return tickets
+
+
+def channel_levels(rounds: int) -> dict:
+    dense, example = _dense()
+    batch = _batch()
+    tickets = {(density, round_to): (ticket, mask.density, share)
+               for density, round_to, mask, ticket, share in _channel_tickets(dense, example, CHANNEL_DENSITIES)}
     runs = {"dense": _step_fn(copy.deepcopy(dense), batch)}
     runs.update({f"{d:.3f}/{r}": _step_fn(t, batch) for (d, r), (t, _, _) in tickets.items()})
     seconds = interleaved_medians(runs, rounds, warmup=2)
@@ -157,34 +166,26 @@ def channel_levels(rounds: int) -> dict:
 
 
 def inference_latency(rounds: int) -> dict:
-    torch.manual_seed(0)
-    dense = timm.create_model(MODEL, num_classes=10).eval()
-    example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
-    dense_macs, _ = tp.utils.count_ops_and_params(dense, example)
+    dense, example = _dense()
     rows = []
-    for density in (0.5, 0.25):
-        for round_to in (None, 8):
-            mask = lt_plugin.create_mask(dense, example, density, "channel", round_to=round_to)
-            masked = copy.deepcopy(dense)
-            mask.apply(masked)
-            ticket = lt_plugin.export(dense, mask, example).eval()
-            macs, _ = tp.utils.count_ops_and_params(ticket, example)
-            row = {"target_density": density, "round_to": round_to, "density": mask.density,
-                   "macs_ratio": dense_macs / macs}
-            for batch in (1, 64):
-                inputs = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(batch))
-                with torch.inference_mode():
-                    medians = interleaved_medians({name: (lambda m=m: m(inputs)) for name, m in
-                                                   (("dense", dense), ("masked", masked), ("exported", ticket))},
-                                                  rounds, warmup=5)
-                for name, value in medians.items():
-                    row[f"{name}_ms_batch_{batch}"] = value * 1e3
-                row[f"speedup_batch_{batch}"] = medians["dense"] / medians["exported"]
-                row[f"masked_speedup_batch_{batch}"] = medians["dense"] / medians["masked"]
-            rows.append(row)
-            print(f"c. density {mask.density:.3f} round-to {round_to or '-'}: exported x{row['speedup_batch_1']:.2f} "
-                  f"(b1) x{row['speedup_batch_64']:.2f} (b64), masked x{row['masked_speedup_batch_64']:.2f}, MACs "
-                  f"x{row['macs_ratio']:.2f}", flush=True)
+    for density, round_to, mask, ticket, share in _channel_tickets(dense, example, (0.5, 0.25)):
+        masked = copy.deepcopy(dense)
+        mask.apply(masked)
+        row = {"target_density": density, "round_to": round_to, "density": mask.density, "macs_ratio": 1 / share}
+        for batch in (1, 64):
+            inputs = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(batch))
+            with torch.inference_mode():
+                medians = interleaved_medians({name: (lambda m=m: m(inputs)) for name, m in
+                                               (("dense", dense), ("masked", masked), ("exported", ticket))},
+                                              rounds, warmup=5)
+            for name, value in medians.items():
+                row[f"{name}_ms_batch_{batch}"] = value * 1e3
+            row[f"speedup_batch_{batch}"] = medians["dense"] / medians["exported"]
+            row[f"masked_speedup_batch_{batch}"] = medians["dense"] / medians["masked"]
+        rows.append(row)
+        print(f"c. density {mask.density:.3f} round-to {round_to or '-'}: exported x{row['speedup_batch_1']:.2f} "
+              f"(b1) x{row['speedup_batch_64']:.2f} (b64), masked x{row['masked_speedup_batch_64']:.2f}, MACs "
+              f"x{row['macs_ratio']:.2f}", flush=True)
     return {"rounds": rounds, "rows": rows}
 
 
