@@ -46,7 +46,8 @@ def latency_rows(model_name, image_size, densities, rounds_to, rounds, batches):
                     for runtime in ("torch", "onnx"):
                         row[f"{runtime}_speedup_batch_{batch}"] = (report[f"{runtime}_dense_seconds_batch_{batch}"]
                                                                    / report[f"{runtime}_ticket_seconds_batch_{batch}"])
-                        row[f"{runtime}_ticket_ms_batch_{batch}"] = report[f"{runtime}_ticket_seconds_batch_{batch}"] * 1e3
+                        ticket_seconds = report[f"{runtime}_ticket_seconds_batch_{batch}"]
+                        row[f"{runtime}_ticket_ms_batch_{batch}"] = ticket_seconds * 1e3
                 rows.append(row)
                 print(f"{model_name} density {mask.density:.3f} round-to {round_to or '-'}: MACs "
                       f"{row['macs_fraction']:.3f} (limit x{row['macs_limit']:.2f}), speed-up batch {batches[-1]}: "

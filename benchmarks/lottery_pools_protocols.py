@@ -32,7 +32,8 @@ def compare(run: Path, targets: list) -> dict:
     rows = []
     for fast, reference in zip(results["fast"], results["reference"]):
         rows.append({"level": fast["level"], "density": fast["density"],
-                     **{f"{key}_{protocol}": entry[key] for protocol, entry in (("fast", fast), ("reference", reference))
+                     **{f"{key}_{protocol}": entry[key]
+                        for protocol, entry in (("fast", fast), ("reference", reference))
                         for key in ("search_seconds", "val_passes", "recalibrations", "pooled_val_accuracy",
                                     "pooled_test_accuracy", "accepted")},
                      "ticket_test_accuracy": fast["ticket_test_accuracy"]})
@@ -55,8 +56,9 @@ def main():
     for entry in runs:
         print(f"{entry['run']}: search {entry['search_seconds']['fast']:.1f} s fast, "
               f"{entry['search_seconds']['reference']:.1f} s reference: x{entry['speedup']:.1f}; pooled test, fast - "
-              f"reference: " + ", ".join(f"{(r['pooled_test_accuracy_fast'] - r['pooled_test_accuracy_reference']) * 100:+.2f}"
-                                          for r in entry["rows"]) + " points")
+              f"reference: " + ", ".join(
+                  f"{(r['pooled_test_accuracy_fast'] - r['pooled_test_accuracy_reference']) * 100:+.2f}"
+                  for r in entry["rows"]) + " points")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "lottery_pools_protocols", "torch_threads": torch.get_num_threads(),

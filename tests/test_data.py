@@ -309,7 +309,8 @@ def test_a_streamed_run_with_workers_trains_the_same_weights_as_an_in_memory_run
     assert cli_main([*flags, "--out", str(tmp_path / "memory")]) == 0
     assert cli_main([*flags, "--data-in-memory", "no", "--num-workers", "2", "--out", str(tmp_path / "streamed")]) == 0
     for level in (0, 1):
-        a, b = (load_weights(tmp_path / run / f"level_{level}" / "weights.safetensors") for run in ("memory", "streamed"))
+        a, b = (load_weights(tmp_path / run / f"level_{level}" / "weights.safetensors")
+                for run in ("memory", "streamed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
 
 

@@ -338,7 +338,8 @@ def test_a_loss_that_becomes_nan_stops_with_one_line_and_keeps_the_last_good_epo
     assert "\n" not in str(info.value)
     kept = load_weights(tmp_path / "checkpoint.safetensors")
     assert all(torch.isfinite(t).all() for t in kept.values())
-    assert metadata_of(tmp_path / "checkpoint.safetensors")["epoch"] == 1 and not (tmp_path / "model.safetensors").exists()
+    assert metadata_of(tmp_path / "checkpoint.safetensors")["epoch"] == 1
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 # ---------------------------------------------------------------- 7. finished work is not redone
