@@ -3,11 +3,14 @@
 `load_data(name)` takes a built-in name (digits, fashion-mnist), a saved-dataset folder, an image folder or a
 Hugging Face hub name, and returns train/val/test splits of normalised image tensors. Without augmentation every
 split is transformed once, at load time, into one stacked tensor, so reading it each epoch costs nothing.
+With `streaming=True` the splits are `datasets` IterableDatasets read in order (`IterableImages`), for hub datasets
+too large to download.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import struct
 import warnings
@@ -19,7 +22,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset, Value
+from datasets.distributed import split_dataset_by_node
 from datasets.exceptions import DatasetNotFoundError
 from sklearn.model_selection import train_test_split
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
@@ -52,6 +56,8 @@ IDX_LABELS_MAGIC = 2049
 PREPARE_BATCH_SIZE = 256
 CROP_PADDING = 4  # pixels on each side, as the references pad CIFAR's 32x32 images
 SMALL_IMAGE_SIDE = 64  # source images below this lose too much to timm's random-resized crop
+SHUFFLE_BUFFER = 10_000  # examples a streamed training split shuffles among (per DataLoader worker), by default
+STREAM_SHARDS = 64  # shards of a local dataset streamed with streaming=True (shuffled in order, one per worker)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class DataSplits:
     name: str
     input_size: tuple  # (C, H, W) of the tensors
     in_memory: bool = True  # False: images decoded and transformed as they are read (the streaming path)
+    streaming: bool = False  # True: every split is an IterableImages, read in order through datasets' streaming
 
 
 class DecodedImages:
@@ -106,9 +113,9 @@ class LazyPixels:
 
 class PreparedImages(torch.utils.data.Dataset):
     """Images as uint8 `pixels` [N, C or 1, H, W], transformed once at load time and kept in memory (a quarter of
-    float32's memory; a twelfth for grayscale images, kept as one channel), or `LazyPixels` decoded and transformed as they are read; normalised to float32
-    `(pixels / 255 - mean) / std` when read, a whole batch at a time when a DataLoader asks (`__getitems__`);
-    `labels` int64 [N]. The values are the same however the images are read."""
+    float32's memory; a twelfth for grayscale images, kept as one channel), or `LazyPixels` decoded and transformed
+    as they are read; normalised to float32 `(pixels / 255 - mean) / std` when read, a whole batch at a time when a
+    DataLoader asks (`__getitems__`); `labels` int64 [N]. The values are the same however the images are read."""
 
     def __init__(self, pixels, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
         if isinstance(pixels, torch.Tensor) and pixels.dtype != torch.uint8:
@@ -154,11 +161,92 @@ class AugmentedImages(torch.utils.data.Dataset):
         return _normalise(pixels.unsqueeze(0), self.mean, self.std)[0], int(self.labels[index])
 
 
+class IterableImages(torch.utils.data.IterableDataset):
+    """A split read in order from a `datasets` IterableDataset (a hub dataset streamed, or a local one made
+    iterable), each image decoded and transformed by `datasets`' `map` as it is read: `transform` takes the PIL image
+    (in the mode `channels` calls for) to uint8 pixels [C or 1, H, W]; batches are normalised as PreparedImages'.
+
+    Iterating it yields (image, label) in the stream's order. `loader` gives one process its share of an epoch:
+    shuffled among `shuffle_buffer` examples by (seed, epoch) as `datasets` shuffles streams (shard order, then a
+    buffer), split between processes with `split_dataset_by_node`, and between DataLoader workers by shard.
+    """
+
+    def __init__(self, stream: IterableDataset, num_examples: int, image_column: str, label_column: str, transform,
+                 channels: int, mean: torch.Tensor, std: torch.Tensor, shuffle_buffer: int = SHUFFLE_BUFFER):
+        self.stream = stream.select_columns([image_column, label_column])
+        self.shuffle_buffer = shuffle_buffer
+        self.num_examples = num_examples
+        self.image_column, self.label_column = image_column, label_column
+        self.transform, self.channels = transform, channels
+        self.mean, self.std = mean, std
+
+    def __len__(self):
+        return self.num_examples
+
+    def __iter__(self):
+        for batch in self.loader(PREPARE_BATCH_SIZE):
+            yield from zip(*batch)
+
+    def loader(self, batch_size: int, *, num_batches: Optional[int] = None, skip_batches: int = 0,
+               seed: Optional[int] = None, epoch: int = 0, process_index: int = 0, num_processes: int = 1,
+               num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """A DataLoader of (normalised images, labels) batches of this process's share of the split: in the stream's
+        order, or shuffled by (`seed`, `epoch`); all of its examples (the last batch may be short), or exactly
+        `num_batches` full batches (read again from the start if the share runs out first, so that every process
+        makes as many steps), of which the first `skip_batches` are read and dropped (a resumed epoch)."""
+        stream = self.stream
+        if seed is not None:
+            stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+        if num_processes > 1:
+            stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes)
+        stream = stream.map(self._prepare, batched=True, batch_size=batch_size, remove_columns=[self.image_column])
+        stream.set_epoch(epoch)  # the stream iterated applies it (shard order and buffer randomness)
+        if num_workers > stream.n_shards:
+            num_workers = stream.n_shards  # `datasets` gives each worker whole shards; more would idle
+        batches = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=num_workers,
+                                              collate_fn=self._collate, drop_last=num_batches is not None)
+        if num_batches is None:
+            return batches
+        return torch.utils.data.DataLoader(_CountedBatches(batches, skip_batches, num_batches), batch_size=None)
+
+    def _prepare(self, examples: dict) -> dict:
+        pixels = [self.transform(_in_mode(image, self.channels)).expand(self.channels, -1, -1)
+                  for image in examples[self.image_column]]
+        return {"pixels": pixels}
+
+    def _collate(self, examples) -> tuple:
+        pixels = torch.stack([example["pixels"] for example in examples])
+        labels = torch.tensor([example[self.label_column] for example in examples], dtype=torch.int64)
+        return _normalise(pixels, self.mean, self.std), labels
+
+
+class _CountedBatches(torch.utils.data.IterableDataset):
+    """Batches `skip`..`count` - 1 of a DataLoader read over and over (a process whose share ran out starts it again),
+    in the main process; a DataLoader over it (batch_size=None) has a length Accelerate can end accumulation at."""
+
+    def __init__(self, batches: torch.utils.data.DataLoader, skip: int, count: int):
+        self.batches, self.skip, self.count = batches, skip, count
+
+    def __len__(self):
+        return self.count - self.skip
+
+    def __iter__(self):
+        def again():
+            while True:
+                read = False
+                for batch in self.batches:
+                    read = True
+                    yield batch
+                if not read:
+                    raise DataError("a streamed split gave this process no full batch")
+        return itertools.islice(again(), self.skip, self.count)
+
+
 def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,
               val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
               augment: str = "none", augment_kwargs: Optional[dict] = None, image_column: Optional[str] = None,
               label_column: Optional[str] = None, max_train_samples: Optional[int] = None,
-              in_memory: str = "auto") -> DataSplits:
+              in_memory: str = "auto", streaming: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER) -> DataSplits:
     """Train/val/test splits of `name` as normalised float tensors of shape (in_chans, image_size, image_size).
 
     The dataset's own test (and validation) split is used when it has one; otherwise it is carved from the
@@ -168,17 +256,32 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     `in_memory`: "yes" transforms every image once and keeps the 8-bit pixels in memory; "no" decodes and
     transforms images as they are read (in DataLoader workers with num_workers > 0); "auto" keeps them in memory
     when their pixels take at most MEMORY_SHARE of the memory available now, shared by this machine's processes.
+    `streaming`: every split is an IterableImages. A hub dataset is then streamed (`load_dataset(streaming=True)`),
+    not downloaded: its validation and test splits are its own, its split sizes come from its card, and
+    `max_train_samples` takes the first images of its training stream. Local data is loaded and split as without
+    streaming, then read as a stream. Each epoch of a stream is shuffled among `shuffle_buffer` examples.
     """
     if in_memory not in IN_MEMORY:
         raise UserError(f"--data-in-memory must be one of {', '.join(IN_MEMORY)}, not {in_memory!r}")
+    if streaming and in_memory == "yes":
+        raise UserError("--streaming reads the images as it goes; it cannot keep them in memory (--data-in-memory yes)")
+    if shuffle_buffer < 1:
+        raise UserError(f"--shuffle-buffer must be at least 1, not {shuffle_buffer}")
     _check_options(image_size, in_chans, val_fraction, test_fraction, max_train_samples)
     augmentation = _augmentation(augment, augment_kwargs or {}, image_size, in_chans)
     mean = _channel_stats(IMAGENET_DEFAULT_MEAN if mean is None else mean, in_chans, "mean")
     std = _channel_stats(IMAGENET_DEFAULT_STD if std is None else std, in_chans, "std")
 
-    train, val, test = _named_splits(_load_source(name), name)
-    image_column = _image_column(train.features, image_column)
-    label_column = _label_column(train.features, label_column)
+    source = _load_source(name, streaming)
+    image_column = _image_column(next(iter(source.values())).features, image_column)
+    label_column = _label_column(next(iter(source.values())).features, label_column)
+    input_size = (in_chans, image_size, image_size)
+    eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
+    if isinstance(next(iter(source.values())), IterableDataset):
+        streams, sizes, num_classes = _hub_streams(source, name, label_column, max_train_samples)
+        return _iterable_splits(streams, sizes, num_classes, name, input_size, image_column, label_column,
+                                eval_transform, augment, augmentation, mean, std, shuffle_buffer)
+    train, val, test = _named_splits(source, name)
     if test is None:
         train, test = _carve(train, label_column, test_fraction, split_seed)
     if val is None:
@@ -195,7 +298,12 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     labels = {split: _labels(dataset, label_column) for split, dataset in splits.items()}
     num_classes = _num_classes(train.features[label_column], labels)
 
-    eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
+    if streaming:
+        streams = {split: dataset.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(dataset))))
+                   for split, dataset in splits.items()}
+        return _iterable_splits(streams, {split: len(dataset) for split, dataset in splits.items()}, num_classes,
+                                name, input_size, image_column, label_column, eval_transform, augment, augmentation,
+                                mean, std, shuffle_buffer)
     keep = _keep_in_memory(in_memory, sum(map(len, splits.values())) * len(mean) * image_size ** 2)
 
     def pixels_of(dataset):
@@ -204,7 +312,7 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
         return LazyPixels(dataset, image_column, eval_transform, len(mean))
 
     if augment == "imagenet":
-        _warn_if_small(train, image_column, name)
+        _warn_if_small(train[0][image_column], name)
         images = DecodedImages(train, image_column, len(mean))
         train_images = AugmentedImages(images, labels["train"], augmentation, mean, std)
     elif augmentation is not None:
@@ -214,7 +322,60 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     val_images = PreparedImages(pixels_of(val), torch.from_numpy(labels["val"]), mean, std)
     test_images = PreparedImages(pixels_of(test), torch.from_numpy(labels["test"]), mean, std)
     return DataSplits(train=train_images, val=val_images, test=test_images, num_classes=num_classes, name=name,
-                      input_size=(in_chans, image_size, image_size), in_memory=keep)
+                      input_size=input_size, in_memory=keep)
+
+
+def _iterable_splits(streams: Dict[str, IterableDataset], sizes: Dict[str, int], num_classes: int, name: str,
+                     input_size: tuple, image_column: str, label_column: str, eval_transform, augment: str,
+                     augmentation, mean: torch.Tensor, std: torch.Tensor, shuffle_buffer: int) -> DataSplits:
+    """DataSplits of IterableImages over the "train", "val" and "test" streams."""
+    if augment == "imagenet":
+        _warn_if_small(next(iter(streams["train"]))[image_column], name)
+        train_transform = augmentation
+    elif augmentation is not None:
+        train_transform = transforms.Compose([eval_transform, augmentation])
+    else:
+        train_transform = eval_transform
+    splits = {split: IterableImages(streams[split], sizes[split], image_column, label_column,
+                                    train_transform if split == "train" else eval_transform, len(mean), mean, std,
+                                    shuffle_buffer)
+              for split in ("train", "val", "test")}
+    return DataSplits(**splits, num_classes=num_classes, name=name, input_size=input_size, in_memory=False,
+                      streaming=True)
+
+
+def _hub_streams(source: Dict[str, IterableDataset], name: str, label_column: str,
+                 max_train_samples: Optional[int]):
+    """({train, val, test: stream}, {split: number of examples}, number of classes) of a streamed hub dataset."""
+    train, val, test = _named_splits(source, name)
+    if val is None and test is None:
+        raise DataError(f"streamed dataset {name!r} has no validation or test split, and a stream cannot be split "
+                        "without reading it all; download it (leave out --streaming) to carve them from train")
+    names = {"train": "train" if "train" in source else next(iter(source)), "val": "validation", "test": "test"}
+    if val is None or test is None:
+        present, missing = ("test", "validation") if val is None else ("validation", "test")
+        names["val" if val is None else "test"] = present
+        warnings.warn(f"streamed dataset {name!r} has no {missing} split: its {present} split serves as both, so "
+                      "the test accuracy is measured on the images the run selects with", LtPluginWarning, stacklevel=3)
+    streams = {split: source[split_name] for split, split_name in names.items()}
+    sizes = {split: _stream_size(streams[split], names[split], name) for split in streams}
+    if max_train_samples is not None and max_train_samples < sizes["train"]:
+        streams["train"], sizes["train"] = train.take(max_train_samples), max_train_samples
+    label_feature = train.features[label_column]
+    if not isinstance(label_feature, ClassLabel):
+        raise DataError(f"streamed dataset {name!r}: label column {label_column!r} is not a ClassLabel, so the "
+                        "number of classes is unknown without reading every label")
+    return streams, sizes, label_feature.num_classes
+
+
+def _stream_size(stream: IterableDataset, split: str, name: str) -> int:
+    """The number of examples of a streamed split, from the dataset card's split sizes."""
+    splits = stream.info.splits
+    size = splits[split].num_examples if splits and split in splits else None
+    if not size:
+        raise DataError(f"streamed dataset {name!r} does not give the size of its {split!r} split (the dataset "
+                        "card's dataset_info), which an epoch's length needs; download it (leave out --streaming)")
+    return size
 
 
 IN_MEMORY = ("auto", "yes", "no")
@@ -274,7 +435,8 @@ def _channel_stats(values: Sequence[float], in_chans: int, option: str) -> torch
 
 # ---- sources: each gives {split name: datasets.Dataset} ----
 
-def _load_source(name: str) -> Dict[str, Dataset]:
+def _load_source(name: str, streaming: bool = False) -> Dict[str, Dataset]:
+    """The splits of `name`: Datasets; IterableDatasets for a hub name with `streaming`."""
     if name == "digits":
         return _digits()
     if name == "fashion-mnist":
@@ -287,7 +449,7 @@ def _load_source(name: str) -> Dict[str, Dataset]:
     # A hub name is "dataset" or "owner/dataset"; anything more path-like must be a folder.
     if name.startswith((".", "~", os.sep)) or name.count(os.sep) > 1:
         raise DataError(f"no such dataset folder: {name}")
-    return _load_from_hub(name)
+    return _load_from_hub(name, streaming=streaming)
 
 
 def _digits() -> Dict[str, Dataset]:
@@ -351,7 +513,7 @@ def _load_folder(path: Path) -> Dict[str, Dataset]:
     return dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
 
 
-def _load_from_hub(name: str, why: str = "") -> Dict[str, Dataset]:
+def _load_from_hub(name: str, why: str = "", streaming: bool = False) -> Dict[str, Dataset]:
     offline_error = DataError(
         f"dataset {name!r} must be downloaded from the Hugging Face hub{why}, but the hub is offline "
         "(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set or no network); use a built-in dataset (digits, fashion-mnist), "
@@ -360,7 +522,7 @@ def _load_from_hub(name: str, why: str = "") -> Dict[str, Dataset]:
         # `datasets` read the variables when imported, before they were set, and would retry the network for ~20 s.
         raise offline_error
     try:
-        return dict(datasets.load_dataset(name))
+        return dict(datasets.load_dataset(name, streaming=streaming))
     except DatasetNotFoundError:
         raise DataError(f"no dataset {name!r} on the Hugging Face hub") from None
     except ConnectionError:
@@ -390,7 +552,10 @@ def _describe_columns(features: Features) -> str:
                      for column, feature in features.items())
 
 
-def _image_column(features: Features, requested: Optional[str]) -> str:
+def _image_column(features: Optional[Features], requested: Optional[str]) -> str:
+    if features is None:  # a stream whose card does not declare them
+        raise DataError("the dataset does not declare its columns' types (features), so its image and label columns "
+                        "are unknown")
     if requested is None:
         requested = next((column for column, feature in features.items() if isinstance(feature, Image)), None)
         if requested is None:
@@ -477,8 +642,8 @@ def _augmentation(augment: str, augment_kwargs: dict, image_size: int, in_chans:
     return transforms.Compose(shift)
 
 
-def _warn_if_small(dataset: Dataset, image_column: str, name: str) -> None:
-    width, height = dataset[0][image_column].size
+def _warn_if_small(image, name: str) -> None:
+    width, height = image.size
     if min(width, height) < SMALL_IMAGE_SIDE:
         warnings.warn(f"augment 'imagenet' crops random areas down to 8% of an image and jitters its colours, which "
                       f"destroys small images like the {width}x{height} of {name}: use 'crop-flip', or 'crop' for "

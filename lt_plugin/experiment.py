@@ -77,8 +77,16 @@ class Experiment:
         "help": "yes: transform every image once and keep its 8-bit pixels in memory; no: decode and transform "
                 "images as they are read, in --num-workers processes (for data larger than memory); auto: in memory "
                 "when the pixels take at most a quarter of the memory available (results are the same either way)"})
-    max_train_samples: Optional[int] = dataclasses.field(default=None,
-                                                         metadata={"type": int, "help": "use at most this many training images"})
+    streaming: bool = dataclasses.field(default=False, metadata={
+        "help": "stream a Hugging Face hub dataset instead of downloading it (datasets' IterableDataset): each "
+                "process reads its own shards, shuffled among --shuffle-buffer images; it needs the dataset's own "
+                "validation or test split, and the order depends on --num-workers and the number of processes (see "
+                "the README)"})
+    shuffle_buffer: int = dataclasses.field(default=10_000, metadata={
+        "help": "with --streaming: images each DataLoader worker shuffles among (held encoded, e.g. ~110 kB each "
+                "for ImageNet's JPEGs)"})
+    max_train_samples: Optional[int] = dataclasses.field(default=None, metadata={
+        "type": int, "help": "use at most this many training images"})
 
     def load_data(self):
         from .data import load_data  # `datasets` is slow to import; masks and export do without it
@@ -86,7 +94,8 @@ class Experiment:
         return load_data(self.dataset, image_size=self.image_size, mean=mean, std=std,
                          val_fraction=self.val_fraction, split_seed=0, augment=self.augment,
                          augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples,
-                         in_memory=self.data_in_memory)
+                         in_memory=self.data_in_memory, streaming=self.streaming,
+                         shuffle_buffer=self.shuffle_buffer)
 
     def _norm_stats(self):
         self._check_model_name()

@@ -15,7 +15,7 @@ from .errors import RunFolderError
 from .masks import Mask
 from .report import format_table, plot_accuracy_vs_density
 from .store import atomic_save_safetensors, atomic_write_json, read_json
-from .train import SETTINGS_WITHOUT_EFFECT
+from .train import ORDER_OF_A_STREAM, SETTINGS_WITHOUT_EFFECT
 
 
 
@@ -86,12 +86,17 @@ class RunFolder:
                 raise RunFolderError(f"{self.path} holds a {old.get('strategy')!r} run, not {strategy!r}; "
                                      "choose another --out")
             for key in sorted(set(hparams) | set(old.get("hparams", {}))):
-                if key in SETTINGS_WITHOUT_EFFECT:
+                if key in SETTINGS_WITHOUT_EFFECT and not (hparams.get("streaming") and key in ORDER_OF_A_STREAM):
                     continue
+                if key not in old["hparams"] and hparams.get(key) in (None, False):
+                    continue  # an option newer than the folder, left off: the run did what it does
                 if old["hparams"].get(key) != hparams.get(key):
                     raise RunFolderError(
                         f"{self.path} was made with {key}={old['hparams'].get(key)!r}, not {hparams.get(key)!r}; "
                         "rerun with the same settings to resume, or choose another --out")
+            if hparams.get("streaming") and old.get("world_size") != self.accelerator.num_processes:
+                raise RunFolderError(f"{self.path} streamed its data over {old.get('world_size')} processes, which "
+                                     "sets its data order; resume it with as many, or choose another --out")
         elif self.is_main:
             atomic_write_json({"strategy": strategy, "hparams": hparams, "versions": package_versions(),
                                "world_size": self.accelerator.num_processes}, config_path)

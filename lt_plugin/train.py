@@ -5,6 +5,11 @@ The same code runs on one CPU, one GPU or `accelerate launch` over N processes. 
 optimizer step, so a run resumed from its per-epoch checkpoint, or started rewound at step k, follows the schedule
 and data order of an uninterrupted run.
 
+Datasets read in order through their own `loader` (`data.IterableImages`, the `--streaming` path) are read
+differently: each process reads its own share of the stream, in batches of its share of the global batch, shuffled
+by (seed, epoch); an epoch has as many steps as an indexable dataset of the same size, and a resumed or rewound epoch
+reads its first batches again and drops them. Evaluation sums each process's counts.
+
 Run folder written by `fit` (safetensors metadata values are JSON strings):
     checkpoint.safetensors   "model/*" and "optimizer/*" tensors at the end of the last finished epoch, metadata
                              epoch, step, history, train_seconds, stopped, optimizer (the rest of its state),
@@ -28,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.data_loader import prepare_data_loader
 from accelerate.tracking import filter_trackers
 from accelerate.utils import LoggerType, ProjectConfiguration, broadcast, set_seed
 from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
@@ -44,7 +50,8 @@ from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 # Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
-SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory")
+SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory", "shuffle_buffer")
+ORDER_OF_A_STREAM = ("num_workers", "shuffle_buffer")  # ...except that they set the order of a streamed dataset
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
 _OPTIMIZER_PREFIX = "optimizer/"
 _MODEL_PREFIX = "model/"
@@ -220,6 +227,16 @@ def evaluate(model: Union[nn.Module, Sequence[nn.Module]], dataset, accelerator:
         model = lambda inputs: torch.stack([m(inputs).softmax(dim=1) for m in members]).mean(dim=0)  # noqa: E731
     else:
         model = accelerator.unwrap_model(model).to(accelerator.device).eval()
+    if _is_stream(dataset):  # each process counts its own share of the stream
+        loader = _on_device(dataset.loader(batch_size, process_index=accelerator.process_index,
+                                           num_processes=accelerator.num_processes), accelerator)
+        correct = counted = 0
+        for inputs, targets in loader:
+            correct += int((model(inputs).argmax(dim=1) == targets).sum())
+            counted += targets.numel()
+        totals = torch.tensor([correct, counted], dtype=torch.float64, device=accelerator.device)
+        correct, counted = accelerator.reduce(totals, reduction="sum").tolist()
+        return correct / counted, int(counted)
     processes = accelerator.num_processes
     batch_size = math.ceil(batch_size / processes) * processes  # split_batches needs a multiple of the processes
     loader = accelerator.prepare_data_loader(DataLoader(dataset, batch_size=batch_size, shuffle=False))
@@ -232,6 +249,18 @@ def evaluate(model: Union[nn.Module, Sequence[nn.Module]], dataset, accelerator:
     return correct / counted, counted
 
 
+def _is_stream(dataset) -> bool:
+    """Whether `dataset` is read in order through its own `loader` (data.IterableImages), not by index."""
+    return isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(dataset, "loader")
+
+
+def _on_device(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
+    """`loader`, already one process's share, with its batches put on the device and its end known to gradient
+    accumulation (Accelerate's loader wrapper, told not to shard it again)."""
+    return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
+                               dispatch_batches=False)
+
+
 def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batches: Optional[int] = None,
                    batch_size: int = 256) -> None:
     """Recompute BatchNorm running statistics as a cumulative average over `num_batches` batches (all if None).
@@ -241,7 +270,10 @@ def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batc
     """
     model = accelerator.unwrap_model(model)
     # A fixed shuffle, so a few batches of a class-sorted dataset still cover all classes.
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    if _is_stream(dataset):
+        loader = dataset.loader(batch_size, seed=0)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     update_bn(islice(loader, num_batches), model, device=accelerator.device)
     model.eval()
 
@@ -427,12 +459,10 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     if mask is not None:
         mask.apply(model)
 
-    sampler = _EpochShuffle(len(train_set), cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.num_workers)
     # `model` stays the unwrapped module (DDP wraps it, never copies it): masks, regularizer and files use it.
     synced_batchnorms = convert_sync_batchnorm(model) if cfg.sync_bn else {}
-    prepared_model, optimizer, loader = accelerator.prepare(model, _create_optimizer(model, cfg), loader)
+    prepared_model, optimizer = accelerator.prepare(model, _create_optimizer(model, cfg))
+    epoch_batches = (_streamed_epochs if _is_stream(train_set) else _shuffled_epochs)(train_set, cfg, accelerator)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     scheduler = _create_scheduler(optimizer, cfg, per_epoch)
@@ -452,9 +482,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
         for epoch in range(step // per_epoch, cfg.epochs if not stopped else 0):
             started = time.perf_counter()
             set_seed(_epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout/augmentation, resumable
-            loader.set_epoch(epoch)
-            done_batches = (step - epoch * per_epoch) * cfg.grad_accum_steps
-            batches = accelerator.skip_first_batches(loader, done_batches) if done_batches else loader
+            batches = epoch_batches(epoch, done_batches=(step - epoch * per_epoch) * cfg.grad_accum_steps)
             prepared_model.train()
             loss_sum = correct = seen = 0.0  # over the samples this process saw
             progress_bar = tqdm(batches, desc=f"[{desc}] epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -532,6 +560,31 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
         revert_sync_batchnorm(model, synced_batchnorms)
         _finish_trackers(accelerator)
         accelerator.free_memory()
+
+
+def _shuffled_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator) -> Callable[..., Iterable]:
+    """epoch_batches(epoch, done_batches): an epoch's batches from its `done_batches`-th on, in the (seed, epoch)
+    order of `_EpochShuffle`, each process reading its share of every global batch."""
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=_EpochShuffle(len(train_set), cfg.seed),
+                        drop_last=True, num_workers=cfg.num_workers)
+    loader = accelerator.prepare_data_loader(loader)
+
+    def epoch_batches(epoch: int, done_batches: int) -> Iterable:
+        loader.set_epoch(epoch)
+        return accelerator.skip_first_batches(loader, done_batches) if done_batches else loader
+    return epoch_batches
+
+
+def _streamed_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator) -> Callable[..., Iterable]:
+    """epoch_batches(epoch, done_batches) of a streamed training set: each process reads its own share of the
+    stream, shuffled by (seed, epoch), in batches of its share of the global batch; as many as an epoch has."""
+    def epoch_batches(epoch: int, done_batches: int) -> Iterable:
+        loader = train_set.loader(cfg.batch_size // accelerator.num_processes,
+                                  num_batches=_batches_per_epoch(cfg, len(train_set)), skip_batches=done_batches,
+                                  seed=cfg.seed, epoch=epoch, process_index=accelerator.process_index,
+                                  num_processes=accelerator.num_processes, num_workers=cfg.num_workers)
+        return _on_device(loader, accelerator)
+    return epoch_batches
 
 
 def _any_process(accelerator: Accelerator, flag) -> bool:

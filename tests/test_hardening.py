@@ -65,6 +65,8 @@ BAD_OPTIONS = [
         (["--granularity", "channel", "--round-to", "0"], "--round-to"),
         (["--round-to", "8"], "--granularity channel"),
         (["--sync-bn"], "--sync-bn"),
+        (["--streaming", "--data-in-memory", "yes"], "--streaming"),
+        (["--streaming", "--shuffle-buffer", "0"], "--shuffle-buffer"),
         (["--control", "random-mask", "--levels", "x"], "invalid int value"),
     ]],
     *[(["early-bird", *FAST, *extra], said) for extra, said in [

@@ -363,6 +363,9 @@ class _Pool:
         self.eval_batch_size = eval_batch_size
         self.experiment = experiment_of(imp_hparams)
         self.granularity, self.scope = imp_hparams["granularity"], imp_hparams["scope"]
+        if hp.corruptions and self.experiment.streaming:
+            raise UserError("--corruptions corrupts the test images held in memory, but the IMP run streams its data "
+                            "(--streaming)")
         self.data = self.experiment.load_data()
         self.num_classes = self.data.num_classes
         device = accelerator.device
