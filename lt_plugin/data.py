@@ -203,43 +203,51 @@ class IterableImages(torch.utils.data.IterableDataset):
         stream.set_epoch(epoch)  # the stream iterated applies it (shard order and buffer randomness)
         if num_workers > stream.n_shards:
             num_workers = stream.n_shards  # `datasets` gives each worker whole shards; more would idle
-        batches = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=num_workers,
-                                              collate_fn=self._collate, drop_last=num_batches is not None)
-        if num_batches is None:
-            return batches
-        return torch.utils.data.DataLoader(_CountedBatches(batches, skip_batches, num_batches), batch_size=None)
+        pixels = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=num_workers,
+                                             collate_fn=self._collate, drop_last=num_batches is not None)
+        return torch.utils.data.DataLoader(_NormalisedBatches(pixels, self.mean, self.std, skip_batches, num_batches),
+                                           batch_size=None)
 
     def _prepare(self, examples: dict) -> dict:
-        pixels = [self.transform(_in_mode(image, self.channels)).expand(self.channels, -1, -1)
-                  for image in examples[self.image_column]]
-        return {"pixels": pixels}
+        return {"pixels": [self.transform(_in_mode(image, self.channels)) for image in examples[self.image_column]]}
 
     def _collate(self, examples) -> tuple:
-        pixels = torch.stack([example["pixels"] for example in examples])
+        """uint8 pixels [N, C or 1, H, W] (1 while every image is grayscale) and int64 labels: what a worker hands
+        over, a quarter of float32's bytes (a twelfth for grayscale images)."""
+        pixels = [example["pixels"] for example in examples]
+        if len({image.shape[0] for image in pixels}) > 1:  # grayscale among colour images
+            pixels = [image.expand(self.channels, -1, -1) for image in pixels]
         labels = torch.tensor([example[self.label_column] for example in examples], dtype=torch.int64)
-        return _normalise(pixels, self.mean, self.std), labels
+        return torch.stack(pixels), labels
 
 
-class _CountedBatches(torch.utils.data.IterableDataset):
-    """Batches `skip`..`count` - 1 of a DataLoader read over and over (a process whose share ran out starts it again),
-    in the main process; a DataLoader over it (batch_size=None) has a length Accelerate can end accumulation at."""
+class _NormalisedBatches(torch.utils.data.IterableDataset):
+    """The batches of a DataLoader of uint8 pixels, normalised in the main process. With `count`: exactly batches
+    `skip`..`count` - 1 of it read over and over (a process whose share ran out starts it again); a DataLoader over
+    it (batch_size=None) then has a length, which Accelerate ends gradient accumulation at."""
 
-    def __init__(self, batches: torch.utils.data.DataLoader, skip: int, count: int):
-        self.batches, self.skip, self.count = batches, skip, count
+    def __init__(self, batches: torch.utils.data.DataLoader, mean: torch.Tensor, std: torch.Tensor, skip: int = 0,
+                 count: Optional[int] = None):
+        self.batches, self.mean, self.std, self.skip, self.count = batches, mean, std, skip, count
 
     def __len__(self):
+        if self.count is None:
+            raise TypeError("a stream's share has no length until it is read")
         return self.count - self.skip
 
     def __iter__(self):
-        def again():
-            while True:
-                read = False
-                for batch in self.batches:
-                    read = True
-                    yield batch
-                if not read:
-                    raise DataError("a streamed split gave this process no full batch")
-        return itertools.islice(again(), self.skip, self.count)
+        batches = iter(self.batches) if self.count is None else itertools.islice(self._again(), self.skip, self.count)
+        for pixels, labels in batches:
+            yield _normalise(pixels, self.mean, self.std), labels
+
+    def _again(self):
+        while True:
+            read = False
+            for batch in self.batches:
+                read = True
+                yield batch
+            if not read:
+                raise DataError("a streamed split gave this process no full batch")
 
 
 def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,

@@ -93,6 +93,22 @@ def test_workers_read_the_whole_split_each_image_once(digits16):
     assert sorted(image_bytes(with_workers)) == sorted(image_bytes(share(train)[0]))
 
 
+def test_grayscale_among_colour_images_streams_as_in_memory(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
+    images = [PILImage.new("L", (10, 10), 20 * i) if i % 3 else PILImage.new("RGB", (10, 10), (200, 10 * i, 0))
+              for i in range(30)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    Dataset.from_dict({"image": images, "label": [i % 2 for i in range(30)]}, features=features).save_to_disk(
+        str(tmp_path / "mixed"))
+    streamed = load_data(str(tmp_path / "mixed"), image_size=8, streaming=True)
+    in_memory = load_data(str(tmp_path / "mixed"), image_size=8, in_memory="yes")
+    for split in ("train", "val", "test"):
+        images, labels = share(getattr(streamed, split))
+        assert torch.equal(images, getattr(in_memory, split).images), split
+        assert torch.equal(labels, getattr(in_memory, split).labels), split
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_augmented_stream_is_random_yet_the_same_from_the_same_global_seed(digits16, workers):
     """The augmentation draws from torch's global generator (in workers, from seeds it gives them), which `fit`
@@ -187,7 +203,7 @@ def test_a_hub_stream_that_cannot_be_read_in_epochs_is_one_error(hub, parts, siz
 
 
 def test_streaming_a_hub_dataset_offline_says_the_hub_is_offline():
-    with pytest.raises(DataError, match="'cifar10' must be downloaded from the Hugging Face hub, but the hub is offline"):
+    with pytest.raises(DataError, match="'cifar10' must be downloaded from the Hugging Face hub, but the hub is off"):
         load_data("cifar10", streaming=True)
 
 
