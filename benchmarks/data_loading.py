@@ -9,9 +9,11 @@
 3. Per-process peak memory of a 2-process run (`accelerate launch`, CPU) against a 1-process one, both paths.
 4. The issue's check: `lt-plugin imp --dataset fashion-mnist --image-size 224 --levels 0 --epochs 1
    --max-train-samples 512 --batch-size 32 --data-in-memory no` and its peak memory.
-Writes benchmarks/results/data_loading.json and .png.
+5. The `--streaming` path (a `datasets` IterableDataset of 64 shards, read by each process's `loader`): peak memory
+   at 224 px for the three dataset sizes, and images/s with 0, 1 and 2 workers next to the streamed path's.
+Writes benchmarks/results/data_loading.json and .png; `--sections` reruns some parts into the existing JSON.
 
-    python benchmarks/data_loading.py        # Debian's dataset-fashion-mnist installed; ~20 minutes on 2 cores
+    python benchmarks/data_loading.py        # Debian's dataset-fashion-mnist installed; ~25 minutes on 2 cores
 """
 
 import argparse
@@ -27,6 +29,7 @@ from pathlib import Path
 SIZES = (10_000, 30_000, 60_000)
 IMAGE_SIZES = (32, 128, 224)
 PATHS = {"in memory": "yes", "streamed": "no"}
+HUB_STREAM = "stream"  # the child's in_memory argument for --streaming
 READ_BATCHES = 20
 
 CHILD = r"""
@@ -41,10 +44,15 @@ def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 imports = rss()
 started = time.perf_counter()
-data = load_data("fashion-mnist", image_size=image_size, in_chans=3, max_train_samples=samples, in_memory=in_memory)
+streaming = in_memory == "stream"
+data = load_data("fashion-mnist", image_size=image_size, in_chans=3, max_train_samples=samples,
+                 in_memory="auto" if streaming else in_memory, streaming=streaming)
 load_seconds = time.perf_counter() - started
-loader = DataLoader(data.train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0),
-                    drop_last=True, num_workers=workers)
+if streaming:  # as fit reads an epoch
+    loader = data.train.loader(128, num_batches=len(data.train) // 128, seed=0, num_workers=workers)
+else:
+    loader = DataLoader(data.train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0),
+                        drop_last=True, num_workers=workers)
 out = {"load_seconds": load_seconds, "imports_bytes": imports, "in_memory": data.in_memory,
        "images": len(data.train) + len(data.val) + len(data.test)}
 iterator = iter(loader)
@@ -97,7 +105,8 @@ def memory_rows() -> list:
                 rows.append({"path": path, "image_size": image_size, "train_images": samples, **result})
                 print(f"{path:9} {image_size:3} px {result['images']:6} images: "
                       f"load {result['load_seconds']:6.1f} s, "
-                      f"peak {result['peak_bytes'] / 2 ** 30:.2f} GiB (imports {result['imports_bytes'] / 2 ** 30:.2f})",
+                      f"peak {result['peak_bytes'] / 2 ** 30:.2f} GiB "
+                      f"(imports {result['imports_bytes'] / 2 ** 30:.2f})",
                       flush=True)
     return rows
 
@@ -128,6 +137,24 @@ def processes_rows() -> list:
                      "two_processes_peak_bytes": [r["peak_bytes"] for r in sorted(double, key=lambda r: r["rank"])]})
         print(f"{path}: one process {single['peak_bytes'] / 2 ** 30:.2f} GiB, two processes "
               + " and ".join(f"{r['peak_bytes'] / 2 ** 30:.2f}" for r in double) + " GiB each", flush=True)
+    return rows
+
+
+def hub_stream_rows() -> list:
+    rows = []
+    for samples in SIZES:
+        for workers in ((0, 1, 2) if samples == SIZES[0] else (0,)):
+            row = {"train_images": samples, "workers": workers, "image_size": 224}
+            for path, flag in (("hub stream", HUB_STREAM), ("streamed", "no")):
+                result = child(["load", 224, samples, flag, workers, READ_BATCHES])[0]
+                row[path] = {key: result[key] for key in ("images", "peak_bytes", "load_seconds",
+                                                          "read_images_per_second")}
+            rows.append(row)
+            print(f"224 px, {row['hub stream']['images']} images, {workers} workers: --streaming peak "
+                  f"{row['hub stream']['peak_bytes'] / 2 ** 30:.2f} GiB, "
+                  f"{row['hub stream']['read_images_per_second']:,.0f} images/s; --data-in-memory no "
+                  f"{row['streamed']['peak_bytes'] / 2 ** 30:.2f} GiB, "
+                  f"{row['streamed']['read_images_per_second']:,.0f} images/s", flush=True)
     return rows
 
 
@@ -173,9 +200,20 @@ def plot(report: dict, path: Path) -> None:
     ax = axes[2]
     rows = report["throughput"]
     labels = [f"{r['image_size']} px\n{r['workers']} workers" for r in rows]
-    ax.bar(range(len(rows)), [r["stream_images_per_second"] for r in rows], label="streamed, images/s")
+    ax.bar(range(len(rows)), [r["stream_images_per_second"] for r in rows],
+           label="streamed (--data-in-memory no), images/s")
     ax.plot(range(len(rows)), [r["train_step_images_per_second"] for r in rows], "k_", markersize=25,
             label="resnet18 training step, images/s")
+    for r in report.get("hub_stream", []):
+        if r["train_images"] == SIZES[0]:
+            position = next(i for i, row in enumerate(rows)
+                            if (row["image_size"], row["workers"]) == (224, r["workers"]))
+            ax.plot(position, r["hub stream"]["read_images_per_second"], "rx", markersize=8,
+                    label="--streaming, images/s" if r["workers"] == 0 else None)
+    hub = [r for r in report.get("hub_stream", []) if r["workers"] == 0]
+    axes[0].plot([r["hub stream"]["images"] for r in hub], [r["hub stream"]["peak_bytes"] / 2 ** 30 for r in hub],
+                 "x:", color="C3", label="--streaming, 224 px")
+    axes[0].legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_title("streaming against what training consumes")
@@ -190,18 +228,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/bench-data")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args()
     import torch
-    report = {"benchmark": "data_loading", "torch": torch.__version__, "cpus": os.cpu_count(),
-              "machine": platform.machine(), "read_batches": READ_BATCHES,
-              "memory": memory_rows(), "throughput": throughput_rows(), "processes": processes_rows(),
-              "run_224": run_224(Path(args.work))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    partial = set(args.sections) != set(SECTIONS) and (out / "data_loading.json").exists()
+    report = json.loads((out / "data_loading.json").read_text()) if partial else {}
+    report.update({"benchmark": "data_loading", "torch": torch.__version__, "cpus": os.cpu_count(),
+                   "machine": platform.machine(), "read_batches": READ_BATCHES})
+    for section in args.sections:
+        report[section] = SECTIONS[section](Path(args.work))
     (out / "data_loading.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "data_loading.png")
     print(f"wrote {out / 'data_loading.json'} and {out / 'data_loading.png'}")
 
+
+SECTIONS = {"memory": lambda work: memory_rows(), "throughput": lambda work: throughput_rows(),
+            "processes": lambda work: processes_rows(), "run_224": run_224,
+            "hub_stream": lambda work: hub_stream_rows()}
 
 if __name__ == "__main__":
     main()
