@@ -30,7 +30,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torchvision import transforms
 
 from .errors import DataError, LtPluginWarning, UserError, first_line
-from .experiment import AUGMENTATIONS
+from .experiment import AUGMENTATIONS, SHUFFLE_BUFFER
 
 BUILTIN_DATASETS = {
     "digits": "scikit-learn's 1,797 handwritten digits, 8x8 grayscale, 10 classes (always available offline)",
@@ -56,8 +56,7 @@ IDX_LABELS_MAGIC = 2049
 PREPARE_BATCH_SIZE = 256
 CROP_PADDING = 4  # pixels on each side, as the references pad CIFAR's 32x32 images
 SMALL_IMAGE_SIDE = 64  # source images below this lose too much to timm's random-resized crop
-SHUFFLE_BUFFER = 10_000  # examples a streamed training split shuffles among (per DataLoader worker), by default
-STREAM_SHARDS = 64  # shards of a local dataset streamed with streaming=True (shuffled in order, one per worker)
+STREAM_SHARDS = 64  # shards of a local dataset streamed with streaming=True (the units workers and processes share)
 
 
 @dataclass
@@ -70,7 +69,7 @@ class DataSplits:
     num_classes: int
     name: str
     input_size: tuple  # (C, H, W) of the tensors
-    in_memory: bool = True  # False: images decoded and transformed as they are read (the streaming path)
+    in_memory: bool = True  # False: images decoded and transformed as they are read (no, or streaming)
     streaming: bool = False  # True: every split is an IterableImages, read in order through datasets' streaming
 
 
@@ -203,10 +202,12 @@ class IterableImages(torch.utils.data.IterableDataset):
         stream.set_epoch(epoch)  # the stream iterated applies it (shard order and buffer randomness)
         if num_workers > stream.n_shards:
             num_workers = stream.n_shards  # `datasets` gives each worker whole shards; more would idle
+        # Each worker batches its own shards, its last batch short: _NormalisedBatches makes them whole again.
         pixels = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=self._collate, drop_last=num_batches is not None)
-        return torch.utils.data.DataLoader(_NormalisedBatches(pixels, self.mean, self.std, skip_batches, num_batches),
-                                           batch_size=None)
+                                             collate_fn=self._collate)
+        return torch.utils.data.DataLoader(
+            _NormalisedBatches(pixels, batch_size, self.channels, self.mean, self.std, skip_batches, num_batches),
+            batch_size=None)
 
     def _prepare(self, examples: dict) -> dict:
         return {"pixels": [self.transform(_in_mode(image, self.channels)) for image in examples[self.image_column]]}
@@ -223,12 +224,14 @@ class IterableImages(torch.utils.data.IterableDataset):
 
 class _NormalisedBatches(torch.utils.data.IterableDataset):
     """The batches of a DataLoader of uint8 pixels, normalised in the main process. With `count`: exactly batches
-    `skip`..`count` - 1 of it read over and over (a process whose share ran out starts it again); a DataLoader over
-    it (batch_size=None) then has a length, which Accelerate ends gradient accumulation at."""
+    `skip`..`count` - 1 of `batch_size` images, made of the loader's batches (its workers' last ones are short) and
+    read over and over (a process whose share ran out starts it again, with a warning); a DataLoader over it
+    (batch_size=None) then has a length, which Accelerate ends gradient accumulation at."""
 
-    def __init__(self, batches: torch.utils.data.DataLoader, mean: torch.Tensor, std: torch.Tensor, skip: int = 0,
-                 count: Optional[int] = None):
-        self.batches, self.mean, self.std, self.skip, self.count = batches, mean, std, skip, count
+    def __init__(self, batches: torch.utils.data.DataLoader, batch_size: int, channels: int, mean: torch.Tensor,
+                 std: torch.Tensor, skip: int = 0, count: Optional[int] = None):
+        self.batches, self.batch_size, self.channels = batches, batch_size, channels
+        self.mean, self.std, self.skip, self.count = mean, std, skip, count
 
     def __len__(self):
         if self.count is None:
@@ -242,19 +245,40 @@ class _NormalisedBatches(torch.utils.data.IterableDataset):
 
     def _again(self):
         while True:
-            read = False
-            for batch in self.batches:
-                read = True
+            made = 0
+            for batch in self._whole_batches():
+                made += 1
                 yield batch
-            if not read:
-                raise DataError("a streamed split gave this process no full batch")
+            if made == 0:
+                raise DataError(f"a streamed split gave this process fewer than {self.batch_size} images; lower "
+                                "--batch-size")
+            warnings.warn(f"this process's share of the stream ended after {made} of the epoch's {self.count} "
+                          "batches (its whole shards hold fewer images than the other processes'); it is read again "
+                          "from its start",
+                          LtPluginWarning, stacklevel=2)
+
+    def _whole_batches(self):
+        """One pass over the loader in batches of exactly batch_size (the last incomplete one dropped)."""
+        pixels, labels, held = [], [], 0
+        for batch_pixels, batch_labels in self.batches:
+            pixels.append(batch_pixels)
+            labels.append(batch_labels)
+            held += len(batch_labels)
+            while held >= self.batch_size:
+                if len({p.shape[1] for p in pixels}) > 1:  # grayscale batches among colour ones
+                    pixels = [p.expand(-1, self.channels, -1, -1) for p in pixels]
+                all_pixels, all_labels = torch.cat(pixels), torch.cat(labels)
+                yield all_pixels[:self.batch_size], all_labels[:self.batch_size]
+                pixels, labels = [all_pixels[self.batch_size:]], [all_labels[self.batch_size:]]
+                held -= self.batch_size
 
 
 def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,
               val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
               augment: str = "none", augment_kwargs: Optional[dict] = None, image_column: Optional[str] = None,
               label_column: Optional[str] = None, max_train_samples: Optional[int] = None,
-              in_memory: str = "auto", streaming: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER) -> DataSplits:
+              in_memory: str = "auto", streaming: bool = False,
+              shuffle_buffer: Optional[int] = None) -> DataSplits:
     """Train/val/test splits of `name` as normalised float tensors of shape (in_chans, image_size, image_size).
 
     The dataset's own test (and validation) split is used when it has one; otherwise it is carved from the
@@ -266,15 +290,20 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     when their pixels take at most MEMORY_SHARE of the memory available now, shared by this machine's processes.
     `streaming`: every split is an IterableImages. A hub dataset is then streamed (`load_dataset(streaming=True)`),
     not downloaded: its validation and test splits are its own, its split sizes come from its card, and
-    `max_train_samples` takes the first images of its training stream. Local data is loaded and split as without
-    streaming, then read as a stream. Each epoch of a stream is shuffled among `shuffle_buffer` examples.
+    `max_train_samples` limits its training stream to that many images (`datasets` divides the limit between
+    workers and processes, so which images depends on them). Local data is loaded and split as without
+    streaming, then read as a stream. Each epoch of a stream is shuffled among `shuffle_buffer` examples per
+    DataLoader worker (SHUFFLE_BUFFER when None).
     """
     if in_memory not in IN_MEMORY:
         raise UserError(f"--data-in-memory must be one of {', '.join(IN_MEMORY)}, not {in_memory!r}")
     if streaming and in_memory == "yes":
         raise UserError("--streaming reads the images as it goes; it cannot keep them in memory (--data-in-memory yes)")
-    if shuffle_buffer < 1:
+    if shuffle_buffer is not None and not streaming:
+        raise UserError("--shuffle-buffer applies with --streaming")
+    if shuffle_buffer is not None and shuffle_buffer < 1:
         raise UserError(f"--shuffle-buffer must be at least 1, not {shuffle_buffer}")
+    shuffle_buffer = SHUFFLE_BUFFER if shuffle_buffer is None else shuffle_buffer
     _check_options(image_size, in_chans, val_fraction, test_fraction, max_train_samples)
     augmentation = _augmentation(augment, augment_kwargs or {}, image_size, in_chans)
     mean = _channel_stats(IMAGENET_DEFAULT_MEAN if mean is None else mean, in_chans, "mean")

@@ -16,6 +16,7 @@ from .errors import UnsupportedModelError, UserError, first_line
 from .recipes import RECIPES
 from .structure import check_forward
 
+SHUFFLE_BUFFER = 10_000  # images a streamed training split shuffles among per DataLoader worker, by default
 AUGMENTATIONS = {
     "none": "no augmentation",
     "crop-flip": "pad by 4 pixels, random crop at the image size, horizontal flip: the small-image (CIFAR) recipe "
@@ -78,13 +79,13 @@ class Experiment:
                 "images as they are read, in --num-workers processes (for data larger than memory); auto: in memory "
                 "when the pixels take at most a quarter of the memory available (results are the same either way)"})
     streaming: bool = dataclasses.field(default=False, metadata={
-        "help": "stream a Hugging Face hub dataset instead of downloading it (datasets' IterableDataset): each "
-                "process reads its own shards, shuffled among --shuffle-buffer images; it needs the dataset's own "
-                "validation or test split, and the order depends on --num-workers and the number of processes (see "
-                "the README)"})
-    shuffle_buffer: int = dataclasses.field(default=10_000, metadata={
-        "help": "with --streaming: images each DataLoader worker shuffles among (held encoded, e.g. ~110 kB each "
-                "for ImageNet's JPEGs)"})
+        "help": "read the dataset as a stream (datasets' IterableDataset): a hub dataset is then not downloaded "
+                "first; each process reads its own shards, shuffled among --shuffle-buffer images; a hub dataset needs "
+                "its own validation or test split, and the order depends on --num-workers and the number of "
+                "processes (see the README)"})
+    shuffle_buffer: Optional[int] = dataclasses.field(default=None, metadata={
+        "type": int, "help": f"with --streaming: images each DataLoader worker shuffles among (default "
+                             f"{SHUFFLE_BUFFER:,}; held encoded, e.g. ~110 kB each for ImageNet's JPEGs)"})
     max_train_samples: Optional[int] = dataclasses.field(default=None, metadata={
         "type": int, "help": "use at most this many training images"})
 

@@ -88,7 +88,7 @@ class RunFolder:
             for key in sorted(set(hparams) | set(old.get("hparams", {}))):
                 if key in SETTINGS_WITHOUT_EFFECT and not (hparams.get("streaming") and key in ORDER_OF_A_STREAM):
                     continue
-                if key not in old["hparams"] and hparams.get(key) in (None, False):
+                if key not in old["hparams"] and (hparams.get(key) is None or hparams.get(key) is False):
                     continue  # an option newer than the folder, left off: the run did what it does
                 if old["hparams"].get(key) != hparams.get(key):
                     raise RunFolderError(

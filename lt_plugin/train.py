@@ -49,9 +49,10 @@ from .masks import Mask
 from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
-# Settings that cannot change the trained weights: a run folder may be resumed or reused with other values.
+# Settings that cannot change the trained weights of indexable data: a run folder may be resumed or reused with
+# other values. ORDER_OF_A_STREAM among them set the order in which a stream is read, so a streamed run keeps them.
 SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory", "shuffle_buffer")
-ORDER_OF_A_STREAM = ("num_workers", "shuffle_buffer")  # ...except that they set the order of a streamed dataset
+ORDER_OF_A_STREAM = ("num_workers", "shuffle_buffer")
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
 _OPTIMIZER_PREFIX = "optimizer/"
 _MODEL_PREFIX = "model/"
@@ -228,10 +229,11 @@ def evaluate(model: Union[nn.Module, Sequence[nn.Module]], dataset, accelerator:
     else:
         model = accelerator.unwrap_model(model).to(accelerator.device).eval()
     if _is_stream(dataset):  # each process counts its own share of the stream
-        loader = _on_device(dataset.loader(batch_size, process_index=accelerator.process_index,
-                                           num_processes=accelerator.num_processes), accelerator)
+        loader = dataset.loader(batch_size, process_index=accelerator.process_index,
+                                num_processes=accelerator.num_processes)
         correct = counted = 0
         for inputs, targets in loader:
+            inputs, targets = inputs.to(accelerator.device), targets.to(accelerator.device)
             correct += int((model(inputs).argmax(dim=1) == targets).sum())
             counted += targets.numel()
         totals = torch.tensor([correct, counted], dtype=torch.float64, device=accelerator.device)
@@ -256,7 +258,7 @@ def _is_stream(dataset) -> bool:
 
 def _on_device(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
     """`loader`, already one process's share, with its batches put on the device and its end known to gradient
-    accumulation (Accelerate's loader wrapper, told not to shard it again)."""
+    accumulation (Accelerate's loader wrapper, told not to shard it again; it reads one batch ahead)."""
     return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
                                dispatch_batches=False)
 
@@ -297,8 +299,13 @@ def revert_sync_batchnorm(model: nn.Module, originals: Dict[str, nn.Module]) -> 
 
 # ---------------------------------------------------------------- files
 
-def _result_settings(cfg: TrainConfig) -> dict:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in SETTINGS_WITHOUT_EFFECT}
+def _result_settings(cfg: TrainConfig, stream_processes: Optional[int] = None) -> dict:
+    """The settings a result depends on; for a training set streamed over `stream_processes` processes also those
+    that set its order."""
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in SETTINGS_WITHOUT_EFFECT or (stream_processes and k in ORDER_OF_A_STREAM)}
+    if stream_processes:
+        settings["stream_processes"] = stream_processes
     return json.loads(json.dumps(settings))  # tuples become lists, as after reading the file back
 
 
@@ -439,7 +446,7 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     """
     run_dir = Path(run_dir)
     final_path, checkpoint_path = run_dir / "model.safetensors", run_dir / "checkpoint.safetensors"
-    settings = _result_settings(cfg)
+    settings = _result_settings(cfg, accelerator.num_processes if _is_stream(train_set) else None)
     accelerator.wait_for_everyone()
     if final_path.exists():
         return _load_result(model, final_path, settings)

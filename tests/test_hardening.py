@@ -67,6 +67,7 @@ BAD_OPTIONS = [
         (["--sync-bn"], "--sync-bn"),
         (["--streaming", "--data-in-memory", "yes"], "--streaming"),
         (["--streaming", "--shuffle-buffer", "0"], "--shuffle-buffer"),
+        (["--shuffle-buffer", "100"], "--shuffle-buffer applies with --streaming"),
         (["--control", "random-mask", "--levels", "x"], "invalid int value"),
     ]],
     *[(["early-bird", *FAST, *extra], said) for extra, said in [

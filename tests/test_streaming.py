@@ -16,7 +16,7 @@ from torch import nn
 from lt_plugin import data
 from lt_plugin.cli import main as cli_main
 from lt_plugin.data import IterableImages, load_data
-from lt_plugin.errors import DataError, LtPluginWarning, UserError
+from lt_plugin.errors import DataError, LtPluginWarning, RunFolderError, UserError
 from lt_plugin.store import load_weights, read_json
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, steps_per_epoch
 
@@ -79,7 +79,8 @@ def test_a_share_that_runs_out_is_read_again_and_skipped_batches_are_the_epochs_
     train = digits16[0].train
     full_batches = len(train) // 2 // 32  # of one process's share
     options = dict(seed=3, epoch=0, process_index=1, num_processes=2)
-    again = list(train.loader(32, num_batches=full_batches + 2, **options))
+    with pytest.warns(LtPluginWarning, match=f"ended after {full_batches} of the epoch's {full_batches + 2} batches"):
+        again = list(train.loader(32, num_batches=full_batches + 2, **options))
     assert len(again) == full_batches + 2 and all(len(labels) == 32 for _, labels in again)
     assert torch.equal(again[full_batches][0], again[0][0])  # the share again from its first batch
     tail = list(train.loader(32, num_batches=full_batches, skip_batches=5, **options))
@@ -91,6 +92,16 @@ def test_workers_read_the_whole_split_each_image_once(digits16):
     train = digits16[0].train
     with_workers = share(train, seed=0, epoch=0, num_workers=2)[0]
     assert sorted(image_bytes(with_workers)) == sorted(image_bytes(share(train)[0]))
+
+
+@pytest.mark.parametrize("workers,batch_size", [(2, 128), (3, 128), (4, 200)])
+def test_an_epoch_read_by_workers_is_whole_batches_each_image_at_most_once(digits16, workers, batch_size):
+    """Each worker's last batch is short; they are joined into whole batches, not made up by reading images again."""
+    train = digits16[0].train
+    batches = list(train.loader(batch_size, num_batches=len(train) // batch_size, seed=0, num_workers=workers))
+    assert len(batches) == len(train) // batch_size and all(len(labels) == batch_size for _, labels in batches)
+    read = image_bytes(torch.cat([images for images, _ in batches]))
+    assert len(set(read)) == len(read)
 
 
 def test_grayscale_among_colour_images_streams_as_in_memory(tmp_path):
@@ -166,6 +177,8 @@ def hub(monkeypatch, tmp_path):
             assert name == "someone/digits" and options == {"streaming": True}
             return REAL_LOAD_DATASET(str(folder), **options)
         monkeypatch.setattr(data.datasets, "load_dataset", load_dataset)
+        # `datasets` sleeps 5 s after each pass over shuffled parquet shards (its workaround for apache/arrow#45214).
+        monkeypatch.setattr(data.datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
         return "someone/digits"
     return make
 
@@ -182,6 +195,19 @@ def test_a_hub_dataset_streams_with_its_own_splits_and_the_sizes_of_its_card(hub
     assert splits.train.stream.n_shards == 2  # a worker per file
     first = load_data(name, image_size=8, streaming=True, max_train_samples=100)
     assert len(first.train) == 100 and torch.equal(share(first.train)[0], share(splits.train)[0][:100])
+
+
+def test_a_process_whose_shards_hold_fewer_images_reads_them_again_and_says_so(hub):
+    """Two files over two processes: each reads one whole file. The smaller one's process starts it again to make
+    the epoch's steps, with a warning; the other stops at the epoch's end."""
+    name = hub({"train": [range(0, 1000), range(1000, 1200)], "validation": [range(1200, 1500)],
+                "test": [range(1500, 1797)]})
+    train = load_data(name, image_size=8, streaming=True).train
+    steps = len(train) // 64  # the epoch's global batches of 64: 18, of 32 images in each process
+    shares = [list(train.loader(32, num_batches=steps, seed=0, process_index=rank, num_processes=2)) for rank in (0, 1)]
+    assert [len(share) for share in shares] == [steps, steps]
+    with pytest.warns(LtPluginWarning, match="ended after 6 of the epoch's 18 batches"):
+        list(train.loader(32, num_batches=steps, seed=0, process_index=1, num_processes=2))
 
 
 def test_a_hub_dataset_without_a_validation_split_tests_on_its_test_split_and_says_so(hub):
@@ -207,9 +233,11 @@ def test_streaming_a_hub_dataset_offline_says_the_hub_is_offline():
         load_data("cifar10", streaming=True)
 
 
-def test_streaming_cannot_keep_the_images_in_memory():
+def test_streaming_cannot_keep_the_images_in_memory_and_a_shuffle_buffer_needs_it():
     with pytest.raises(UserError, match="--streaming"):
         load_data("digits", streaming=True, in_memory="yes")
+    with pytest.raises(UserError, match="--shuffle-buffer applies with --streaming"):
+        load_data("digits", shuffle_buffer=100)
 
 
 # ---------------------------------------------------------------- training on a stream
@@ -257,6 +285,21 @@ def test_a_streamed_run_rewound_mid_epoch_reads_on_from_the_same_batch(digits8, 
                   start_step=5)
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(rewound.model.state_dict()[name], tensor), name
+
+
+def test_fit_resumes_a_stream_only_with_the_workers_and_processes_that_set_its_order(digits8, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05)
+
+    def crash(_model):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(linear(), digits8.train, digits8.val, cfg, tmp_path, accelerator=make_accelerator(cfg), regularizer=crash)
+    (tmp_path / "checkpoint.safetensors").unlink(missing_ok=True)
+    fit(linear(), digits8.train, digits8.val, cfg, tmp_path, accelerator=make_accelerator(cfg))
+    other = TrainConfig(epochs=2, batch_size=32, lr=0.05, num_workers=2)
+    with pytest.raises(RunFolderError, match="num_workers"):
+        fit(linear(), digits8.train, digits8.val, other, tmp_path, accelerator=make_accelerator(other))
 
 
 def test_evaluating_a_stream_counts_each_image_once_as_the_in_memory_path_does(digits16):
