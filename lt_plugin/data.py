@@ -265,11 +265,12 @@ class _NormalisedBatches(torch.utils.data.IterableDataset):
             labels.append(batch_labels)
             held += len(batch_labels)
             while held >= self.batch_size:
-                if len({p.shape[1] for p in pixels}) > 1:  # grayscale batches among colour ones
-                    pixels = [p.expand(-1, self.channels, -1, -1) for p in pixels]
-                all_pixels, all_labels = torch.cat(pixels), torch.cat(labels)
-                yield all_pixels[:self.batch_size], all_labels[:self.batch_size]
-                pixels, labels = [all_pixels[self.batch_size:]], [all_labels[self.batch_size:]]
+                if len(pixels) > 1:  # pieces of several of the loader's batches
+                    if len({p.shape[1] for p in pixels}) > 1:  # grayscale batches among colour ones
+                        pixels = [p.expand(-1, self.channels, -1, -1) for p in pixels]
+                    pixels, labels = [torch.cat(pixels)], [torch.cat(labels)]
+                yield pixels[0][:self.batch_size], labels[0][:self.batch_size]
+                pixels, labels = [pixels[0][self.batch_size:]], [labels[0][self.batch_size:]]
                 held -= self.batch_size
 
 
