@@ -10,7 +10,8 @@
 4. The issue's check: `lt-plugin imp --dataset fashion-mnist --image-size 224 --levels 0 --epochs 1
    --max-train-samples 512 --batch-size 32 --data-in-memory no` and its peak memory.
 5. The `--streaming` path (a `datasets` IterableDataset of 64 shards, read by each process's `loader`): peak memory
-   at 224 px for the three dataset sizes, and images/s with 0, 1 and 2 workers next to the streamed path's.
+   at 224 px for the three dataset sizes, and images/s with 0, 1 and 2 workers next to the streamed path's; and the
+   run of 4. with `--streaming`.
 Writes benchmarks/results/data_loading.json and .png; `--sections` reruns some parts into the existing JSON.
 
     python benchmarks/data_loading.py        # Debian's dataset-fashion-mnist installed; ~25 minutes on 2 cores
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -162,11 +164,12 @@ PEAK_OF = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:
            "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024); sys.exit(code)")
 
 
-def run_224(work: Path) -> dict:
+def run_224(work: Path, data_flags=("--data-in-memory", "no")) -> dict:
     """The issue's short 224 px streamed run, in a wrapper process whose only child it is (its peak memory)."""
     command = [str(Path(sys.executable).parent / "lt-plugin"), "imp", "--model", "resnet18", "--dataset",
                "fashion-mnist", "--image-size", "224", "--levels", "0", "--epochs", "1", "--max-train-samples", "512",
-               "--batch-size", "32", "--data-in-memory", "no", "--out", str(work / "imp_224")]
+               "--batch-size", "32", *data_flags, "--out", str(work / ("imp_224" + "_".join(data_flags)))]
+    shutil.rmtree(command[-1], ignore_errors=True)  # a run folder left by an earlier run would only be read back
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PEAK_OF, *command], capture_output=True, text=True,
                           env=dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"))
@@ -174,7 +177,7 @@ def run_224(work: Path) -> dict:
         sys.exit(f"error: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
     peak = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK ")))
     result = {"command": command[1:], "seconds": time.perf_counter() - started, "peak_bytes": peak}
-    print(f"224 px streamed run: peak {peak / 2 ** 30:.2f} GiB in {result['seconds']:.0f} s", flush=True)
+    print(f"224 px run {' '.join(data_flags)}: peak {peak / 2 ** 30:.2f} GiB in {result['seconds']:.0f} s", flush=True)
     return result
 
 
@@ -246,7 +249,8 @@ def main():
 
 SECTIONS = {"memory": lambda work: memory_rows(), "throughput": lambda work: throughput_rows(),
             "processes": lambda work: processes_rows(), "run_224": run_224,
-            "hub_stream": lambda work: hub_stream_rows()}
+            "hub_stream": lambda work: hub_stream_rows(),
+            "run_224_streaming": lambda work: run_224(work, ("--streaming",))}
 
 if __name__ == "__main__":
     main()
