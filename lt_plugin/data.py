@@ -16,7 +16,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -215,9 +215,7 @@ class IterableImages(torch.utils.data.IterableDataset):
     def _collate(self, examples) -> tuple:
         """uint8 pixels [N, C or 1, H, W] (1 while every image is grayscale) and int64 labels: what a worker hands
         over, a quarter of float32's bytes (a twelfth for grayscale images)."""
-        pixels = [example["pixels"] for example in examples]
-        if len({image.shape[0] for image in pixels}) > 1:  # grayscale among colour images
-            pixels = [image.expand(self.channels, -1, -1) for image in pixels]
+        pixels = _same_channels([example["pixels"] for example in examples], self.channels)
         labels = torch.tensor([example[self.label_column] for example in examples], dtype=torch.int64)
         return torch.stack(pixels), labels
 
@@ -266,9 +264,7 @@ class _NormalisedBatches(torch.utils.data.IterableDataset):
             held += len(batch_labels)
             while held >= self.batch_size:
                 if len(pixels) > 1:  # pieces of several of the loader's batches
-                    if len({p.shape[1] for p in pixels}) > 1:  # grayscale batches among colour ones
-                        pixels = [p.expand(-1, self.channels, -1, -1) for p in pixels]
-                    pixels, labels = [torch.cat(pixels)], [torch.cat(labels)]
+                    pixels, labels = [torch.cat(_same_channels(pixels, self.channels))], [torch.cat(labels)]
                 yield pixels[0][:self.batch_size], labels[0][:self.batch_size]
                 pixels, labels = [pixels[0][self.batch_size:]], [labels[0][self.batch_size:]]
                 held -= self.batch_size
@@ -311,11 +307,12 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     std = _channel_stats(IMAGENET_DEFAULT_STD if std is None else std, in_chans, "std")
 
     source = _load_source(name, streaming)
-    image_column = _image_column(next(iter(source.values())).features, image_column)
-    label_column = _label_column(next(iter(source.values())).features, label_column)
+    first_split = next(iter(source.values()))
+    image_column = _image_column(first_split.features, image_column)
+    label_column = _label_column(first_split.features, label_column)
     input_size = (in_chans, image_size, image_size)
     eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
-    if isinstance(next(iter(source.values())), IterableDataset):
+    if isinstance(first_split, IterableDataset):
         streams, sizes, num_classes = _hub_streams(source, name, label_column, max_train_samples)
         return _iterable_splits(streams, sizes, num_classes, name, input_size, image_column, label_column,
                                 eval_transform, augment, augmentation, mean, std, shuffle_buffer)
@@ -389,14 +386,14 @@ def _hub_streams(source: Dict[str, IterableDataset], name: str, label_column: st
     if val is None and test is None:
         raise DataError(f"streamed dataset {name!r} has no validation or test split, and a stream cannot be split "
                         "without reading it all; download it (leave out --streaming) to carve them from train")
-    names = {"train": "train" if "train" in source else next(iter(source)), "val": "validation", "test": "test"}
     if val is None or test is None:
-        present, missing = ("test", "validation") if val is None else ("validation", "test")
-        names["val" if val is None else "test"] = present
-        warnings.warn(f"streamed dataset {name!r} has no {missing} split: its {present} split serves as both, so "
-                      "the test accuracy is measured on the images the run selects with", LtPluginWarning, stacklevel=3)
-    streams = {split: source[split_name] for split, split_name in names.items()}
-    sizes = {split: _stream_size(streams[split], names[split], name) for split in streams}
+        held_out = test if val is None else val
+        warnings.warn(f"streamed dataset {name!r} has no {'validation' if val is None else 'test'} split: its "
+                      f"{held_out.split} split serves as both, so the test accuracy is measured on the images the "
+                      "run selects with", LtPluginWarning, stacklevel=3)
+        val = test = held_out
+    streams = {"train": train, "val": val, "test": test}
+    sizes = {split: _stream_size(stream, name) for split, stream in streams.items()}
     if max_train_samples is not None and max_train_samples < sizes["train"]:
         streams["train"], sizes["train"] = train.take(max_train_samples), max_train_samples
     label_feature = train.features[label_column]
@@ -406,9 +403,9 @@ def _hub_streams(source: Dict[str, IterableDataset], name: str, label_column: st
     return streams, sizes, label_feature.num_classes
 
 
-def _stream_size(stream: IterableDataset, split: str, name: str) -> int:
+def _stream_size(stream: IterableDataset, name: str) -> int:
     """The number of examples of a streamed split, from the dataset card's split sizes."""
-    splits = stream.info.splits
+    split, splits = str(stream.split), stream.info.splits
     size = splits[split].num_examples if splits and split in splits else None
     if not size:
         raise DataError(f"streamed dataset {name!r} does not give the size of its {split!r} split (the dataset "
@@ -696,6 +693,14 @@ def _in_mode(image, in_chans: int):
     """
     mode = "L" if in_chans == 1 or image.mode == "L" else "RGB"
     return image if image.mode == mode else image.convert(mode)
+
+
+def _same_channels(pixels: List[torch.Tensor], channels: int) -> List[torch.Tensor]:
+    """uint8 pixels [..., C or 1, H, W] as they are when all have one channel count, else all with `channels`
+    (grayscale images, or batches of them, among colour ones)."""
+    if len({p.shape[-3] for p in pixels}) == 1:
+        return pixels
+    return [p.expand(*p.shape[:-3], channels, *p.shape[-2:]) for p in pixels]
 
 
 def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
