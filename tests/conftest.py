@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))  # tiny data, models and job scripts
+from tiny_training import reset_accelerate  # noqa: E402
+
 
 def _kill_when(command, reached, what, timeout=300, group=False, env=None):
     """Start `command` (unbuffered, output discarded) and SIGKILL it as soon as `reached()` holds; `group`: the
@@ -25,6 +28,14 @@ def _kill_when(command, reached, what, timeout=300, group=False, env=None):
     else:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; a test using this builds its Accelerator from scratch."""
+    reset_accelerate()
+    yield
+    reset_accelerate()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState, GradientState
 from safetensors import safe_open
 
 from lt_plugin import train
@@ -34,14 +33,7 @@ sys.path.insert(0, str(JOBS))
 from tiny_training import conv_bn_model, image_data, mlp  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each test builds its Accelerator from scratch."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def run_job(script, *args, **popen_kwargs):

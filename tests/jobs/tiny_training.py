@@ -1,6 +1,7 @@
 """Tiny data sets and models shared by tests/test_train.py and the job scripts beside this file."""
 
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -30,3 +31,9 @@ def mlp(seed=0):
     """No BatchNorm: its training does not depend on how a batch is split over processes."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def reset_accelerate():
+    """Forget Accelerate's process-wide singletons (a forked worker copies its launcher's; tests start afresh)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

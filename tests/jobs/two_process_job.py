@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import debug_launcher
-from accelerate.state import AcceleratorState, GradientState
-from tiny_training import conv_bn_model, image_data, mlp
+from tiny_training import conv_bn_model, image_data, mlp, reset_accelerate
 
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, recalibrate_bn
@@ -22,11 +21,6 @@ from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, recali
 CONFIG = TrainConfig(epochs=2, batch_size=16, eval_batch_size=8, lr=0.05, momentum=0.9, weight_decay=1e-4)
 NUM_TRAIN = 160
 VAL_SIZE = 37  # not a multiple of 2 processes x 8
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def train_mlp(accelerator, run_dir):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import debug_launcher
-from accelerate.state import AcceleratorState, GradientState
+from tiny_training import reset_accelerate
 from torch import nn
 
 from lt_plugin.data import load_data
@@ -33,8 +33,7 @@ def all_values(model):
 
 def worker(out_dir):
     out_dir = Path(out_dir)
-    AcceleratorState._reset_state(reset_partial_state=True)  # the fork copied the launcher's singletons
-    GradientState._reset_state()
+    reset_accelerate()  # the fork copied the launcher's singletons
     accelerator = make_accelerator(CONFIG)
     assert accelerator.num_processes == 2
     streamed = load_data("digits", image_size=8, streaming=True, max_train_samples=400)
