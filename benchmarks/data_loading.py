@@ -194,6 +194,9 @@ def plot(report: dict, path: Path) -> None:
                          label=f"{name}, {image_size} px")
             axes[1].plot(images, [r["load_seconds"] for r in rows], "o" + style, color=color,
                          label=f"{name}, {image_size} px")
+    hub = [r for r in report.get("hub_stream", []) if r["workers"] == 0]
+    axes[0].plot([r["hub stream"]["images"] for r in hub], [r["hub stream"]["peak_bytes"] / 2 ** 30 for r in hub],
+                 "x:", color="C3", label="--streaming, 224 px")
     axes[0].set_title("peak memory (GiB)")
     axes[1].set_title("loading seconds")
     for ax in axes[:2]:
@@ -213,10 +216,6 @@ def plot(report: dict, path: Path) -> None:
                             if (row["image_size"], row["workers"]) == (224, r["workers"]))
             ax.plot(position, r["hub stream"]["read_images_per_second"], "rx", markersize=8,
                     label="--streaming, images/s" if r["workers"] == 0 else None)
-    hub = [r for r in report.get("hub_stream", []) if r["workers"] == 0]
-    axes[0].plot([r["hub stream"]["images"] for r in hub], [r["hub stream"]["peak_bytes"] / 2 ** 30 for r in hub],
-                 "x:", color="C3", label="--streaming, 224 px")
-    axes[0].legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_title("streaming against what training consumes")
