@@ -13,6 +13,7 @@ import dataclasses
 import sys
 
 import lt_plugin
+from lt_plugin.callbacks import EnforceMask
 from lt_plugin.cli import main
 from lt_plugin.experiment import Experiment
 from lt_plugin.run_folder import RunFolder
@@ -35,7 +36,7 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
         model = self.create_model(data.num_classes, seed=self.seed)
         mask = lt_plugin.create_mask(model, self.example_inputs(), self.density, granularity="weight")
         trained = fit(model, data.train, data.val, train_cfg, folder.path / "train", accelerator=accelerator,
-                      mask=mask)
+                      callbacks=[EnforceMask(mask)])
         test_accuracy, _ = evaluate(trained.model, data.test, accelerator)
         result = {"level": 0, "density": mask.density, "val_accuracy": trained.val_accuracy,
                   "test_accuracy": test_accuracy, "train_seconds": trained.train_seconds}

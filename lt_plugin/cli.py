@@ -29,9 +29,17 @@ _TRAIN_HELP = {
     "momentum": "SGD momentum", "weight_decay": "weight decay", "sched": "cosine | step | multistep | constant",
     "decay_milestones": "fractions of training where the LR decays (multistep, step)",
     "decay_rate": "LR decay factor", "warmup_epochs": "linear LR warm-up epochs",
-    "grad_accum_steps": "gradient accumulation steps", "mixed_precision": "no | fp16 | bf16 (Accelerate)",
+    "grad_accum_steps": "gradient accumulation steps",
+    "mixed_precision": "no | fp16 | bf16 | fp8, for training, evaluation and latency alike; unset: Accelerate's choice "
+                       "(accelerate launch --mixed_precision, its config file; else no)",
     "seed": "random seed (initialisation, data order)", "log_with": "Accelerate tracker, e.g. tensorboard",
-    "num_workers": "data loader worker processes",
+    "num_workers": "DataLoader worker processes per process, for training and evaluation; unset: none on a CPU, on a "
+                   "GPU up to 8 among the cores a process has (one left for it), each prefetching 2 batches",
+    "channels_last": "auto | yes | no: convolutions in channels-last memory format (what tensor cores take); auto: "
+                     "on GPUs",
+    "deterministic": "GPUs: deterministic kernels and no cuDNN autotuning (reproducible, slower); off: cuDNN "
+                     "benchmarks its kernels for the fixed input shape",
+    "tf32": "GPUs: float32 matmuls and convolutions may use TF32 tensor cores (--no-tf32: full float32)",
     "sync_bn": "BatchNorm statistics over the global batch on several GPU processes (torch's SyncBatchNorm); "
                "without it each process normalises with its own shard of the batch",
 }
@@ -209,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--benchmark", action="store_true",
                                help="also measure params, MACs and median latency at batch 1 and 64 against the "
                                     "dense model (PyTorch, and ONNX Runtime for --format onnx); stored in the file")
+    export_parser.add_argument("--device", default=None,
+                               help="where --benchmark times PyTorch: cpu, cuda or cuda:N (default: cuda when there is "
+                                    "a GPU, else cpu); ONNX Runtime runs on the CPU")
     sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
     check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
                                   description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
@@ -253,7 +264,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _sh
 
 def _export(args) -> None:
     fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "safetensors")
-    path, details = export_run_ticket(args.run, args.ticket, args.out, fmt=fmt, benchmark=args.benchmark)
+    path, details = export_run_ticket(args.run, args.ticket, args.out, fmt=fmt, benchmark=args.benchmark,
+                                      device=args.device)
     if details["latency"] is not None:
         from .deploy import format_latency
         print(format_latency(details["latency"]))

@@ -31,6 +31,7 @@ from torchvision import transforms
 
 from .errors import DataError, LtPluginWarning, UserError, first_line
 from .experiment import AUGMENTATIONS, SHUFFLE_BUFFER
+from .loaders import normalise_pixels
 
 BUILTIN_DATASETS = {
     "digits": "scikit-learn's 1,797 handwritten digits, 8x8 grayscale, 10 classes (always available offline)",
@@ -127,17 +128,23 @@ class PreparedImages(torch.utils.data.Dataset):
     @property
     def images(self) -> torch.Tensor:
         """Every image normalised, float32 [N, C, H, W] (allocated on each access: for small splits and tests)."""
-        return _normalise(self.pixels[:], self.mean, self.std)
+        return normalise_pixels(self.pixels[:], self.mean, self.std)
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, index):
-        return _normalise(self.pixels[index:index + 1], self.mean, self.std)[0], int(self.labels[index])
+        return normalise_pixels(self.pixels[index:index + 1], self.mean, self.std)[0], int(self.labels[index])
 
     def __getitems__(self, indices):
-        batch = _normalise(self.pixels[list(indices)], self.mean, self.std)
+        batch = normalise_pixels(self.pixels[list(indices)], self.mean, self.std)
         return [(image, int(self.labels[i])) for image, i in zip(batch, indices)]
+
+    def pixel_batch(self, indices) -> tuple:
+        """(uint8 pixels [B, C or 1, H, W], int64 labels [B]) of `indices`: one gather, not normalised (what
+        lt_plugin's loaders send to the device, `loaders.DeviceNormalize` normalising them there)."""
+        indices = list(indices)
+        return self.pixels[indices], self.labels[indices]
 
 
 class AugmentedImages(torch.utils.data.Dataset):
@@ -157,7 +164,13 @@ class AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         pixels = self.pixel_transform(self.images[index])
-        return _normalise(pixels.unsqueeze(0), self.mean, self.std)[0], int(self.labels[index])
+        return normalise_pixels(pixels.unsqueeze(0), self.mean, self.std)[0], int(self.labels[index])
+
+    def pixel_batch(self, indices) -> tuple:
+        """(uint8 pixels [B, C or 1, H, W], int64 labels [B]) of `indices`, each image transformed anew."""
+        indices = list(indices)
+        pixels = _same_channels([self.pixel_transform(self.images[i]) for i in indices], len(self.mean))
+        return torch.stack(pixels), torch.as_tensor(self.labels[indices], dtype=torch.int64)
 
 
 class IterableImages(torch.utils.data.IterableDataset):
@@ -188,11 +201,13 @@ class IterableImages(torch.utils.data.IterableDataset):
 
     def loader(self, batch_size: int, *, num_batches: Optional[int] = None, skip_batches: int = 0,
                seed: Optional[int] = None, epoch: int = 0, process_index: int = 0, num_processes: int = 1,
-               num_workers: int = 0) -> torch.utils.data.DataLoader:
+               num_workers: int = 0, normalise: bool = True, pin_memory: bool = False) -> torch.utils.data.DataLoader:
         """A DataLoader of (normalised images, labels) batches of this process's share of the split: in the stream's
         order, or shuffled by (`seed`, `epoch`); all of its examples (the last batch may be short), or exactly
         `num_batches` full batches (read again from the start if the share runs out first, so that every process
-        makes as many steps), of which the first `skip_batches` are read and dropped (a resumed epoch)."""
+        makes as many steps), of which the first `skip_batches` are read and dropped (a resumed epoch).
+        `normalise=False`: the uint8 pixels, for normalising on the device (`loaders.DeviceNormalize`);
+        `pin_memory`: batches in page-locked memory, for copies to a GPU that do not block."""
         stream = self.stream
         if seed is not None:
             stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
@@ -202,12 +217,13 @@ class IterableImages(torch.utils.data.IterableDataset):
         stream.set_epoch(epoch)  # the stream iterated applies it (shard order and buffer randomness)
         if num_workers > stream.n_shards:
             num_workers = stream.n_shards  # `datasets` gives each worker whole shards; more would idle
-        # Each worker batches its own shards, its last batch short: _NormalisedBatches makes them whole again.
+        # Each worker batches its own shards, its last batch short: _WholeBatches makes them whole again.
         pixels = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=num_workers,
                                              collate_fn=self._collate)
+        stats = (self.mean, self.std) if normalise else None
         return torch.utils.data.DataLoader(
-            _NormalisedBatches(pixels, batch_size, self.channels, self.mean, self.std, skip_batches, num_batches),
-            batch_size=None)
+            _WholeBatches(pixels, batch_size, self.channels, stats, skip_batches, num_batches),
+            batch_size=None, pin_memory=pin_memory)
 
     def _prepare(self, examples: dict) -> dict:
         return {"pixels": [self.transform(_in_mode(image, self.channels)) for image in examples[self.image_column]]}
@@ -220,16 +236,17 @@ class IterableImages(torch.utils.data.IterableDataset):
         return torch.stack(pixels), labels
 
 
-class _NormalisedBatches(torch.utils.data.IterableDataset):
-    """The batches of a DataLoader of uint8 pixels, normalised in the main process. With `count`: exactly batches
-    `skip`..`count` - 1 of `batch_size` images, made of the loader's batches (its workers' last ones are short) and
-    read over and over (a process whose share ran out starts it again, with a warning); a DataLoader over it
-    (batch_size=None) then has a length, which Accelerate ends gradient accumulation at."""
+class _WholeBatches(torch.utils.data.IterableDataset):
+    """The batches of a DataLoader of uint8 pixels, normalised in the main process with `stats` (mean, std), or left
+    8-bit when `stats` is None. With `count`: exactly batches `skip`..`count` - 1 of `batch_size` images, made of the
+    loader's batches (its workers' last ones are short) and read over and over (a process whose share ran out starts
+    it again, with a warning); a DataLoader over it (batch_size=None) then has a length, which Accelerate ends
+    gradient accumulation at."""
 
-    def __init__(self, batches: torch.utils.data.DataLoader, batch_size: int, channels: int, mean: torch.Tensor,
-                 std: torch.Tensor, skip: int = 0, count: Optional[int] = None):
+    def __init__(self, batches: torch.utils.data.DataLoader, batch_size: int, channels: int, stats: Optional[tuple],
+                 skip: int = 0, count: Optional[int] = None):
         self.batches, self.batch_size, self.channels = batches, batch_size, channels
-        self.mean, self.std, self.skip, self.count = mean, std, skip, count
+        self.stats, self.skip, self.count = stats, skip, count
 
     def __len__(self):
         if self.count is None:
@@ -239,7 +256,7 @@ class _NormalisedBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         batches = iter(self.batches) if self.count is None else itertools.islice(self._again(), self.skip, self.count)
         for pixels, labels in batches:
-            yield _normalise(pixels, self.mean, self.std), labels
+            yield (pixels if self.stats is None else normalise_pixels(pixels, *self.stats)), labels
 
     def _again(self):
         while True:
@@ -650,7 +667,7 @@ def _pixel_transform(image_size: int, in_chans: int, is_training: bool, **option
     """timm's transform up to uint8 pixels [C, H, W], without ToTensor's scaling and the normalisation.
 
     This is how timm splits it for its prefetching loader: the normalisation is then done on whole splits at once
-    (`_normalise`), with the same arithmetic as ToTensor + Normalize.
+    (`loaders.normalise_pixels`), with the same arithmetic as ToTensor + Normalize.
     """
     return create_transform(input_size=(in_chans, image_size, image_size), is_training=is_training, crop_pct=1.0,
                             interpolation="bicubic", use_prefetcher=True, **options)
@@ -689,7 +706,7 @@ def _in_mode(image, in_chans: int):
     """The PIL image as 'L' for 1-channel models, else as 'RGB', except that grayscale stays 'L'.
 
     A grayscale image transformed once and copied into 3 channels gives the same pixels as converting it to RGB
-    first, for a third of the work; `_normalise` does the copying.
+    first, for a third of the work; `normalise_pixels` does the copying.
     """
     mode = "L" if in_chans == 1 or image.mode == "L" else "RGB"
     return image if image.mode == mode else image.convert(mode)
@@ -703,14 +720,9 @@ def _same_channels(pixels: List[torch.Tensor], channels: int) -> List[torch.Tens
     return [p.expand(*p.shape[:-3], channels, *p.shape[-2:]) for p in pixels]
 
 
-def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """float32 (pixels / 255 - mean) / std of uint8 pixels [N, C or 1, H, W], with C = len(mean) channels."""
-    return pixels.expand(-1, len(mean), -1, -1).float().div_(255).sub_(mean).div_(std)
-
-
 def _pixels(dataset: Dataset, image_column: str, pixel_transform, image_size: int, channels: int) -> torch.Tensor:
     """uint8 [N, C, image_size, image_size] pixels of every image, transformed once. C is 1 while every image is
-    grayscale (a third of the memory of 3 channels; `_normalise` copies the channel), else `channels`."""
+    grayscale (a third of the memory of 3 channels; `normalise_pixels` copies the channel), else `channels`."""
     pixels = None
     row = 0
     for batch in dataset.select_columns([image_column]).iter(batch_size=PREPARE_BATCH_SIZE):

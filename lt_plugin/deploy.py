@@ -6,6 +6,7 @@ ONNX export goes through timm's own helper (`timm.utils.onnx.onnx_export`, Torch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -13,7 +14,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, ContextManager, Dict, Optional, Sequence
 
 import torch
 import torch_pruning as tp
@@ -108,37 +109,57 @@ def interleaved_medians(runs: Dict[str, Callable[[], object]], rounds: int, warm
 LATENCY_BATCH = 64
 
 
+def _synchronised(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], object]:
+    """`model` as a callable that returns once the device has finished (a GPU runs asynchronously: without the
+    wait a timer measures how long the kernels took to queue)."""
+    if device.type == "cuda":
+        return lambda inputs: (model(inputs), torch.cuda.synchronize(device))
+    return model
+
+
 def forward_latency_ms(model: nn.Module, example_inputs: torch.Tensor, batch: int = LATENCY_BATCH, rounds: int = 10,
-                       warmup: int = 3) -> float:
+                       warmup: int = 3, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
     """Median milliseconds of one forward pass of `model` (eval mode, no autograd) on `batch` random inputs shaped
-    like `example_inputs`, on the model's device: the latency column of the strategies' tables."""
+    like `example_inputs`, on the model's device, in the precision `autocast()` sets (the strategies pass their
+    Accelerator's, the precision the ticket was trained and scored in): the latency column of the tables."""
     device = next(model.parameters()).device
     inputs = torch.randn(batch, *example_inputs.shape[1:], generator=torch.Generator().manual_seed(0)).to(device)
+    run = _synchronised(model, device)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            seconds = interleaved_medians({"model": lambda: model(inputs)}, rounds, warmup)["model"]
+        with torch.inference_mode(), autocast():
+            seconds = interleaved_medians({"model": lambda: run(inputs)}, rounds, warmup)["model"]
     finally:
         model.train(was_training)
     return seconds * 1e3
 
 
+def default_device() -> torch.device:
+    """Where latency is measured unless told: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def latency_report(ticket: nn.Module, dense: nn.Module, example_inputs: torch.Tensor,
                    batches: Sequence[int] = (1, 64), onnx_files: Optional[Dict[str, Path]] = None, rounds: int = 20,
-                   warmup: int = 5) -> dict:
-    """Params, MACs and median latency (seconds) of a ticket and its dense model at each batch size, in PyTorch and,
-    for models given in `onnx_files` ({"ticket": path, "dense": path}), in ONNX Runtime; threads and rounds stated."""
-    models = {"ticket": copy.deepcopy(ticket).cpu().eval(), "dense": copy.deepcopy(dense).cpu().eval()}
+                   warmup: int = 5, device=None) -> dict:
+    """Params, MACs and median latency (seconds) of a ticket and its dense model at each batch size, in PyTorch on
+    `device` (default_device(); float32, a GPU synchronised in each timing) and, for models given in `onnx_files`
+    ({"ticket": path, "dense": path}), in ONNX Runtime on the CPU; device, threads and rounds stated."""
+    device = torch.device(device) if device is not None else default_device()
+    models = {"ticket": copy.deepcopy(ticket).to(device).eval(), "dense": copy.deepcopy(dense).to(device).eval()}
     threads = torch.get_num_threads()
     sessions = {name: onnx_session(file, threads) for name, file in (onnx_files or {}).items()}
-    report = {"threads": threads, "rounds": rounds, "warmup": warmup, "batches": list(batches)}
+    report = {"device": str(device), "onnx_device": "cpu", "precision": "fp32", "threads": threads,
+              "rounds": rounds, "warmup": warmup, "batches": list(batches)}
     for name, model in models.items():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1].cpu())
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs[:1].to(device))
         report[f"{name}_macs"], report[f"{name}_params"] = int(macs), int(params)
     for batch in batches:
         inputs = torch.randn(batch, *example_inputs.shape[1:], generator=torch.Generator().manual_seed(batch))
-        runs = {f"torch_{name}": (lambda m=model: m(inputs)) for name, model in models.items()}
+        on_device = inputs.to(device)
+        runs = {f"torch_{name}": (lambda m=_synchronised(model, device): m(on_device))
+                for name, model in models.items()}
         array = inputs.numpy()
         runs.update({f"onnx_{name}": (lambda s=session: s.run(None, {s.get_inputs()[0].name: array}))
                      for name, session in sessions.items()})
@@ -162,6 +183,7 @@ def format_latency(report: dict) -> str:
                     speedup = report[f"{runtime}_dense_seconds_batch_{batch}"] / report[key]
                     cells.append(f"{report[key] * 1e3:>9.2f} x{speedup:<5.2f}")
         lines.append("".join(cells))
-    lines.append(f"median of {report['rounds']} interleaved rounds after {report['warmup']} warm-up rounds, "
-                 f"{report['threads']} threads; xN: speed-up over dense")
+    lines.append(f"median of {report['rounds']} interleaved rounds after {report['warmup']} warm-up rounds; "
+                 f"torch on {report.get('device', 'cpu')}, ONNX Runtime on the CPU, {report['threads']} CPU threads; "
+                 "xN: speed-up over dense")
     return "\n".join(lines)

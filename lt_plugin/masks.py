@@ -99,10 +99,12 @@ class Mask:
         return sum(m.numel() - int(torch.count_nonzero(m)) for m in self.tensors.values())
 
     def distance(self, other: "Mask") -> float:
-        """Normalised Hamming distance over the prunable weights: the fraction of entries the masks disagree on."""
+        """Normalised Hamming distance over the prunable weights: the fraction of entries the masks disagree on
+        (compared where this mask's tensors are: a mask loaded from a file meets one made on a GPU)."""
         if self.prunable != other.prunable:
             raise ValueError("masks cover different weights")
-        differ = sum(int(torch.count_nonzero(self.tensors[n] != other.tensors[n])) for n in self.prunable)
+        differ = sum(int(torch.count_nonzero(keep != other.tensors[n].to(keep.device)))
+                     for n, keep in ((n, self.tensors[n]) for n in self.prunable))
         return differ / sum(self.tensors[n].numel() for n in self.prunable)
 
     def channel_flags(self) -> torch.Tensor:
@@ -117,7 +119,7 @@ class Mask:
         tensors = {}
         for n in names:
             a, b = self.tensors.get(n), other.tensors.get(n)
-            tensors[n] = a & b if a is not None and b is not None else (a if b is None else b)
+            tensors[n] = a & b.to(a.device) if a is not None and b is not None else (a if b is None else b)
         return Mask(tensors, self.prunable, self.granularity, _merge_plans(self.plan, other.plan))
 
     # ---- acting on a model ----
@@ -154,17 +156,17 @@ class Mask:
 
     def to_dense(self, small_state: Mapping[str, torch.Tensor],
                  dense_like: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Map the state of a physically pruned model back into the dense space (zeros where pruned)."""
+        """Map the state of a physically pruned model back into the dense space (zeros where pruned), on the device
+        of the small model's tensors; `dense_like` gives only the shapes and dtypes."""
         dense = {}
         for name, template in dense_like.items():
-            value = small_state[name]
+            value = small_state[name].detach()
             keep = self.tensors.get(name)
             if keep is None or value.shape == template.shape:
-                dense[name] = value.detach().clone()
+                dense[name] = value.clone()
                 continue
-            full = torch.zeros_like(template)
-            full[keep.to(full.device)] = value.detach().reshape(-1).to(full.dtype)
-            dense[name] = full
+            full = value.new_zeros(template.shape, dtype=template.dtype)
+            dense[name] = full.masked_scatter_(keep.to(full.device), value.to(full.dtype))
         return dense
 
     # ---- files: tensors in safetensors, metadata in JSON ----

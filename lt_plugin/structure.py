@@ -215,7 +215,8 @@ class ChannelStructure:
         keep = {n: torch.ones_like(tensors[n], dtype=torch.bool) for n in set(self.prunable) | set(positions)}
         for name, dims in positions.items():
             for dim, idxs in dims.items():
-                keep[name].index_fill_(dim, torch.as_tensor(sorted(idxs), dtype=torch.long), False)
+                index = torch.tensor(sorted(idxs), dtype=torch.long, device=keep[name].device)
+                keep[name].index_fill_(dim, index, False)
         return Mask(keep, self.prunable, "channel", plan)
 
     # ---- choosing channels ----

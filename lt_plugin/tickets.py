@@ -82,15 +82,18 @@ def load_run_ticket(run_dir, key):
     return mask.apply(model).eval(), mask, experiment, files.result
 
 
-def export_run_ticket(run_dir, key, out_path, fmt: str = "safetensors", benchmark: bool = False
-                      ) -> Tuple[Path, dict]:
+def export_run_ticket(run_dir, key, out_path, fmt: str = "safetensors", benchmark: bool = False,
+                      device: Optional[str] = None) -> Tuple[Path, dict]:
     """Write the finished ticket `key` of a run as a ticket file (physically pruned for channel tickets): a
     safetensors ticket (`load_ticket`) or, `fmt="onnx"`, an ONNX file checked with ONNX Runtime against PyTorch.
     `benchmark` also measures the ticket's latency against the dense model (`deploy.latency_report`) and stores the
-    figures in the file's metadata. Returns (path, {"latency": the report, "onnx_max_difference": the largest
-    |ONNX Runtime - PyTorch| output difference}, each None when not measured)."""
+    figures in the file's metadata, PyTorch's timed on `device` (default: the GPU when there is one). Returns
+    (path, {"latency": the report, "onnx_max_difference": the largest |ONNX Runtime - PyTorch| output difference},
+    each None when not measured)."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA GPU")
     from .deploy import export_onnx, latency_report
     if fmt == "onnx":
         from .deploy import require_onnx
@@ -109,7 +112,7 @@ def export_run_ticket(run_dir, key, out_path, fmt: str = "safetensors", benchmar
                 for name, net in (("ticket", ticket), ("dense", dense)):
                     onnx_files[name] = Path(scratch) / f"{name}.onnx"
                     export_onnx(net, example, onnx_files[name])
-            report = latency_report(ticket, dense, example, onnx_files=onnx_files)
+            report = latency_report(ticket, dense, example, onnx_files=onnx_files, device=device)
         extra["latency"] = report
     if fmt == "onnx":
         difference = export_onnx(ticket, example, out_path, metadata={

@@ -1,34 +1,43 @@
-"""Training engine: one seeded, resumable, mask-aware training loop on Accelerate, shared by every strategy.
+"""Training engine: one seeded, resumable training loop on Accelerate, shared by every strategy.
 
 The same code runs on one CPU, one GPU or `accelerate launch` over N processes. Batches are global
 (split_batches=True), the data order depends only on (seed, epoch) and the learning rate only on the global
 optimizer step, so a run resumed from its per-epoch checkpoint, or started rewound at step k, follows the schedule
-and data order of an uninterrupted run.
+and data order of an uninterrupted run. What a strategy adds to the training (a mask kept enforced, snapshots, a
+penalty, a rule that stops it) comes as `callbacks` (lt_plugin.callbacks).
 
 Datasets read in order through their own `loader` (`data.IterableImages`, the `--streaming` path) are read
 differently: each process reads its own share of the stream, in batches of its share of the global batch, shuffled
 by (seed, epoch); an epoch has as many steps as an indexable dataset of the same size, and a resumed or rewound epoch
 reads its first batches again and drops them. Evaluation sums each process's counts.
 
+Precision: one policy for training, evaluation and BatchNorm statistics, the Accelerator's (`--mixed-precision`, or
+when unset what `accelerate launch --mixed_precision` or its config file says): the model runs under
+`accelerator.autocast()` in all three, so a ticket is scored in the precision it was trained in. A step reads
+nothing back from the device: the loss, the accuracy and a NaN/inf check accumulate there, read every
+DIVERGENCE_CHECK_STEPS steps, before files are written and at the end of each epoch.
+
 Run folder written by `fit` (safetensors metadata values are JSON strings):
     checkpoint.safetensors   "model/*" and "optimizer/*" tensors at the end of the last finished epoch, metadata
                              epoch, step, history, train_seconds, stopped, optimizer (the rest of its state),
-                             settings; deleted on success
+                             scaler (fp16's GradScaler), settings; deleted on success
     metrics.jsonl            one JSON line per finished epoch
-    step_{k}.safetensors     weights after k optimizer steps, for each k in `snapshot_steps`; metadata step, lr
-                             (the learning rate of the next step)
+    step_{k}.safetensors     weights after k optimizer steps (callbacks.Snapshots); metadata step, lr
     model.safetensors        final weights; metadata val_accuracy, train_seconds, steps, history, settings
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,18 +50,23 @@ from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.optim.swa_utils import update_bn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from .errors import DivergedError, RunFolderError, UserError
-from .masks import Mask
+from .callbacks import Callback, TrainState
+from .errors import DivergedError, LtPluginWarning, RunFolderError, UserError
+from .loaders import DeviceNormalize, default_num_workers, is_stream, make_loader, on_device, process_share
 from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+CHANNELS_LAST = ("auto", "yes", "no")
 # Settings that cannot change the trained weights of indexable data: a run folder may be resumed or reused with
 # other values. ORDER_OF_A_STREAM among them set the order in which a stream is read, so a streamed run keeps them.
-SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory", "shuffle_buffer")
+SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory", "shuffle_buffer",
+                           "channels_last", "deterministic", "tf32")
 ORDER_OF_A_STREAM = ("num_workers", "shuffle_buffer")
+DIVERGENCE_CHECK_STEPS = 50  # optimizer steps between two reads of the device's NaN/inf flag
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
 _OPTIMIZER_PREFIX = "optimizer/"
 _MODEL_PREFIX = "model/"
@@ -74,14 +88,15 @@ class TrainConfig:
     decay_rate: float = 0.1
     warmup_epochs: float = 0.0
     grad_accum_steps: int = 1
-    mixed_precision: str = "no"      # passed to Accelerator
+    # None: Accelerate's own choice (`accelerate launch --mixed_precision`, its config file; else "no")
+    mixed_precision: Optional[str] = dataclasses.field(default=None, metadata={"type": str})
     seed: int = 0
     log_with: Optional[str] = None   # an Accelerate tracker name, e.g. "tensorboard"; None = no trackers
-    num_workers: int = 0
+    num_workers: Optional[int] = dataclasses.field(default=None, metadata={"type": int})  # None: default_num_workers
     sync_bn: bool = False            # BatchNorm statistics over the global batch on N processes (GPUs only)
-
-
-MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+    channels_last: str = "auto"      # convolutions in channels-last memory format; auto: on GPUs
+    deterministic: bool = False      # GPUs: deterministic kernels, no cuDNN autotuning (slower)
+    tf32: bool = True                # GPUs: float32 matmuls and convolutions may use TF32 tensor cores
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -109,9 +124,11 @@ def check_train_config(cfg: TrainConfig) -> None:
          cfg.warmup_epochs)
     need(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1, "grad-accum-steps", "1 or more",
          cfg.grad_accum_steps)
-    need(cfg.mixed_precision in MIXED_PRECISIONS, "mixed-precision", f"one of {', '.join(MIXED_PRECISIONS)}",
-         cfg.mixed_precision)
-    need(cfg.num_workers >= 0, "num-workers", "0 or more", cfg.num_workers)
+    need(cfg.mixed_precision is None or cfg.mixed_precision in MIXED_PRECISIONS, "mixed-precision",
+         f"one of {', '.join(MIXED_PRECISIONS)}", cfg.mixed_precision)
+    need(cfg.num_workers is None or cfg.num_workers >= 0, "num-workers", "0 or more", cfg.num_workers)
+    need(cfg.channels_last in CHANNELS_LAST, "channels-last", f"one of {', '.join(CHANNELS_LAST)}",
+         cfg.channels_last)
     need(0 <= cfg.seed < 2**31, "seed", "in [0, 2**31)", cfg.seed)
     trackers = [t.value for t in LoggerType if t.value != "all"]
     need(cfg.log_with is None or cfg.log_with in trackers, "log-with", f"one of {', '.join(trackers)}", cfg.log_with)
@@ -131,6 +148,13 @@ def train_config_of(hparams) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(hparams, f.name) for f in fields(TrainConfig)})
 
 
+def resolve_train_config(cfg: TrainConfig, accelerator: Accelerator) -> TrainConfig:
+    """`cfg` with what it leaves to the machine decided: the precision the Accelerator trains in and the number of
+    DataLoader workers (what a run folder records, so that a resume on the same set-up agrees with it)."""
+    workers = default_num_workers(accelerator.device) if cfg.num_workers is None else cfg.num_workers
+    return dataclasses.replace(cfg, mixed_precision=accelerator.mixed_precision, num_workers=workers)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module      # the trained model: the object passed to `fit`, unwrapped
@@ -141,7 +165,8 @@ class TrainResult:
 
 
 def make_accelerator(cfg: TrainConfig, project_dir=None) -> Accelerator:
-    """The Accelerator `fit` expects: global batches split over processes, accumulation and precision from `cfg`.
+    """The Accelerator `fit` expects: global batches split over processes, accumulation and precision from `cfg`
+    (None: Accelerate's choice); on a GPU also cuDNN's autotuning, TF32 and determinism as `cfg` says.
 
     Trackers write into `<project_dir>/logs/<name of the fit>`, so that the curves of a run's fits overlay.
     """
@@ -154,7 +179,7 @@ def make_accelerator(cfg: TrainConfig, project_dir=None) -> Accelerator:
             raise UserError(f"log_with={cfg.log_with!r}: that tracker's package is not installed "
                             "(for TensorBoard: pip install 'lt-plugin[tensorboard]')")
         accelerator = Accelerator(
-            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=True),
             gradient_accumulation_steps=cfg.grad_accum_steps,
             mixed_precision=cfg.mixed_precision,
             log_with=cfg.log_with,
@@ -163,7 +188,25 @@ def make_accelerator(cfg: TrainConfig, project_dir=None) -> Accelerator:
     except ValueError as exc:
         raise UserError(f"cannot set up Accelerate: {exc}") from None
     _check_sync_bn(cfg, accelerator)
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        warnings.warn(f"fp16 mixed precision needs a GPU; on {accelerator.device.type} Accelerate trains in float32 "
+                      "(bf16 runs on CPUs)", LtPluginWarning, stacklevel=2)
+    _configure_gpu_kernels(cfg, accelerator.device)
     return accelerator
+
+
+def _configure_gpu_kernels(cfg: TrainConfig, device: torch.device) -> None:
+    """cuDNN autotuning (the inputs keep one shape, so it pays from the second step) unless deterministic kernels are
+    asked for; TF32 for float32 matmuls and convolutions as `cfg.tf32` says. Nothing changes on a CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
 
 
 def _check_sync_bn(cfg: TrainConfig, accelerator: Accelerator) -> None:
@@ -215,68 +258,52 @@ class _EpochShuffle(Sampler):
 
 @torch.no_grad()
 def evaluate(model: Union[nn.Module, Sequence[nn.Module]], dataset, accelerator: Accelerator,
-             batch_size: int = 256) -> Tuple[float, int]:
-    """Top-1 accuracy over `dataset` and the number of samples counted (each exactly once, on 1 or N processes).
+             batch_size: int = 256, num_workers: int = 0) -> Tuple[float, int]:
+    """Top-1 accuracy over `dataset` and the number of samples counted (each exactly once, on 1 or N processes:
+    each process counts its own share, the counts are summed), in the Accelerator's precision.
 
     `model` may be a list of models: their mean softmax is the prediction (a naive output ensemble).
     Leaves the model(s) in eval mode.
     """
     if len(dataset) == 0:
         raise UserError("cannot evaluate on an empty dataset")
+    device = accelerator.device
     if isinstance(model, (list, tuple)):
-        members = [accelerator.unwrap_model(m).to(accelerator.device).eval() for m in model]
+        members = [accelerator.unwrap_model(m).to(device).eval() for m in model]
         model = lambda inputs: torch.stack([m(inputs).softmax(dim=1) for m in members]).mean(dim=0)  # noqa: E731
     else:
-        model = accelerator.unwrap_model(model).to(accelerator.device).eval()
-    if _is_stream(dataset):  # each process counts its own share of the stream
-        loader = dataset.loader(batch_size, process_index=accelerator.process_index,
-                                num_processes=accelerator.num_processes)
-        correct = counted = 0
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(accelerator.device), targets.to(accelerator.device)
-            correct += int((model(inputs).argmax(dim=1) == targets).sum())
-            counted += targets.numel()
-        totals = torch.tensor([correct, counted], dtype=torch.float64, device=accelerator.device)
-        correct, counted = accelerator.reduce(totals, reduction="sum").tolist()
-        return correct / counted, int(counted)
-    processes = accelerator.num_processes
-    batch_size = math.ceil(batch_size / processes) * processes  # split_batches needs a multiple of the processes
-    loader = accelerator.prepare_data_loader(DataLoader(dataset, batch_size=batch_size, shuffle=False))
-    correct = counted = 0
-    for inputs, targets in loader:
-        predictions = model(inputs).argmax(dim=1)
-        predictions, targets = accelerator.gather_for_metrics((predictions, targets))
-        correct += int((predictions == targets).sum())
-        counted += targets.numel()
-    return correct / counted, counted
-
-
-def _is_stream(dataset) -> bool:
-    """Whether `dataset` is read in order through its own `loader` (data.IterableImages), not by index."""
-    return isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(dataset, "loader")
-
-
-def _on_device(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
-    """`loader`, already one process's share, with its batches put on the device and its end known to gradient
-    accumulation (Accelerate's loader wrapper, told not to shard it again; it reads one batch ahead)."""
-    return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
-                               dispatch_batches=False)
+        model = accelerator.unwrap_model(model).to(device).eval()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, counted: read once, at the end
+    batches = process_share(dataset, math.ceil(batch_size / accelerator.num_processes), device,
+                            accelerator.process_index, accelerator.num_processes, num_workers)
+    with accelerator.autocast():
+        for inputs, targets in batches:
+            counts[0] += (model(inputs).argmax(dim=1) == targets).sum()
+            counts[1] += targets.numel()
+    correct, counted = accelerator.reduce(counts, reduction="sum").tolist()
+    return correct / counted, int(counted)
 
 
 def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batches: Optional[int] = None,
-                   batch_size: int = 256) -> None:
-    """Recompute BatchNorm running statistics as a cumulative average over `num_batches` batches (all if None).
+                   batch_size: int = 256, num_workers: int = 0) -> None:
+    """Recompute BatchNorm running statistics as a cumulative average over `num_batches` batches (all if None), in
+    the Accelerator's precision (torch's `update_bn`).
 
     Every process runs the same batches (a fixed shuffle, not a shard), so all end with identical statistics.
     Only BatchNorm buffers change; the model is left in eval mode.
     """
-    model = accelerator.unwrap_model(model)
+    device = accelerator.device
+    model = accelerator.unwrap_model(model).to(device)
     # A fixed shuffle, so a few batches of a class-sorted dataset still cover all classes.
-    if _is_stream(dataset):
-        loader = dataset.loader(batch_size, seed=0)
+    if is_stream(dataset):
+        loader = dataset.loader(batch_size, seed=0, num_workers=num_workers, normalise=False,
+                                pin_memory=device.type == "cuda")
     else:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
-    update_bn(islice(loader, num_batches), model, device=accelerator.device)
+        loader = make_loader(dataset, batch_size, device, num_workers=num_workers, shuffle=True,
+                             generator=torch.Generator().manual_seed(0))
+    batches = on_device(islice(loader, num_batches), device, DeviceNormalize(dataset, device))
+    with accelerator.autocast():
+        update_bn((inputs for inputs, _ in batches), model)
     model.eval()
 
 
@@ -291,8 +318,13 @@ def convert_sync_batchnorm(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def revert_sync_batchnorm(model: nn.Module, originals: Dict[str, nn.Module]) -> None:
-    """Put back the layers `convert_sync_batchnorm` replaced: plain BatchNorm with the trained (shared) tensors."""
+    """Put back the layers `convert_sync_batchnorm` replaced, given the synced layers' tensors as they are now:
+    moving the model (Accelerate's `prepare`, any `.to()` that converts) gives the synced layers new buffers, and
+    the trained statistics are those."""
     for name, layer in originals.items():
+        synced = model.get_submodule(name)
+        for key, tensor in [*synced.named_parameters(recurse=False), *synced.named_buffers(recurse=False)]:
+            setattr(layer, key, tensor)
         parent, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent), attribute, layer)
 
@@ -324,8 +356,9 @@ def _load_into(model: nn.Module, state: Dict[str, torch.Tensor], path: Path) -> 
         raise RunFolderError(f"{path} does not fit this model: {exc}") from None
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer, progress: dict, settings: dict) -> None:
-    """Model and optimizer state without pickle: tensors as safetensors entries, the rest as JSON metadata."""
+def _save_checkpoint(path: Path, model: nn.Module, optimizer, progress: dict, settings: dict, scaler=None) -> None:
+    """Model and optimizer state without pickle: tensors as safetensors entries, the rest as JSON metadata; with an
+    fp16 GradScaler, its state too (a resumed run goes on with the loss scale it had reached)."""
     tensors = {_MODEL_PREFIX + name: t for name, t in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     other_state: Dict[str, dict] = {}
@@ -338,11 +371,14 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer, progress: dict, se
     metadata = {key: json.dumps(value) for key, value in progress.items()}
     metadata["optimizer"] = json.dumps({"state": other_state, "param_groups": optimizer_state["param_groups"]})
     metadata["settings"] = json.dumps(settings)
+    if scaler is not None:
+        metadata["scaler"] = json.dumps(scaler.state_dict())
     atomic_save_safetensors(tensors, path, metadata)
 
 
 def _read_checkpoint(path: Path, settings: dict) -> Tuple[Dict[str, torch.Tensor], dict, dict]:
-    """(model state, optimizer state dict, progress) from a file written by `_save_checkpoint`."""
+    """(model state, optimizer state dict, progress) from a file written by `_save_checkpoint`; progress has the
+    GradScaler's state under "scaler" when the file has one."""
     tensors, metadata = read_safetensors(path)
     _check_settings(path, metadata, settings)
     optimizer_meta = json.loads(metadata["optimizer"])
@@ -356,6 +392,8 @@ def _read_checkpoint(path: Path, settings: dict) -> Tuple[Dict[str, torch.Tensor
             optimizer_state.setdefault(int(param_id), {})[key] = tensor
     progress = {key: json.loads(metadata[key]) for key in ("epoch", "step", "history", "train_seconds")}
     progress["stopped"] = json.loads(metadata.get("stopped", "false"))
+    if "scaler" in metadata:
+        progress["scaler"] = json.loads(metadata["scaler"])
     return model_state, {"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]}, progress
 
 
@@ -430,150 +468,248 @@ def _finish_trackers(accelerator: Accelerator) -> None:
 
 
 def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, accelerator: Accelerator,
-        mask: Optional[Mask] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
-        regularizer: Optional[Callable[[nn.Module], None]] = None,
-        on_step: Optional[Callable[[int, nn.Module], bool]] = None, desc: str = "train") -> TrainResult:
+        callbacks: Sequence[Callback] = (), start_step: int = 0, desc: str = "train") -> TrainResult:
     """Train `model` in place from global step `start_step` to the end of the schedule; see the module docstring.
 
     `start_step=k` means rewound to step k: the LR schedule and data order continue as an uninterrupted run's would
     at step k, with a fresh optimizer. A finished run folder is loaded, not retrained; a checkpoint is resumed.
-    `mask` is applied before training and re-applied after every optimizer step. `regularizer(model)` runs after
-    backward and before each optimizer step (e.g. to add a penalty's subgradient). `on_step(step, model)` runs after
-    every optimizer step (the mask enforced, `step` the global step reached) and may end training there by returning
-    True: the epoch is closed (validation, checkpoint) and the run is finished at that step. It must decide the
-    same way when a resumed run replays the step. The Accelerator's references to what fit prepared are released
-    at the end (`accelerator.free_memory()`).
+    `callbacks` (lt_plugin.callbacks: a mask, snapshots, a penalty, a stop rule) are called in their order; when one
+    ends training, the epoch is closed (validation, checkpoint) and the run is finished at that step. At the end the
+    Accelerator's references to what fit prepared are released (`accelerator.free_memory()`) and the model keeps
+    its own forward (without Accelerate's autocast patch) and memory format.
     """
     run_dir = Path(run_dir)
-    final_path, checkpoint_path = run_dir / "model.safetensors", run_dir / "checkpoint.safetensors"
-    settings = _result_settings(cfg, accelerator.num_processes if _is_stream(train_set) else None)
+    cfg = resolve_train_config(cfg, accelerator)
+    settings = _result_settings(cfg, accelerator.num_processes if is_stream(train_set) else None)
     accelerator.wait_for_everyone()
-    if final_path.exists():
-        return _load_result(model, final_path, settings)
+    if (run_dir / "model.safetensors").exists():
+        return _load_result(model, run_dir / "model.safetensors", settings)
     _check_can_train(model, train_set, cfg, accelerator)
     _check_sync_bn(cfg, accelerator)
-    per_epoch = steps_per_epoch(cfg, len(train_set))
-    last_step = cfg.epochs * per_epoch
+    last_step = cfg.epochs * steps_per_epoch(cfg, len(train_set))
     if not 0 <= start_step <= last_step:
         raise UserError(f"start_step {start_step} is outside the schedule's 0..{last_step} steps")
+    return _Training(model, train_set, val_set, cfg, run_dir, accelerator, list(callbacks), desc, settings).run(
+        start_step)
 
-    step, history, train_seconds, optimizer_state, stopped = start_step, [], 0.0, None, False
-    if checkpoint_path.exists():
-        model_state, optimizer_state, progress = _read_checkpoint(checkpoint_path, settings)
-        _load_into(model, model_state, checkpoint_path)
-        step, history, train_seconds = progress["step"], progress["history"], progress["train_seconds"]
-        stopped = progress["stopped"]
-    if mask is not None:
-        mask.apply(model)
 
-    # `model` stays the unwrapped module (DDP wraps it, never copies it): masks, regularizer and files use it.
-    synced_batchnorms = convert_sync_batchnorm(model) if cfg.sync_bn else {}
-    prepared_model, optimizer = accelerator.prepare(model, _create_optimizer(model, cfg))
-    epoch_batches = (_streamed_epochs if _is_stream(train_set) else _shuffled_epochs)(train_set, cfg, accelerator)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    scheduler = _create_scheduler(optimizer, cfg, per_epoch)
-    scheduler.step_update(num_updates=step)
-    enforce_mask = mask.enforcer(model) if mask is not None else None
-    snapshot_steps = set(snapshot_steps)
+class _Training:
+    """The work of one `fit` that trains: resume, prepare, then epoch after epoch (train, close), finish, release."""
 
-    def snapshot():
-        _save_weights(accelerator, model, run_dir / f"step_{step}.safetensors",
-                      {"step": step, "lr": optimizer.param_groups[0]["lr"]})
+    def __init__(self, model, train_set, val_set, cfg: TrainConfig, run_dir: Path, accelerator: Accelerator,
+                 callbacks: List[Callback], desc: str, settings: dict):
+        self.model, self.train_set, self.val_set, self.cfg = model, train_set, val_set, cfg
+        self.run_dir, self.accelerator, self.callbacks, self.desc = run_dir, accelerator, callbacks, desc
+        self.settings = settings
+        self.per_epoch = steps_per_epoch(cfg, len(train_set))
+        self.checkpoint_path = run_dir / "checkpoint.safetensors"
+        self.history: List[dict] = []
+        self.train_seconds, self.stopped = 0.0, False
+        self.own_forward = model.__dict__.get("forward")  # Accelerate's autocast patch goes in its place
+        self.synced: Dict[str, nn.Module] = {}
+        self.channels_last = False
 
-    try:
-        if cfg.log_with:
-            accelerator.init_trackers("_".join(desc.split()), config=_tracker_config(cfg))  # a folder name
-        if step in snapshot_steps:
-            snapshot()
-        for epoch in range(step // per_epoch, cfg.epochs if not stopped else 0):
-            started = time.perf_counter()
-            set_seed(_epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout/augmentation, resumable
-            batches = epoch_batches(epoch, done_batches=(step - epoch * per_epoch) * cfg.grad_accum_steps)
-            prepared_model.train()
-            loss_sum = correct = seen = 0.0  # over the samples this process saw
-            progress_bar = tqdm(batches, desc=f"[{desc}] epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                                disable=not accelerator.is_local_main_process)
-            for inputs, targets in progress_bar:
-                with accelerator.accumulate(prepared_model):
-                    outputs = prepared_model(inputs)
-                    loss = F.cross_entropy(outputs, targets)
-                    loss_value = loss.item()  # one device sync per step, for the check and the epoch's mean
-                    if _any_process(accelerator, not math.isfinite(loss_value)):  # every process stops together
-                        raise DivergedError(
-                            f"[{desc}] the loss became NaN or infinite at step {step + 1} (epoch {epoch + 1}); the run "
-                            f"folder keeps the last finished epoch. Lower the learning rate (now {cfg.lr}) or add "
-                            "warm-up, and rerun in a new folder")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if regularizer is not None:
-                            regularizer(model)
-                        lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
-                    optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    step += 1
-                    if enforce_mask is not None:
-                        enforce_mask()
-                    scheduler.step_update(num_updates=step)
-                    if step in snapshot_steps:
-                        snapshot()
-                    if on_step is not None:
-                        stopped = _any_process(accelerator, on_step(step, model))
-                loss_sum += loss_value * len(targets)
-                correct += int((outputs.argmax(dim=1) == targets).sum())
-                seen += len(targets)
-                if stopped:
+    def run(self, start_step: int) -> TrainResult:
+        try:
+            self._prepare(*self._resume(start_step))
+            if self.cfg.log_with:
+                self.accelerator.init_trackers("_".join(self.desc.split()), config=_tracker_config(self.cfg))
+            for callback in self.callbacks:
+                callback.on_train_start(self.state)
+            for epoch in range(self.state.step // self.per_epoch, self.cfg.epochs if not self.stopped else 0):
+                started = time.perf_counter()
+                totals = self._train_epoch(epoch)
+                self._close_epoch(epoch, totals, started)
+                if self.stopped:
                     break
-            progress_bar.close()
+            return self._finish()
+        finally:
+            self._release()
 
-            # DDP broadcast rank 0's buffers before each forward, so after the last one every rank's BatchNorm
-            # statistics moved on its own shard: take rank 0's, so all ranks evaluate and save the same model.
-            broadcast(list(model.buffers()))
-            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=accelerator.device)
-            loss_sum, correct, seen = accelerator.reduce(totals, reduction="sum").tolist()
-            val_accuracy, _ = evaluate(model, val_set, accelerator, cfg.eval_batch_size)
-            seconds = time.perf_counter() - started
-            train_seconds += seconds
-            history.append({"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / seen,
-                            "train_accuracy": correct / seen, "val_accuracy": val_accuracy, "seconds": seconds})
-            if accelerator.is_main_process:
-                _save_checkpoint(checkpoint_path, model, optimizer,
-                                 {"epoch": epoch + 1, "step": step, "history": history,
-                                  "train_seconds": train_seconds, "stopped": stopped}, settings)
-                _write_metrics(run_dir / "metrics.jsonl", history)
-            accelerator.wait_for_everyone()
-            m = history[-1]
-            accelerator.print(f"[{desc}] epoch {epoch + 1}/{cfg.epochs}  loss {m['train_loss']:.3f}  "
-                              f"train {m['train_accuracy']:.1%}  val {val_accuracy:.1%}  lr {lr:.4f}  {seconds:.1f}s")
-            accelerator.log({k: v for k, v in m.items() if k != "epoch"}, step=step)
-            if stopped:
+    def _resume(self, start_step: int):
+        """(step to start from, optimizer state, GradScaler state): a checkpoint's, loaded into the model, or none."""
+        if not self.checkpoint_path.exists():
+            return start_step, None, None
+        model_state, optimizer_state, progress = _read_checkpoint(self.checkpoint_path, self.settings)
+        _load_into(self.model, model_state, self.checkpoint_path)
+        self.history, self.train_seconds = progress["history"], progress["train_seconds"]
+        self.stopped = progress["stopped"]
+        return progress["step"], optimizer_state, progress.get("scaler")
+
+    def _prepare(self, step: int, optimizer_state: Optional[dict], scaler_state: Optional[dict]) -> None:
+        model, cfg, accelerator = self.model, self.cfg, self.accelerator
+        self.synced = convert_sync_batchnorm(model) if cfg.sync_bn else {}
+        self.channels_last = _use_channels_last(cfg, model, accelerator.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.prepared, self.optimizer = accelerator.prepare(model, _create_optimizer(model, cfg))
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        if scaler_state is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(scaler_state)
+        self.scheduler = _create_scheduler(self.optimizer, cfg, self.per_epoch)
+        self.scheduler.step_update(num_updates=step)
+        self.epoch_batches = (_streamed_epochs if is_stream(self.train_set) else _shuffled_epochs)(
+            self.train_set, cfg, accelerator)
+        self.normalize = DeviceNormalize(self.train_set, accelerator.device, self.channels_last)
+        self.divergence = _DivergenceWatch(accelerator, self.desc, cfg.lr, self.per_epoch)
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        self.state = TrainState(model=model, optimizer=self.optimizer, accelerator=accelerator, run_dir=self.run_dir,
+                                step=step, epoch=step // self.per_epoch, lr=self.lr_used,
+                                ensure_finite=self.divergence.check,
+                                write_weights=lambda path, metadata: _save_weights(accelerator, model, path, metadata))
+
+    def _train_epoch(self, epoch: int) -> tuple:
+        """The epoch's steps from where the run is; (loss sum, correct predictions, samples) of this process, the
+        first two on the device: a step reads nothing back from it."""
+        cfg, accelerator, state = self.cfg, self.accelerator, self.state
+        state.epoch = epoch
+        set_seed(_epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout/augmentation, resumable
+        batches = self.epoch_batches(epoch, done_batches=(state.step - epoch * self.per_epoch) * cfg.grad_accum_steps)
+        self.prepared.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        correct = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+        seen = 0
+        progress_bar = tqdm(batches, desc=f"[{self.desc}] epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                            disable=not accelerator.is_local_main_process)
+        for inputs, targets in progress_bar:
+            inputs = self.normalize(inputs)
+            with accelerator.accumulate(self.prepared):
+                outputs = self.prepared(inputs)
+                loss = F.cross_entropy(outputs, targets)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    self._before_step()
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+            loss = loss.detach()
+            self.divergence.record(loss, state.step + 1)
+            loss_sum += loss * len(targets)
+            correct += (outputs.argmax(dim=1) == targets).sum()
+            seen += len(targets)
+            if accelerator.sync_gradients and self._after_step():
                 break
+        progress_bar.close()
+        return loss_sum, correct, seen
 
-        if history:
-            val_accuracy = history[-1]["val_accuracy"]
-        else:  # rewound to the very end of the schedule: nothing to train
-            val_accuracy, _ = evaluate(model, val_set, accelerator, cfg.eval_batch_size)
-        result = TrainResult(model=model, val_accuracy=val_accuracy, train_seconds=train_seconds, steps=step,
-                             history=history)
-        _save_weights(accelerator, model, final_path,
-                      {"val_accuracy": val_accuracy, "train_seconds": train_seconds, "steps": step,
-                       "history": history, "settings": settings})
+    def _before_step(self) -> None:
+        if self.accelerator.scaler is not None:  # fp16: the callbacks see, and add to, the true gradients
+            self.accelerator.scaler.unscale_(self.optimizer.optimizer)
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        for callback in self.callbacks:
+            callback.before_optimizer_step(self.state)
+
+    def _after_step(self) -> bool:
+        """Count the step, move the schedule on, call the callbacks; whether training ends here (on every process)."""
+        state = self.state
+        state.step += 1
+        self.scheduler.step_update(num_updates=state.step)
+        state.lr = self.optimizer.param_groups[0]["lr"]
+        if state.step % DIVERGENCE_CHECK_STEPS == 0:
+            self.divergence.check()
+        decisions = [callback.after_optimizer_step(state) for callback in self.callbacks]
+        decided = [decision for decision in decisions if decision is not None]
+        if decided:
+            self.stopped = _any_process(self.accelerator, any(decided))
+        return self.stopped
+
+    def _close_epoch(self, epoch: int, totals: tuple, started: float) -> None:
+        """Validate, checkpoint and log the epoch, with the statistics of every process; a diverged epoch is not
+        saved."""
+        accelerator, state = self.accelerator, self.state
+        self.divergence.check()
+        # DDP broadcast rank 0's buffers before each forward, so after the last one every rank's BatchNorm
+        # statistics moved on its own shard: take rank 0's, so all ranks evaluate and save the same model.
+        broadcast(list(self.model.buffers()))
+        loss_sum, correct, seen = totals
+        sums = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(seen))])
+        loss_sum, correct, seen = accelerator.reduce(sums, reduction="sum").tolist()
+        val_accuracy, _ = evaluate(self.model, self.val_set, accelerator, self.cfg.eval_batch_size,
+                                   self.cfg.num_workers)
+        seconds = time.perf_counter() - started
+        self.train_seconds += seconds
+        metrics = {"epoch": epoch + 1, "step": state.step, "lr": self.lr_used, "train_loss": loss_sum / seen,
+                   "train_accuracy": correct / seen, "val_accuracy": val_accuracy, "seconds": seconds}
+        self.history.append(metrics)
         if accelerator.is_main_process:
-            checkpoint_path.unlink(missing_ok=True)
+            _save_checkpoint(self.checkpoint_path, self.model, self.optimizer,
+                             {"epoch": epoch + 1, "step": state.step, "history": self.history,
+                              "train_seconds": self.train_seconds, "stopped": self.stopped}, self.settings,
+                             accelerator.scaler)
+            _write_metrics(self.run_dir / "metrics.jsonl", self.history)
         accelerator.wait_for_everyone()
+        accelerator.print(f"[{self.desc}] epoch {epoch + 1}/{self.cfg.epochs}  loss {metrics['train_loss']:.3f}  "
+                          f"train {metrics['train_accuracy']:.1%}  val {val_accuracy:.1%}  lr {self.lr_used:.4f}  "
+                          f"{seconds:.1f}s")
+        accelerator.log({k: v for k, v in metrics.items() if k != "epoch"}, step=state.step)
+
+    def _finish(self) -> TrainResult:
+        """model.safetensors with the result; the checkpoint is no longer needed."""
+        if self.history:
+            val_accuracy = self.history[-1]["val_accuracy"]
+        else:  # rewound to the very end of the schedule: nothing to train
+            val_accuracy, _ = evaluate(self.model, self.val_set, self.accelerator, self.cfg.eval_batch_size,
+                                       self.cfg.num_workers)
+        result = TrainResult(model=self.model, val_accuracy=val_accuracy, train_seconds=self.train_seconds,
+                             steps=self.state.step, history=self.history)
+        self.state.save_weights(self.run_dir / "model.safetensors",
+                                {"val_accuracy": val_accuracy, "train_seconds": self.train_seconds,
+                                 "steps": self.state.step, "history": self.history, "settings": self.settings})
+        if self.accelerator.is_main_process:
+            self.checkpoint_path.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
         return result
-    finally:
-        revert_sync_batchnorm(model, synced_batchnorms)
-        _finish_trackers(accelerator)
-        accelerator.free_memory()
+
+    def _release(self) -> None:
+        """The model as the caller gave it, but for its weights: plain BatchNorm, its own forward, its memory format,
+        and not marked as prepared (Accelerate would hand a model it marked back unwrapped, without DDP and without
+        its precision, to the next `fit`)."""
+        revert_sync_batchnorm(self.model, self.synced)
+        for attribute in ("_original_forward", "_is_accelerate_prepared"):
+            self.model.__dict__.pop(attribute, None)
+        if self.own_forward is None:
+            self.model.__dict__.pop("forward", None)
+        else:
+            self.model.forward = self.own_forward
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+        _finish_trackers(self.accelerator)
+        self.accelerator.free_memory()
 
 
-def _shuffled_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator) -> Callable[..., Iterable]:
+def _use_channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device) -> bool:
+    if cfg.channels_last == "auto":  # what cuDNN's tensor-core convolutions take; on CPUs it does not pay
+        return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return cfg.channels_last == "yes"
+
+
+class _DivergenceWatch:
+    """The first optimizer step whose loss was NaN or infinite, kept on the device so that a step reads nothing back;
+    `check` reads it (on every process, at the same step) and raises there."""
+
+    def __init__(self, accelerator: Accelerator, desc: str, lr: float, per_epoch: int):
+        self.accelerator, self.desc, self.lr, self.per_epoch = accelerator, desc, lr, per_epoch
+        self.first = torch.full((), -1, dtype=torch.int64, device=accelerator.device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
+
+    def check(self) -> None:
+        bad = [step for step in self.accelerator.gather(self.first.reshape(1)).tolist() if step >= 0]
+        if bad:
+            step = min(bad)
+            epoch = (step - 1) // self.per_epoch + 1
+            raise DivergedError(
+                f"[{self.desc}] the loss became NaN or infinite at step {step} (epoch {epoch}); the run folder keeps "
+                f"the last finished epoch. Lower the learning rate (now {self.lr}) or add "
+                "warm-up, and rerun in a new folder")
+
+
+def _shuffled_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator):
     """epoch_batches(epoch, done_batches): an epoch's batches from its `done_batches`-th on, in the (seed, epoch)
     order of `_EpochShuffle`, each process reading its share of every global batch."""
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=_EpochShuffle(len(train_set), cfg.seed),
-                        drop_last=True, num_workers=cfg.num_workers)
+    loader = make_loader(train_set, cfg.batch_size, accelerator.device, num_workers=cfg.num_workers,
+                         sampler=_EpochShuffle(len(train_set), cfg.seed), drop_last=True)
     loader = accelerator.prepare_data_loader(loader)
 
     def epoch_batches(epoch: int, done_batches: int) -> Iterable:
@@ -582,15 +718,19 @@ def _shuffled_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator) -> C
     return epoch_batches
 
 
-def _streamed_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator) -> Callable[..., Iterable]:
+def _streamed_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator):
     """epoch_batches(epoch, done_batches) of a streamed training set: each process reads its own share of the
-    stream, shuffled by (seed, epoch), in batches of its share of the global batch; as many as an epoch has."""
+    stream, shuffled by (seed, epoch), in batches of its share of the global batch; as many as an epoch has. The
+    loader, already one process's share, is given to Accelerate only to put its batches on the device and to end
+    gradient accumulation at its end (it reads one batch ahead)."""
     def epoch_batches(epoch: int, done_batches: int) -> Iterable:
         loader = train_set.loader(cfg.batch_size // accelerator.num_processes,
                                   num_batches=_batches_per_epoch(cfg, len(train_set)), skip_batches=done_batches,
                                   seed=cfg.seed, epoch=epoch, process_index=accelerator.process_index,
-                                  num_processes=accelerator.num_processes, num_workers=cfg.num_workers)
-        return _on_device(loader, accelerator)
+                                  num_processes=accelerator.num_processes, num_workers=cfg.num_workers,
+                                  normalise=False, pin_memory=accelerator.device.type == "cuda")
+        return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
+                                   dispatch_batches=False, non_blocking=True)
     return epoch_batches
 
 

@@ -4,6 +4,7 @@ augmented run resumed after a crash ends with the uninterrupted run's weights; i
 import pytest
 import torch
 
+from lt_plugin.callbacks import Lambda
 from lt_plugin.data import CROP_PADDING, AugmentedImages, PreparedImages, load_data
 from lt_plugin.errors import LtPluginWarning, UserError
 from lt_plugin.experiment import Experiment
@@ -84,14 +85,14 @@ def test_an_augmented_run_resumed_after_a_crash_ends_with_the_uninterrupted_weig
     data = experiment.load_data()
     steps = []
 
-    def crash(_model):
+    def crash(_state):
         steps.append(1)
         if len(steps) == steps_per_epoch(cfg, len(data.train)) + 2:  # mid-epoch 2, after the epoch-1 checkpoint
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         fit(experiment.create_model(data.num_classes, seed=0), data.train, data.val, cfg, tmp_path / "crashed",
-            accelerator=make_accelerator(cfg), regularizer=crash)
+            accelerator=make_accelerator(cfg), callbacks=[Lambda(before_optimizer_step=crash)])
     resumed = fit(experiment.create_model(data.num_classes, seed=5), data.train, data.val, cfg, tmp_path / "crashed",
                   accelerator=make_accelerator(cfg))
     straight = fit(experiment.create_model(data.num_classes, seed=0), data.train, data.val, cfg, tmp_path / "straight",

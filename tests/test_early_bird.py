@@ -16,8 +16,8 @@ from lt_plugin import EarlyBirdDetector, UserError, load_ticket
 from lt_plugin.cli import main as cli_main
 from lt_plugin.masks import resolve_ignored
 from lt_plugin.store import load_weights, read_safetensors
-from lt_plugin.strategies.early_bird import (EarlyBird, _read_checks, mask_distance, norm_scales, search_precision,
-                                             slimming_penalty)
+from lt_plugin.strategies.early_bird import (EarlyBird, SlimmingPenalty, _read_checks, mask_distance, norm_scales,
+                                             search_precision)
 from lt_plugin.structure import ChannelStructure, export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_penalty_adds_exactly_s_sign_gamma_to_the_scales_gradients():
     F.cross_entropy(model(x), y).backward()
     before = {n: g.grad.clone() for n, g in scales.items()}
     others = {n: p.grad.clone() for n, p in model.named_parameters() if n not in scales}
-    slimming_penalty(list(scales.values()), 1e-4)(model)
+    SlimmingPenalty(scales.values(), 1e-4).add_to_gradients()
     for name, gamma in scales.items():
         assert torch.equal(gamma.grad, before[name] + 1e-4 * torch.sign(gamma.detach()))
     for name, p in model.named_parameters():

@@ -13,6 +13,7 @@ from torch import nn
 
 import lt_plugin
 from lt_plugin import train
+from lt_plugin.callbacks import Lambda
 from lt_plugin.cli import main as cli_main
 from lt_plugin.experiment import Experiment
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
@@ -86,7 +87,8 @@ def test_fit_trains_synced_batchnorm_and_returns_plain_batchnorm(tmp_path, monke
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, sync_bn=True)
     seen = set()
     synced = fit(conv_bn_model(), image_data(64), image_data(16, seed=1), cfg, tmp_path / "synced",
-                 accelerator=make_accelerator(cfg), regularizer=lambda model: seen.update(map(type, model.modules())))
+                 accelerator=make_accelerator(cfg),
+                 callbacks=[Lambda(lambda state: seen.update(map(type, state.model.modules())))])
     assert nn.SyncBatchNorm in seen and nn.BatchNorm2d not in seen
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in synced.model.modules())
     plain_cfg = dataclasses.replace(cfg, sync_bn=False)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lt_plugin import data
+from lt_plugin.callbacks import Lambda, Snapshots
 from lt_plugin.cli import main as cli_main
 from lt_plugin.data import IterableImages, load_data
 from lt_plugin.errors import DataError, LtPluginWarning, RunFolderError, UserError
@@ -251,14 +252,14 @@ def test_a_streamed_run_crashed_mid_epoch_resumes_to_the_uninterrupted_result(di
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.9, grad_accum_steps=5)
     calls = []
 
-    def crash(_model):
+    def crash(_state):
         calls.append(1)
         if len(calls) == steps_per_epoch(cfg, len(digits8.train)) + 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         fit(linear(), digits8.train, digits8.val, cfg, tmp_path / "crashed", accelerator=make_accelerator(cfg),
-            regularizer=crash)
+            callbacks=[Lambda(before_optimizer_step=crash)])
     resumed = fit(linear(seed=5), digits8.train, digits8.val, cfg, tmp_path / "crashed",
                   accelerator=make_accelerator(cfg))
     straight = fit(linear(), digits8.train, digits8.val, cfg, tmp_path / "straight", accelerator=make_accelerator(cfg))
@@ -273,7 +274,7 @@ def test_a_streamed_run_rewound_mid_epoch_reads_on_from_the_same_batch(digits8, 
     start_step=k must end where the run did: the epoch's first k batches are skipped, not read again."""
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, opt="momentum", momentum=0.0, weight_decay=0.0)
     straight = fit(linear(), digits8.train, digits8.val, cfg, tmp_path / "straight",
-                   accelerator=make_accelerator(cfg), snapshot_steps=[5])
+                   accelerator=make_accelerator(cfg), callbacks=[Snapshots([5])])
     model = linear()
     model.load_state_dict(load_weights(tmp_path / "straight" / "step_5.safetensors"))
     rewound = fit(model, digits8.train, digits8.val, cfg, tmp_path / "rewound", accelerator=make_accelerator(cfg),
@@ -285,11 +286,12 @@ def test_a_streamed_run_rewound_mid_epoch_reads_on_from_the_same_batch(digits8, 
 def test_fit_resumes_a_stream_only_with_the_workers_and_processes_that_set_its_order(digits8, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05)
 
-    def crash(_model):
+    def crash(_state):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(linear(), digits8.train, digits8.val, cfg, tmp_path, accelerator=make_accelerator(cfg), regularizer=crash)
+        fit(linear(), digits8.train, digits8.val, cfg, tmp_path, accelerator=make_accelerator(cfg),
+            callbacks=[Lambda(before_optimizer_step=crash)])
     (tmp_path / "checkpoint.safetensors").unlink(missing_ok=True)
     fit(linear(), digits8.train, digits8.val, cfg, tmp_path, accelerator=make_accelerator(cfg))
     other = TrainConfig(epochs=2, batch_size=32, lr=0.05, num_workers=2)

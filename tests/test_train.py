@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from lt_plugin import train
+from lt_plugin.callbacks import EnforceMask, Lambda, Snapshots
 from lt_plugin.errors import RunFolderError, UserError
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
 from lt_plugin.store import load_weights
@@ -107,12 +108,12 @@ def test_rewound_start_at_step_k_follows_the_uninterrupted_run(tmp_path):
     k = per_epoch + 3  # mid-epoch: the rewound run skips 3 batches of epoch 2
 
     full = conv_bn_model()
-    fit(full, train_set, val_set, cfg, tmp_path / "full", accelerator=make_accelerator(cfg), snapshot_steps=(k,))
+    fit(full, train_set, val_set, cfg, tmp_path / "full", accelerator=make_accelerator(cfg), callbacks=[Snapshots([k])])
 
     rewound = conv_bn_model(seed=99)
     rewound.load_state_dict(load_weights(tmp_path / "full" / f"step_{k}.safetensors"))
     result = fit(rewound, train_set, val_set, cfg, tmp_path / "rewound", accelerator=make_accelerator(cfg),
-                 start_step=k, snapshot_steps=(k,))
+                 start_step=k, callbacks=[Snapshots([k])])
 
     assert result.steps == total_steps(cfg, len(train_set))
     assert_same_weights(rewound.state_dict(), full.state_dict())
@@ -133,7 +134,7 @@ def test_mask_stays_enforced_through_training(tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     fit(model, image_data(64, size=16), image_data(20, size=16, seed=1), cfg, tmp_path,
-        accelerator=make_accelerator(cfg), mask=mask, snapshot_steps=(0,))
+        accelerator=make_accelerator(cfg), callbacks=[EnforceMask(mask), Snapshots([0])])
 
     params = dict(model.named_parameters())
     step_0 = load_weights(tmp_path / "step_0.safetensors")
@@ -263,14 +264,14 @@ def test_crash_then_resume_in_process_equals_uninterrupted_run(tmp_path):
     crash_at = steps_per_epoch(cfg, len(train_set)) + 2
     steps_seen = []
 
-    def crash(_model):
+    def crash(_state):
         steps_seen.append(1)
         if len(steps_seen) == crash_at:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         fit(conv_bn_model(), train_set, val_set, cfg, tmp_path / "crashed", accelerator=make_accelerator(cfg),
-            regularizer=crash)
+            callbacks=[Lambda(before_optimizer_step=crash)])
     assert (tmp_path / "crashed" / "checkpoint.safetensors").exists()
     resumed = fit(conv_bn_model(seed=7), train_set, val_set, cfg, tmp_path / "crashed",
                   accelerator=make_accelerator(cfg))
@@ -286,12 +287,12 @@ def test_on_step_ends_training_at_that_step_and_a_resume_does_not_train_on(tmp_p
     train_set, val_set = image_data(96), image_data(20, seed=1)
     stop_at = steps_per_epoch(cfg, len(train_set)) + 2  # mid-epoch 2
     reference = fit(conv_bn_model(), train_set, val_set, cfg, tmp_path / "full", accelerator=make_accelerator(cfg),
-                    snapshot_steps=(stop_at,))
+                    callbacks=[Snapshots([stop_at])])
     seen = []
 
-    def stop(step, _model):
-        seen.append(step)
-        return step == stop_at
+    def stop(state):
+        seen.append(state.step)
+        return state.step == stop_at
 
     def interrupt_final_save(*_args):
         raise KeyboardInterrupt
@@ -300,11 +301,12 @@ def test_on_step_ends_training_at_that_step_and_a_resume_does_not_train_on(tmp_p
     monkeypatch.setattr(train, "_save_weights", interrupt_final_save)
     with pytest.raises(KeyboardInterrupt):
         fit(conv_bn_model(), train_set, val_set, cfg, tmp_path / "stopped", accelerator=make_accelerator(cfg),
-            on_step=stop)
+            callbacks=[Lambda(after_optimizer_step=stop)])
     monkeypatch.undo()
     assert seen == list(range(1, stop_at + 1))
     resumed = fit(conv_bn_model(seed=7), train_set, val_set, cfg, tmp_path / "stopped",
-                  accelerator=make_accelerator(cfg), regularizer=interrupt_final_save)  # must not train a step
+                  accelerator=make_accelerator(cfg),
+                  callbacks=[Lambda(before_optimizer_step=interrupt_final_save)])  # must not train a step
     assert resumed.steps == stop_at
     assert [m["epoch"] for m in resumed.history] == [1, 2]
     assert_same_weights(resumed.model.state_dict(), load_weights(tmp_path / "full" / f"step_{stop_at}.safetensors"))
@@ -319,14 +321,15 @@ def test_a_loss_that_becomes_nan_stops_with_one_line_and_keeps_the_last_good_epo
     poison_at = per_epoch + 2
     calls = []
 
-    def poison(model):  # after the gradients of step `poison_at`: the next forward gives NaN
+    def poison(state):  # after the gradients of step `poison_at`: the next forward gives NaN
         calls.append(1)
         if len(calls) == poison_at:
             with torch.no_grad():
-                next(model.parameters()).fill_(float("nan"))
+                next(state.model.parameters()).fill_(float("nan"))
 
     with pytest.raises(DivergedError, match=f"step {poison_at + 1} \\(epoch 2\\).*learning rate") as info:
-        fit(conv_bn_model(), train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg), regularizer=poison)
+        fit(conv_bn_model(), train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg),
+            callbacks=[Lambda(before_optimizer_step=poison)])
     assert "\n" not in str(info.value)
     kept = load_weights(tmp_path / "checkpoint.safetensors")
     assert all(torch.isfinite(t).all() for t in kept.values())
@@ -346,7 +349,8 @@ def test_finished_run_folder_is_loaded_not_retrained(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "_create_optimizer", no_training)
     fresh = conv_bn_model(seed=3)
-    again = fit(fresh, train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg), regularizer=no_training)
+    again = fit(fresh, train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg),
+                callbacks=[Lambda(before_optimizer_step=no_training)])
     assert again.model is fresh
     assert_same_weights(fresh.state_dict(), load_weights(tmp_path / "model.safetensors"))
     assert_same_weights(fresh.state_dict(), first.model.state_dict())

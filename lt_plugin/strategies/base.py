@@ -15,7 +15,7 @@ from ..data import DataSplits
 from ..errors import UserError
 from ..experiment import Experiment
 from ..run_folder import RunFolder
-from ..train import TrainConfig, check_training_data, make_accelerator, train_config_of
+from ..train import TrainConfig, check_training_data, make_accelerator, resolve_train_config, train_config_of
 
 
 @dataclasses.dataclass
@@ -78,9 +78,11 @@ def start_training_run(hparams, out_dir) -> TrainingRun:
     """The start every training strategy shares, with nothing written yet: its training options checked
     (make_accelerator), the run folder opened, the data loaded and checked against the batch size and the processes.
     `hparams` is a strategy that is both an Experiment and a TrainConfig; its own checks follow, then the folder's
-    config check writes the first file."""
-    cfg = train_config_of(hparams)
-    accelerator = make_accelerator(cfg, project_dir=out_dir)
+    config check writes the first file. What the options leave to the machine (the precision Accelerate chose, the
+    DataLoader workers) is decided here and written into `hparams`, so that config.json records it."""
+    accelerator = make_accelerator(train_config_of(hparams), project_dir=out_dir)
+    cfg = resolve_train_config(train_config_of(hparams), accelerator)
+    hparams.mixed_precision, hparams.num_workers = cfg.mixed_precision, cfg.num_workers
     folder = RunFolder(out_dir, accelerator)
     data = hparams.load_data()
     check_training_data(cfg, len(data.train), accelerator.num_processes)

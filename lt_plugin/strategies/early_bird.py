@@ -31,6 +31,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..callbacks import Callback, Lambda, TrainState
 from ..deploy import forward_latency_ms
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
@@ -53,10 +54,11 @@ TRAIN_MACS_PER_FORWARD_MAC = 3
 # ---------------------------------------------------------------- detection
 
 def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Normalised Hamming distance of two channel masks: 1 - (agreeing channels / all channels)."""
+    """Normalised Hamming distance of two channel masks: 1 - (agreeing channels / all channels), compared on `a`'s
+    device (the flags of a check read from its file meet those of a check made on a GPU)."""
     if a.shape != b.shape:
         raise ValueError(f"masks of {a.numel()} and {b.numel()} channels cannot be compared")
-    return int(torch.count_nonzero(a != b)) / a.numel()  # exact: 1 of 10 channels is 0.1, not 0.1000001
+    return int(torch.count_nonzero(a != b.to(a.device))) / a.numel()  # exact: 1 of 10 channels is 0.1
 
 
 class EarlyBirdDetector:
@@ -81,7 +83,7 @@ class EarlyBirdDetector:
         """Add the newest mask; True if the rule holds now."""
         flags = mask.channel_flags() if isinstance(mask, Mask) else torch.as_tensor(mask).reshape(-1).bool()
         distances = [mask_distance(flags, older) for older in self._older]
-        self._older.append(flags.cpu())
+        self._older.append(flags)
         self.distances.append(distances)
         emerged = len(distances) == self.window - 1 and max(distances) <= self.epsilon
         if emerged and self.found_at is None:
@@ -105,20 +107,29 @@ def norm_scales(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> Dict[str
     return {f"{n}.weight": m.weight for n, m in chosen.items() if isinstance(getattr(m, "weight", None), nn.Parameter)}
 
 
-def slimming_penalty(scales: Sequence[nn.Parameter], strength: float):
-    """A `fit` regularizer adding `strength * sign(gamma)` to each scale's gradient (L1 subgradient)."""
+class SlimmingPenalty(Callback):
+    """Network slimming's L1 penalty: `strength * sign(gamma)` added to each scale's gradient (its subgradient),
+    after backward and before the optimizer step (`fit` calls it on unscaled gradients under fp16)."""
+
+    def __init__(self, scales: Sequence[nn.Parameter], strength: float):
+        self.scales, self.strength = list(scales), strength
+
     @torch.no_grad()
-    def add_penalty(_model):
-        for gamma in scales:
+    def add_to_gradients(self) -> None:
+        for gamma in self.scales:
             if gamma.grad is not None:
-                gamma.grad.add_(torch.sign(gamma), alpha=strength)
-    return add_penalty
+                gamma.grad.add_(torch.sign(gamma), alpha=self.strength)
+
+    def before_optimizer_step(self, state: TrainState) -> None:
+        self.add_to_gradients()
 
 
 def _fake_int8(x: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-tensor 8-bit fake quantisation; gradients pass straight through."""
-    scale = max(x.detach().abs().max().item(), 1e-8) / 127.0
-    return torch.fake_quantize_per_tensor_affine(x, scale, 0, -127, 127)
+    """Symmetric per-tensor 8-bit fake quantisation; gradients pass straight through. The scale stays a tensor on
+    the device (no host sync per layer)."""
+    scale = x.detach().abs().amax().float().clamp_min(1e-8) / 127.0
+    zero_point = torch.zeros((), dtype=torch.int32, device=x.device)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -127, 127)
 
 
 @contextlib.contextmanager
@@ -129,7 +140,7 @@ def search_precision(model: nn.Module, precision: str, device_type: str):
         yield
         return
     if precision == "bf16":
-        forward = model.forward
+        forward, own_forward = model.forward, model.__dict__.get("forward")
 
         def bf16_forward(*args, **kwargs):
             with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
@@ -137,8 +148,11 @@ def search_precision(model: nn.Module, precision: str, device_type: str):
         model.forward = bf16_forward
         try:
             yield
-        finally:
-            del model.forward
+        finally:  # the forward the model had, whoever set it (Accelerate's precision is fit's to undo)
+            if own_forward is None:
+                del model.forward
+            else:
+                model.forward = own_forward
         return
     layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
 
@@ -337,20 +351,20 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         model.load_state_dict(load_weights(folder.path / "init.safetensors"))
         check(0)  # the reference's first mask is the initialisation's
 
-        def on_step(step: int, trained: nn.Module) -> bool:
-            if step % interval and step < last_step:
-                return False
-            found = check(step)  # a resumed run replays the checks before this step, so it decides the same
-            if accelerator.is_main_process:
-                for name in (n for n, s in found.items() if s == step):
-                    atomic_save_safetensors(trained.state_dict(),
-                                            folder.path / f"ratio_{name}" / "emergence.safetensors")
-            return len(found) == len(names) or step >= last_step
+        def check_and_stop(state: TrainState) -> Optional[bool]:
+            if state.step % interval and state.step < last_step:
+                return None  # no check at this step: nothing decided
+            found = check(state.step)  # a resumed run replays the checks before this step, so it decides the same
+            for name in (n for n, s in found.items() if s == state.step):
+                state.save_weights(folder.path / f"ratio_{name}" / "emergence.safetensors")
+            return len(found) == len(names) or state.step >= last_step
 
-        penalty = slimming_penalty(list(norm_scales(model, ignored).values()), self.penalty)
+        callbacks = [Lambda(after_optimizer_step=check_and_stop)]
+        if self.penalty:
+            callbacks.insert(0, SlimmingPenalty(norm_scales(model, ignored).values(), self.penalty))
         with search_precision(model, self.search_precision, accelerator.device.type):
             trained = fit(model, data.train, data.val, cfg, search_dir / "train", accelerator=accelerator,
-                          regularizer=penalty if self.penalty else None, on_step=on_step, desc="search")
+                          callbacks=callbacks, desc="search")
         accelerator.wait_for_everyone()
         checks = _read_checks(checks_dir)
         found, distances = self._detect(checks, names, trained.steps, per_epoch)
@@ -392,14 +406,15 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         mask.apply(dense)
         trained = fit(export(dense, mask, example), data.train, data.val, cfg, where / "train",
                       accelerator=accelerator, desc=desc)
-        test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size)
+        test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
         macs, params = tp.utils.count_ops_and_params(trained.model.eval(), example.to(accelerator.device))
         samples = trained.steps * cfg.batch_size * cfg.grad_accum_steps
         result = {"density": mask.density, "params": int(params), "macs": int(macs),
                   "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
                   "retrain_macs": int(TRAIN_MACS_PER_FORWARD_MAC * macs * samples),
                   "retrain_seconds": trained.train_seconds, "num_classes": data.num_classes,
-                  "latency_ms": forward_latency_ms(trained.model, example)}
+                  "precision": accelerator.mixed_precision,
+                  "latency_ms": forward_latency_ms(trained.model, example, autocast=accelerator.autocast)}
         folder.finish_level(where, mask.to_dense(trained.model.state_dict(), dense.state_dict()), result)
         return result
 
@@ -407,9 +422,10 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
                       init_state) -> None:
         """The one-shot baseline on the same budget: dense to the end (same penalty), prune, retrain small."""
         model.load_state_dict(init_state)
-        penalty = slimming_penalty(list(norm_scales(model, structure.ignored).values()), self.penalty)
+        scales = norm_scales(model, structure.ignored).values()
+        penalty = [SlimmingPenalty(scales, self.penalty)] if self.penalty else []
         dense = fit(model, data.train, data.val, cfg, folder.path / "baseline" / "dense", accelerator=accelerator,
-                    regularizer=penalty if self.penalty else None, desc="baseline dense")
+                    callbacks=penalty, desc="baseline dense")
         dense_state = {k: v.detach().clone() for k, v in dense.model.state_dict().items()}
         plans = structure.plans_at_ratios(self.ratios)
         dense_cost = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * dense.steps * cfg.batch_size * cfg.grad_accum_steps

@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch_pruning as tp
 
+from ..callbacks import EnforceMask, Snapshots
 from ..deploy import forward_latency_ms
 from ..errors import UserError
 from ..experiment import Experiment
@@ -170,10 +171,11 @@ class IMP(Strategy, TrainConfig, Experiment):
             else:
                 trainee, train_mask = model, (mask if level else None)
             # Level 0 keeps theta_k for rewinding; later levels keep their starting point, the rewound ticket.
-            snapshots = (rewind_step,) if level == 0 else (start_step,)
+            snapshots = Snapshots([rewind_step] if level == 0 else [start_step])
+            callbacks = [EnforceMask(train_mask), snapshots] if train_mask is not None else [snapshots]
             trained = fit(trainee, data.train, data.val, level_cfg, level_dir / "train", accelerator=accelerator,
-                          mask=train_mask, start_step=start_step, snapshot_steps=snapshots, desc=f"level {level}")
-            test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size)
+                          callbacks=callbacks, start_step=start_step, desc=f"level {level}")
+            test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
             dense_state = mask.to_dense(trained.model.state_dict(), model.state_dict())
             macs, params = tp.utils.count_ops_and_params(trained.model.eval(), example.to(accelerator.device))
             if self.granularity == "weight":
@@ -181,7 +183,8 @@ class IMP(Strategy, TrainConfig, Experiment):
             result = {"level": level, "density": mask.density, "params": int(params), "macs": int(macs),
                       "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
                       "train_seconds": trained.train_seconds, "steps": trained.steps,
-                      "num_classes": data.num_classes, "latency_ms": forward_latency_ms(trained.model, example)}
+                      "num_classes": data.num_classes, "precision": accelerator.mixed_precision,
+                      "latency_ms": forward_latency_ms(trained.model, example, autocast=accelerator.autocast)}
             folder.finish_level(level_dir, dense_state, result)
             results.append(result)
         folder.write_results(results, dense_line=True)
@@ -234,7 +237,8 @@ def random_mask_like(mask: Mask, previous: Optional[Mask], seed: int) -> Mask:
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, keep in mask.tensors.items():
-        allowed = previous.tensors[name].reshape(-1) if previous is not None else torch.ones_like(keep).reshape(-1)
+        # Drawn on the CPU, where the generator is, whatever device the masks came from.
+        allowed = (previous.tensors[name] if previous is not None else torch.ones_like(keep)).reshape(-1).cpu()
         candidates = allowed.nonzero().reshape(-1)
         chosen = candidates[torch.randperm(len(candidates), generator=generator)[: int(keep.sum())]]
         flat = torch.zeros(keep.numel(), dtype=torch.bool)

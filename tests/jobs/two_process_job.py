@@ -15,6 +15,7 @@ import torch
 from accelerate import debug_launcher
 from tiny_training import conv_bn_model, image_data, mlp, reset_accelerate
 
+from lt_plugin.callbacks import EnforceMask
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, recalibrate_bn
 
@@ -40,7 +41,8 @@ def worker(out_dir):
     model = conv_bn_model()
     mask = magnitude_mask(model, 0.3, prunable_weight_names(model))
     val_set = image_data(VAL_SIZE, seed=1)
-    fit(model, image_data(NUM_TRAIN), val_set, CONFIG, out_dir / "masked", accelerator=accelerator, mask=mask)
+    fit(model, image_data(NUM_TRAIN), val_set, CONFIG, out_dir / "masked", accelerator=accelerator,
+        callbacks=[EnforceMask(mask)])
     every_rank = accelerator.gather(all_values(model)[None])
     assert torch.equal(every_rank[0], every_rank[1]), "ranks hold different weights or BatchNorm statistics"
     for name, keep in mask.tensors.items():
