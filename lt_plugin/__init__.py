@@ -16,6 +16,7 @@ from .strategies import lottery_pools as _lottery_pools  # noqa: F401  (register
 from .strategies.early_bird import EarlyBirdDetector
 from .structure import IMPORTANCES, create_mask, export
 from .tickets import Ticket, load_ticket, save_ticket
+from . import networks  # noqa: F401  (registers the papers' networks with timm)
 
 __all__ = [
     "__version__", "Mask", "create_mask", "export", "IMPORTANCES", "Ticket", "save_ticket", "load_ticket",
