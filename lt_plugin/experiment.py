@@ -12,19 +12,12 @@ import timm
 import torch
 from torch import nn
 
+from .data.streaming import SHUFFLE_BUFFER  # neither module imports `datasets`, which is slow to import
+from .data.transforms import AUGMENTATIONS
 from .errors import UnsupportedModelError, UserError, first_line
 from .recipes import RECIPES
 from .structure import check_forward
 
-SHUFFLE_BUFFER = 10_000  # images a streamed training split shuffles among per DataLoader worker, by default
-AUGMENTATIONS = {
-    "none": "no augmentation",
-    "crop-flip": "pad by 4 pixels, random crop at the image size, horizontal flip: the small-image (CIFAR) recipe "
-                 "of the lottery-ticket papers",
-    "crop": "crop-flip without the flip, for images that must not be mirrored (digits, text)",
-    "imagenet": "timm's ImageNet recipe (random resized crop down to 8% of the area, flip, colour jitter), for "
-                "large images; its options in --augment-kwargs",
-}
 # An argument no timm constructor takes. Called with it after img_size, a constructor fails while binding its
 # arguments, before anything is built, and the error names the first of the two it does not take.
 _PROBE_ARGUMENT = "lt_plugin_probe"

@@ -13,8 +13,9 @@ from datasets import Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from sklearn.datasets import load_digits
 
-from lt_plugin import data
 from lt_plugin.data import BUILTIN_DATASETS, DataSplits, LazyPixels, PreparedImages, data_config_for, load_data
+from lt_plugin.data.images import _pixels
+from lt_plugin.data.transforms import _pixel_transform
 from lt_plugin.errors import DataError, LtPluginWarning, UserError
 
 RAW = dict(mean=(0.0,), std=(1.0,))  # normalisation that keeps pixels / 255, so they can be read back
@@ -162,7 +163,7 @@ def test_fashion_mnist_bad_files(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_without_files_falls_back_to_the_offline_hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DEFAULT_DIR", str(tmp_path))
+    monkeypatch.setattr("lt_plugin.data.sources.FASHION_MNIST_DEFAULT_DIR", str(tmp_path))
     monkeypatch.delenv("LT_PLUGIN_FASHION_MNIST_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="'zalando-datasets/fashion_mnist' must be downloaded .*dataset-fashion-mnist"):
@@ -290,12 +291,11 @@ def test_streamed_and_in_memory_splits_give_the_same_tensors_batch_for_batch(aug
 
 
 def test_auto_keeps_pixels_in_memory_when_they_take_a_small_share_of_the_memory(monkeypatch):
-    from lt_plugin import data
     assert load_data("digits", image_size=8).in_memory  # 1,797 x 3 x 8 x 8 bytes
-    monkeypatch.setattr(data, "available_memory", lambda: 4 * 1797 * 3 * 8 * 8 - 1)
+    monkeypatch.setattr("lt_plugin.data.images.available_memory", lambda: 4 * 1797 * 3 * 8 * 8 - 1)
     assert not load_data("digits", image_size=8).in_memory
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes, two copies
-    monkeypatch.setattr(data, "available_memory", lambda: 4 * 1797 * 3 * 8 * 8)
+    monkeypatch.setattr("lt_plugin.data.images.available_memory", lambda: 4 * 1797 * 3 * 8 * 8)
     assert not load_data("digits", image_size=8).in_memory
     with pytest.raises(UserError, match="--data-in-memory"):
         load_data("digits", in_memory="sometimes")
@@ -341,8 +341,8 @@ def test_grayscale_images_are_kept_as_one_channel_and_read_as_the_streamed_ones(
         image = PILImage.fromarray(pixels)
         images.append(image if i == 3 else image.convert("L"))
     dataset = Dataset.from_dict({"image": images}, features=Features({"image": Image()}))
-    transform = data._pixel_transform(8, 3, is_training=False)
-    kept = data._pixels(dataset, "image", transform, 8, 3)
+    transform = _pixel_transform(8, 3, is_training=False)
+    kept = _pixels(dataset, "image", transform, 8, 3)
     assert kept.shape == (4, 3, 8, 8)
     assert torch.equal(kept, LazyPixels(dataset, "image", transform, 3)[:])
     assert torch.equal(kept[0, 0], kept[0, 2]) and not torch.equal(kept[3, 0], kept[3, 2])

@@ -8,21 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from torch import nn
 
-from lt_plugin import data
 from lt_plugin.callbacks import Lambda, Snapshots
 from lt_plugin.cli import main as cli_main
-from lt_plugin.data import IterableImages, load_data
+from lt_plugin.data import IterableImages, load_data, load_source
 from lt_plugin.errors import DataError, LtPluginWarning, RunFolderError, UserError
 from lt_plugin.store import load_weights, read_json
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, steps_per_epoch
 
 JOBS = Path(__file__).resolve().parent / "jobs"
 
-REAL_LOAD_DATASET = data.datasets.load_dataset
+REAL_LOAD_DATASET = datasets.load_dataset
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -150,7 +150,7 @@ dataset_info:
 def hub_stand_in(folder: Path, parts: dict, sizes: bool = True) -> Path:
     """A dataset laid out as on the hub: data/<split>-NNNNN-of-NNNNN.parquet files and a card giving the features
     and, when `sizes`, the split sizes. `parts` maps split -> list of row ranges of the digits, one file each."""
-    digits = data._digits()["train"]
+    digits = load_source("digits")["train"]
     (folder / "data").mkdir(parents=True)
     for split, ranges in parts.items():
         for i, rows in enumerate(ranges):
@@ -171,9 +171,9 @@ def hub(monkeypatch, tmp_path):
         def load_dataset(name, **options):
             assert name == "someone/digits" and options == {"streaming": True}
             return REAL_LOAD_DATASET(str(folder), **options)
-        monkeypatch.setattr(data.datasets, "load_dataset", load_dataset)
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
         # `datasets` sleeps 5 s after each pass over shuffled parquet shards (its workaround for apache/arrow#45214).
-        monkeypatch.setattr(data.datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+        monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
         return "someone/digits"
     return make
 
