@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
@@ -15,7 +16,7 @@ import lt_plugin
 from lt_plugin import train
 from lt_plugin.callbacks import Lambda
 from lt_plugin.cli import main as cli_main
-from lt_plugin.experiment import Experiment
+from lt_plugin.experiment import Experiment, takes_img_size
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
 from lt_plugin.train import (TrainConfig, convert_sync_batchnorm, fit, make_accelerator,
                              revert_sync_batchnorm)
@@ -120,3 +121,28 @@ def test_check_reports_masks_macs_and_differences_of_a_model_that_works(capsys):
 def test_check_gives_an_unsupported_model_the_reason_a_run_would(capsys):
     err = one_line_error(["check", "mixer_s16_224", "--image-size", "32"], capsys)
     assert "Torch-Pruning cannot group the channels of MlpMixer" in err
+
+
+# ---------------------------------------------------------------- which constructors are given img_size
+
+@pytest.mark.parametrize("model, takes", [
+    ("vit_tiny_patch16_224", True), ("deit_tiny_patch16_224", True), ("deit_tiny_distilled_patch16_224", True),
+    ("swin_tiny_patch4_window7_224", True), ("mobilevit_xxs", True), ("levit_128s", True),
+    ("vit_small_resnet26d_224", True),  # its ResNet is built first, without the caller's arguments
+    ("lenet_300_100", True), ("conv2", True), ("conv4", True), ("conv6", True),
+    ("poolformer_s12", False), ("caformer_s18", False),  # MetaFormer: **kwargs go to the token mixers
+    ("resnet18", False), ("convnext_atto", False), ("efficientnet_b0", False), ("mobilenetv3_small_100", False),
+    ("cifar_resnet20", False), ("cifar_resnet56", False), ("cifar_vgg16", False), ("cifar_resnet18", False),
+    ("cifar_vgg16_bn", False),
+])
+def test_img_size_is_given_to_the_models_whose_constructor_uses_it(model, takes):
+    assert takes_img_size(model) is takes
+    module = timm.models.model_entrypoint(model).__globals__
+    assert module["build_model_with_cfg"] is timm.models.build_model_with_cfg  # the probe puts timm's builder back
+
+
+def test_check_of_a_constructor_passing_kwargs_on_gives_no_img_size(capsys):
+    code = cli_main(["check", "poolformer_s12", "--image-size", "32"])
+    captured = capsys.readouterr()
+    assert "img_size" not in captured.out + captured.err
+    assert code == 0 or (code == 2 and len(captured.err.strip().splitlines()) == 1), captured.err
