@@ -13,11 +13,12 @@ import dataclasses
 import sys
 
 import lt_plugin
-from lt_plugin.callbacks import EnforceMask
 from lt_plugin.cli import main
 from lt_plugin.experiment import Experiment
-from lt_plugin.run_folder import RunFolder
-from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, train_config_of
+from lt_plugin.pipeline import train_ticket
+from lt_plugin.report import plot_accuracy_vs_density
+from lt_plugin.strategies.base import start_training_run
+from lt_plugin.train import TrainConfig
 
 
 @lt_plugin.register_strategy("prune-at-init")
@@ -28,19 +29,15 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
     density: float = dataclasses.field(default=0.2, metadata={"help": "kept fraction of prunable weights"})
 
     def run(self, out_dir):
-        train_cfg = train_config_of(self)
-        accelerator = make_accelerator(train_cfg, project_dir=out_dir)
-        folder = RunFolder(out_dir, accelerator)
-        folder.check_config(self.name, self.hparams())
-        data = self.load_data()
-        model = self.create_model(data.num_classes, seed=self.seed)
-        mask = lt_plugin.create_mask(model, self.example_inputs(), self.density, granularity="weight")
-        trained = fit(model, data.train, data.val, train_cfg, folder.path / "train", accelerator=accelerator,
-                      callbacks=[EnforceMask(mask)])
-        test_accuracy, _ = evaluate(trained.model, data.test, accelerator)
-        result = {"level": 0, "density": mask.density, "val_accuracy": trained.val_accuracy,
-                  "test_accuracy": test_accuracy, "train_seconds": trained.train_seconds}
-        folder.write_results([result], dense_line=False)
+        run = start_training_run(self, out_dir)  # options, data and processes checked; nothing written yet
+        model = self.create_model(run.data.num_classes, seed=self.seed)
+        mask = lt_plugin.create_mask(model, run.example, self.density, granularity="weight")
+        run.folder.check_config(self.name, self.hparams())
+        # The pipeline every built-in strategy uses: train with the mask enforced, score, cost, finish the folder.
+        result = train_ticket(run, self, run.folder.path / "ticket", mask, model.state_dict(), desc="ticket",
+                              describe=lambda r: {"level": 0, **r})
+        run.folder.write_results([result], plots={"accuracy.png": lambda path: plot_accuracy_vs_density(
+            [result], path, dense_line=False)})
         return [result]
 
 

@@ -5,21 +5,39 @@
     small = lt_plugin.export(model, mask, example_inputs)
     imp = lt_plugin.create_strategy("imp", model="resnet18", dataset="digits", levels=3)
     imp.run("runs/imp")
+
+Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner` and `lt_plugin.lottery_pool`.
+
+Importing the package registers the papers' networks with timm (`lt_plugin.networks`) and nothing else: every other
+name is imported from the module that holds it when it is first used, so that `import lt_plugin.data` or
+`import lt_plugin.masks` does not load the strategies, and `import lt_plugin` does not load `datasets`.
 """
 
+import importlib
+
+from . import networks  # noqa: F401  (registers the papers' networks with timm)
 from ._version import __version__
 from .errors import DataError, RunFolderError, UnsupportedModelError, UserError
-from .masks import Mask
-from .strategies import Strategy, create_strategy, get_strategy_class, list_strategies, register_strategy
-from .strategies import imp as _imp  # noqa: F401  (registers "imp")
-from .strategies import lottery_pools as _lottery_pools  # noqa: F401  (registers "lottery-pools")
-from .strategies.early_bird import EarlyBirdDetector
-from .structure import IMPORTANCES, create_mask, export
-from .tickets import Ticket, load_ticket, save_ticket
-from . import networks  # noqa: F401  (registers the papers' networks with timm)
 
-__all__ = [
-    "__version__", "Mask", "create_mask", "export", "IMPORTANCES", "Ticket", "save_ticket", "load_ticket",
-    "EarlyBirdDetector", "Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class",
-    "UserError", "DataError", "UnsupportedModelError", "RunFolderError",
-]
+_OWNERS = {
+    "masks": ("Mask",),
+    "structure": ("create_mask", "export", "IMPORTANCES"),
+    "tickets": ("Ticket", "save_ticket", "load_ticket"),
+    "strategies": ("Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class"),
+    "strategies.early_bird": ("EarlyBirdDetector",),
+    "pruners": ("IMPPruner", "EarlyBirdPruner"),
+    "pooling": ("lottery_pool",),
+}
+_OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}
+
+__all__ = ["__version__", "UserError", "DataError", "UnsupportedModelError", "RunFolderError", *_OWNER_OF]
+
+
+def __getattr__(name: str):
+    if name not in _OWNER_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_OWNER_OF[name]}"), name)
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

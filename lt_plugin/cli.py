@@ -18,6 +18,7 @@ import yaml
 
 from . import __version__
 from .errors import LtPluginWarning, UserError, first_line
+from .options import default_of, upgrade
 from .recipes import RECIPES, recipe_options
 from .strategies import get_strategy_class, list_strategies
 from .tickets import export_run_ticket
@@ -43,8 +44,6 @@ _TRAIN_HELP = {
     "sync_bn": "BatchNorm statistics over the global batch on several GPU processes (torch's SyncBatchNorm); "
                "without it each process normalises with its own shard of the batch",
 }
-# Values that config.json files of earlier versions recorded, by option: --augment was a switch.
-_OLD_VALUES = {"augment": {True: "imagenet", False: "none"}}
 
 
 def _json_dict(text: str) -> dict:
@@ -57,13 +56,9 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def _default(field: dataclasses.Field):
-    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
-
-
 def _value_type(field: dataclasses.Field) -> type:
     """What a field holds: bool, dict, list (for lists and tuples) or the scalar type of its flag."""
-    default = _default(field)
+    default = default_of(field)
     for kind in (bool, dict):
         if isinstance(default, kind):
             return kind
@@ -73,7 +68,7 @@ def _value_type(field: dataclasses.Field) -> type:
 
 
 def _item_type(field: dataclasses.Field) -> type:
-    default = _default(field)
+    default = default_of(field)
     return type(default[0]) if default else str
 
 
@@ -81,15 +76,16 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field: --field-name, typed from the default (or metadata["type"]).
 
     A flag not given leaves no attribute in the parsed arguments (argparse.SUPPRESS), so that a recipe or a
-    config file can tell it from a flag given with the default value.
+    config file can tell it from a flag given with the default value. Allowed values are shown, and checked once,
+    by the dataclass (lt_plugin.options.check_choices), wherever the value came from.
     """
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        flags = field.metadata.get("flags", ["--" + field.name.replace("_", "-")])
         meta = field.metadata
         kwargs = {"dest": field.name, "default": argparse.SUPPRESS,
-                  "help": f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {_default(field)})"}
+                  "help": f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {default_of(field)})"}
         if "choices" in meta:
-            kwargs["choices"] = meta["choices"]
+            kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
         value_type = _value_type(field)
         if value_type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -100,7 +96,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
             kwargs["type"] = _item_type(field)
         else:
             kwargs["type"] = value_type
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def _strategy_values(cls, args) -> dict:
@@ -110,11 +106,7 @@ def _strategy_values(cls, args) -> dict:
     from_file = read_config(args.config, cls) if args.config else {}
     recipe = given.get("recipe", from_file.get("recipe"))
     layered = {**(recipe_options(recipe, cls) if recipe else {}), **from_file, **given}
-    values = {}
-    for field in fields:
-        value = layered.get(field.name, _default(field))
-        values[field.name] = tuple(value) if isinstance(_default(field), tuple) else value
-    return values
+    return {field.name: upgrade(field, layered.get(field.name, default_of(field))) for field in fields}
 
 
 def read_config(path, cls) -> dict:
@@ -148,12 +140,12 @@ def read_config(path, cls) -> dict:
 
 
 def _config_value(field: dataclasses.Field, value, where: str):
-    if isinstance(value, bool):
-        value = _OLD_VALUES.get(field.name, {}).get(value, value)
+    value = upgrade(field, value)
     value_type = _value_type(field)
-    if value is None and _default(field) is None:
+    if value is None and default_of(field) is None:
         return None
     if value_type is list:
+        value = list(value) if isinstance(value, tuple) else value
         if not isinstance(value, list):
             raise UserError(f"{where} must be a list, not {value!r}")
         return [_scalar(_item_type(field), item, where) for item in value]
@@ -161,11 +153,7 @@ def _config_value(field: dataclasses.Field, value, where: str):
         if not isinstance(value, value_type):
             raise UserError(f"{where} must be a {value_type.__name__}, not {value!r}")
         return value
-    value = _scalar(value_type, value, where)
-    choices = field.metadata.get("choices")
-    if choices is not None and value not in choices:
-        raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, not {value!r}")
-    return value
+    return _scalar(value_type, value, where)
 
 
 def _scalar(value_type: type, value, where: str):

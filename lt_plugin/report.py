@@ -7,13 +7,17 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 from .store import atomic_write
 
-_COLUMNS = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("params", "params", "{:,}"),
+COLUMNS = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("params", "params", "{:,}"),
             ("macs", "MACs", "{:,}"), ("latency_ms", "ms/64", "{:.1f}"), ("val_accuracy", "val acc", "{:.2%}"),
             ("test_accuracy", "test acc", "{:.2%}"),
             ("train_seconds", "train s", "{:.1f}"))
 
 
-def format_table(results: Sequence[dict], columns: Sequence[tuple] = _COLUMNS) -> str:
+LATENCY_NOTE = ("ms/64: the latency of 64 images, measured for the dense model and exported channel tickets; a weight "
+                "ticket runs the dense model (its zeros are still multiplied), so it has none of its own")
+
+
+def format_table(results: Sequence[dict], columns: Sequence[tuple] = COLUMNS) -> str:
     """A plain-text table of per-ticket results; `columns` are (key, title, format) and those no result has are
     left out; a missing or None value shows as '-'."""
     columns = [c for c in columns if any(r.get(c[0]) is not None for r in results)]

@@ -7,13 +7,13 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from .errors import RunFolderError
 from .masks import Mask
-from .report import format_table, plot_accuracy_vs_density
+from .report import COLUMNS, LATENCY_NOTE, format_table
 from .store import atomic_save_safetensors, atomic_write_json, read_json
 from .train import ORDER_OF_A_STREAM, SETTINGS_WITHOUT_EFFECT
 
@@ -126,10 +126,19 @@ class RunFolder:
             atomic_write_json(result, level_dir / "result.json")  # last: its presence marks the level done
         self._sync()
 
-    def write_results(self, results: List[dict], dense_line: bool = True) -> None:
+    def write_results(self, results: List[dict], plots: Mapping[str, Callable[[Path], object]],
+                      columns: Sequence[tuple] = COLUMNS, rows: Optional[List[dict]] = None) -> None:
+        """The one results writer of every strategy: results.json, each plot (file name -> a function drawing
+        into that path) and the table (`columns` of `rows`, by default the results) printed, by the main
+        process."""
         if self.is_main:
             atomic_write_json(results, self.path / "results.json")
-            plot_accuracy_vs_density(results, self.path / "accuracy_vs_density.png", dense_line=dense_line)
-            print(format_table(results))
-            print(f"results: {self.path / 'results.json'}  plot: {self.path / 'accuracy_vs_density.png'}")
+            for name, draw in plots.items():
+                draw(self.path / name)
+            print(format_table(rows if rows is not None else results, columns))
+            if any(c[0] == "latency_ms" for c in columns) and any(
+                    "latency_ms" in r and r["latency_ms"] is None for r in results):
+                print(LATENCY_NOTE)
+            shown = "  ".join(f"plot: {self.path / name}" for name in plots)
+            print(f"results: {self.path / 'results.json'}  {shown}")
         self._sync()

@@ -302,6 +302,28 @@ class ChannelStructure:
         return (f"Torch-Pruning cannot group the channels of {type(self.model).__name__}{where}: "
                 f"{type(exc).__name__}: {first_line(exc)}")
 
+    def _channel_groups(self, root: str, is_out: bool) -> Tuple[object, int, int]:
+        """(the Torch-Pruning group of a plan root with all its channels, its number of channel groups, its number
+        of channels): grouped convolutions and attention heads remove the same positions in every channel group."""
+        module, fn, n = self._root(root, is_out)
+        group = self.graph.get_pruning_group(module, fn, list(range(n)))
+        return group, self.pruner._get_channel_groups(group), n  # the one place that asks the pruner
+
+    def ranked_like(self, target: Mask) -> Mask:
+        """A channel mask removing from every Torch-Pruning group as many channels as `target` does (so the same
+        density and MACs), the least important ones by this structure's importance on its model's current weights
+        (what Lottery Pools re-prunes a blend of channel tickets with). Grouped channels are ranked by their mean
+        score, as Torch-Pruning ranks them."""
+        plan = []
+        with torch.no_grad():
+            for root, is_out, idxs in target.plan:
+                group, groups, n = self._channel_groups(root, is_out)
+                group_size = n // groups
+                scores = self._inner_importance(group).detach().float().cpu().view(groups, -1).mean(dim=0)
+                chosen = torch.argsort(scores, stable=True)[: len(idxs) // groups].tolist()
+                plan.append([root, is_out, sorted(c + g * group_size for c in chosen for g in range(groups))])
+        return self.mask_from_plan(plan)
+
     def random_like(self, mask: Mask, previous: Optional[Mask], seed: int) -> Mask:
         """A random channel mask removing as many channels from every group as `mask` does (so every layer keeps
         the same density), drawn among the channels `previous` kept, and respecting Torch-Pruning's channel groups
@@ -310,8 +332,7 @@ class ChannelStructure:
         dead = self._dead_channels(previous.plan if previous is not None else [])
         plan = []
         for root, is_out, idxs in mask.plan:
-            module, fn, n = self._root(root, is_out)
-            ch_groups = self.pruner._get_channel_groups(self.graph.get_pruning_group(module, fn, list(range(n))))
+            _, ch_groups, n = self._channel_groups(root, is_out)
             group_size = n // ch_groups
             already = dead.get((root, bool(is_out)), torch.zeros(n, dtype=torch.bool))[:group_size]
             free = (~already).nonzero().reshape(-1)

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from .callbacks import Callback, TrainState
 from .errors import DivergedError, LtPluginWarning, RunFolderError, UserError
 from .loaders import DeviceNormalize, default_num_workers, is_stream, make_loader, on_device, process_share
+from .options import check_choices
 from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
@@ -83,18 +84,19 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    sched: str = "cosine"            # cosine | step | multistep | constant (no decay)
+    sched: str = dataclasses.field(default="cosine", metadata={"choices": SCHEDULES})  # constant: no decay
     decay_milestones: tuple = (0.5, 0.75)  # fractions of training: multistep decays at each, step every first one
     decay_rate: float = 0.1
     warmup_epochs: float = 0.0
     grad_accum_steps: int = 1
     # None: Accelerate's own choice (`accelerate launch --mixed_precision`, its config file; else "no")
-    mixed_precision: Optional[str] = dataclasses.field(default=None, metadata={"type": str})
+    mixed_precision: Optional[str] = dataclasses.field(default=None, metadata={"type": str,
+                                                                               "choices": MIXED_PRECISIONS})
     seed: int = 0
     log_with: Optional[str] = None   # an Accelerate tracker name, e.g. "tensorboard"; None = no trackers
     num_workers: Optional[int] = dataclasses.field(default=None, metadata={"type": int})  # None: default_num_workers
     sync_bn: bool = False            # BatchNorm statistics over the global batch on N processes (GPUs only)
-    channels_last: str = "auto"      # convolutions in channels-last memory format; auto: on GPUs
+    channels_last: str = dataclasses.field(default="auto", metadata={"choices": CHANNELS_LAST})  # auto: on GPUs
     deterministic: bool = False      # GPUs: deterministic kernels, no cuDNN autotuning (slower)
     tf32: bool = True                # GPUs: float32 matmuls and convolutions may use TF32 tensor cores
 
@@ -113,7 +115,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     need(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight-decay", "0 or more", cfg.weight_decay)
     need(cfg.opt.lower() in list_optimizers(), "opt", "a timm optimizer name (e.g. sgd, adamw, lamb; see "
          "timm.optim.list_optimizers())", cfg.opt)
-    need(cfg.sched in SCHEDULES, "sched", f"one of {', '.join(SCHEDULES)}", cfg.sched)
+    check_choices(cfg)
     milestones = list(cfg.decay_milestones)
     need(all(0 < m < 1 for m in milestones) and milestones == sorted(milestones), "decay-milestones",
          "increasing fractions of training in (0, 1), e.g. 0.5 0.75", milestones)
@@ -124,11 +126,7 @@ def check_train_config(cfg: TrainConfig) -> None:
          cfg.warmup_epochs)
     need(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1, "grad-accum-steps", "1 or more",
          cfg.grad_accum_steps)
-    need(cfg.mixed_precision is None or cfg.mixed_precision in MIXED_PRECISIONS, "mixed-precision",
-         f"one of {', '.join(MIXED_PRECISIONS)}", cfg.mixed_precision)
     need(cfg.num_workers is None or cfg.num_workers >= 0, "num-workers", "0 or more", cfg.num_workers)
-    need(cfg.channels_last in CHANNELS_LAST, "channels-last", f"one of {', '.join(CHANNELS_LAST)}",
-         cfg.channels_last)
     need(0 <= cfg.seed < 2**31, "seed", "in [0, 2**31)", cfg.seed)
     trackers = [t.value for t in LoggerType if t.value != "all"]
     need(cfg.log_with is None or cfg.log_with in trackers, "log-with", f"one of {', '.join(trackers)}", cfg.log_with)
@@ -233,8 +231,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 100_003 + epoch) % 2**31
 
 
-class _EpochShuffle(Sampler):
+class EpochShuffle(Sampler):
     """A permutation of range(n) that depends only on (seed, epoch): the same in every process and after a resume.
+    `fit`'s data order; an own training loop that samples with it (`set_epoch` each epoch, as a DistributedSampler)
+    reads the batches `fit` reads.
 
     Not Accelerate's seedable sampler, whose seed is part of the Accelerator's configuration: the data order must
     follow `TrainConfig.seed` whatever Accelerator the caller made.
@@ -707,9 +707,9 @@ class _DivergenceWatch:
 
 def _shuffled_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator):
     """epoch_batches(epoch, done_batches): an epoch's batches from its `done_batches`-th on, in the (seed, epoch)
-    order of `_EpochShuffle`, each process reading its share of every global batch."""
+    order of `EpochShuffle`, each process reading its share of every global batch."""
     loader = make_loader(train_set, cfg.batch_size, accelerator.device, num_workers=cfg.num_workers,
-                         sampler=_EpochShuffle(len(train_set), cfg.seed), drop_last=True)
+                         sampler=EpochShuffle(len(train_set), cfg.seed), drop_last=True)
     loader = accelerator.prepare_data_loader(loader)
 
     def epoch_batches(epoch: int, done_batches: int) -> Iterable:

@@ -18,6 +18,7 @@ from lt_plugin.masks import resolve_ignored
 from lt_plugin.store import load_weights, read_safetensors
 from lt_plugin.strategies.early_bird import (EarlyBird, SlimmingPenalty, _read_checks, mask_distance, norm_scales,
                                              search_precision)
+from lt_plugin.pruners import early_bird_importance, resolve_score
 from lt_plugin.structure import ChannelStructure, export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,8 +120,8 @@ def test_ratio_masks_grow_with_the_ratio_and_export_to_their_widths(name, kwargs
     x = torch.randn(2, 3, 32, 32)
     ignored = resolve_ignored(model)
     strategy = EarlyBird(model=name)
-    assert strategy._resolve_score(model, ignored) == score
-    structure = ChannelStructure(model, x[:1], ignored, importance=EarlyBird._importance(score), scope="global")
+    assert resolve_score(strategy.score, model) == score
+    structure = ChannelStructure(model, x[:1], ignored, importance=early_bird_importance(score), scope="global")
     plans = structure.plans_at_ratios([0.3, 0.5])
     masks = {r: structure.mask_from_plan(p) for r, p in plans.items()}
     removed = {r: 1 - m.channel_flags().float().mean().item() for r, m in masks.items()}
@@ -141,7 +142,7 @@ def test_ratio_masks_rounded_to_8_keep_multiples_of_8_channels():
         for gamma in norm_scales(model).values():
             gamma.copy_(torch.rand_like(gamma) + 0.05)
     x = torch.zeros(1, 3, 32, 32)
-    structure = ChannelStructure(model, x, resolve_ignored(model), importance=EarlyBird._importance("bn-scale"),
+    structure = ChannelStructure(model, x, resolve_ignored(model), importance=early_bird_importance("bn-scale"),
                                  scope="global", round_to=8)
     for ratio, plan in structure.plans_at_ratios([0.3, 0.5]).items():
         small = export(model, structure.mask_from_plan(plan), x)

@@ -18,7 +18,7 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.corruptions import CORRUPTIONS, corrupt, corrupt_to_uint8, corrupted_copies
 from lt_plugin.experiment import Experiment
 from lt_plugin.store import load_weights
-from lt_plugin.strategies.lottery_pools import DEFAULT_ALPHAS, adjacency_order, sweep_order
+from lt_plugin.pooling import DEFAULT_ALPHAS, adjacency_order, sweep_order
 
 TINY = dict(model="test_resnet", dataset="digits", image_size=8, max_train_samples=512, batch_size=32, epochs=2,
             lr=0.05)

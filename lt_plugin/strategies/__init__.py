@@ -72,5 +72,16 @@ def create_strategy(name: str, **hparams) -> Strategy:
     return cls(**hparams)
 
 
+def _register_builtins() -> None:
+    """The strategies lt_plugin ships, registered here by name (third-party ones come through entry points)."""
+    from .early_bird import EarlyBird
+    from .imp import IMP
+    from .lottery_pools import LotteryPools
+    for name, cls in (("imp", IMP), ("early-bird", EarlyBird), ("lottery-pools", LotteryPools)):
+        register_strategy(name)(cls)
+
+
+_register_builtins()
+
 __all__ = ["Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class",
            "ENTRY_POINT_GROUP"]

@@ -12,9 +12,11 @@ import torch
 from accelerate import Accelerator
 
 from ..data import DataSplits
-from ..errors import UserError
+from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
+from ..options import check_choices, upgrade
 from ..run_folder import RunFolder
+from ..store import read_json
 from ..train import TrainConfig, check_training_data, make_accelerator, resolve_train_config, train_config_of
 
 
@@ -46,8 +48,29 @@ class Strategy(abc.ABC):
     def run(self, out_dir) -> List[dict]:
         """Find tickets in the run folder `out_dir`; returns one result dict per ticket."""
 
+    def __post_init__(self):
+        check_choices(self)
+
     def hparams(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> "Strategy":
+        """The strategy with a run's recorded hyperparameters (config.json's "hparams"); options newer than the run
+        keep their defaults, options it no longer has are left out."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        return cls(**{name: upgrade(fields[name], value) for name, value in hparams.items() if name in fields})
+
+    @classmethod
+    def from_run(cls, run_dir) -> "Strategy":
+        """The strategy that made the run folder `run_dir`, rebuilt from its config.json."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise RunFolderError(f"--run {run_dir}: not a run folder (no config.json)")
+        config = read_json(run_dir / "config.json")
+        if config.get("strategy") != cls.name:
+            raise RunFolderError(f"--run {run_dir} holds a {config.get('strategy')!r} run, not a {cls.name} run")
+        return cls.from_hparams(config["hparams"])
 
     @classmethod
     def ticket_keys(cls, run_dir) -> List[str]:
@@ -58,12 +81,6 @@ class Strategy(abc.ABC):
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
         """Where the finished ticket `key` of a run folder of this strategy lies."""
         raise UserError(f"{cls.name or cls.__name__} runs hold no tickets to export")
-
-
-def experiment_of(hparams: dict) -> Experiment:
-    """The Experiment (model and data settings) among a run's recorded hyperparameters."""
-    names = {f.name for f in dataclasses.fields(Experiment)}
-    return Experiment(**{k: v for k, v in hparams.items() if k in names})
 
 
 class TrainingRun(NamedTuple):

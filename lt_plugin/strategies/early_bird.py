@@ -23,106 +23,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections import deque
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..callbacks import Callback, Lambda, TrainState
-from ..deploy import forward_latency_ms
+from ..callbacks import Lambda, TrainState
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
-from ..masks import Mask, resolve_ignored
-from ..report import format_table, plot_distance_matrices
+from ..masks import resolve_ignored
+from ..pipeline import train_ticket
+from ..pruners import EARLY_BIRD_SCORES as SCORES
+from ..pruners import (EarlyBirdDetector, SlimmingPenalty, draw_channel_flags, early_bird_importance, mask_distance,
+                       norm_scales, resolve_score)
+from ..report import plot_distance_matrices
 from ..run_folder import RunFolder
-from ..store import atomic_save_safetensors, atomic_write_json, load_weights, read_json, read_safetensors
-from ..structure import IMPORTANCES, ChannelStructure, check_round_to, export
-from ..train import TrainConfig, evaluate, fit, steps_per_epoch
-from . import register_strategy
-from .base import Strategy, TicketFiles, experiment_of, start_training_run
+from ..store import atomic_save_safetensors, load_weights, read_json, read_safetensors
+from ..structure import ChannelStructure, check_round_to, export
+from ..train import TrainConfig, fit, steps_per_epoch
+from .base import Strategy, TicketFiles, start_training_run
 
-SCORES = ("auto", "bn-scale", "magnitude")
 RETRAIN = ("inherit", "reinit")
 SEARCH_PRECISIONS = ("fp32", "bf16", "int8")
 # Forward and backward of a training step cost about three forward passes.
 TRAIN_MACS_PER_FORWARD_MAC = 3
 
 
-# ---------------------------------------------------------------- detection
-
-def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Normalised Hamming distance of two channel masks: 1 - (agreeing channels / all channels), compared on `a`'s
-    device (the flags of a check read from its file meet those of a check made on a GPU)."""
-    if a.shape != b.shape:
-        raise ValueError(f"masks of {a.numel()} and {b.numel()} channels cannot be compared")
-    return int(torch.count_nonzero(a != b.to(a.device))) / a.numel()  # exact: 1 of 10 channels is 0.1
-
-
-class EarlyBirdDetector:
-    """The Early-Bird rule: a FIFO of the last `window` channel masks; the ticket has emerged when the newest mask's
-    distance to every older mask in it is at most `epsilon` (the reference's boundary: exactly epsilon counts).
-
-    Drive it from any training loop: `if detector.update(mask): ...`, with a `Mask` (its channels are compared) or a
-    bool tensor of channel flags (e.g. `|gamma| > threshold` over all BatchNorm layers).
-    """
-
-    def __init__(self, window: int = 5, epsilon: float = 0.1):
-        if window < 2:
-            raise UserError(f"window must be 2 or more (the newest mask and at least one older), not {window}")
-        if not 0.0 <= epsilon <= 1.0:
-            raise UserError(f"epsilon must be in [0, 1], not {epsilon}")
-        self.window, self.epsilon = window, epsilon
-        self._older: deque = deque(maxlen=window - 1)  # the masks before the newest
-        self.distances: List[List[float]] = []   # per update: the newest mask's distance to each older, oldest first
-        self.found_at: Optional[int] = None       # index of the first update at which the rule held
-
-    def update(self, mask: Union[Mask, torch.Tensor]) -> bool:
-        """Add the newest mask; True if the rule holds now."""
-        flags = mask.channel_flags() if isinstance(mask, Mask) else torch.as_tensor(mask).reshape(-1).bool()
-        distances = [mask_distance(flags, older) for older in self._older]
-        self._older.append(flags)
-        self.distances.append(distances)
-        emerged = len(distances) == self.window - 1 and max(distances) <= self.epsilon
-        if emerged and self.found_at is None:
-            self.found_at = len(self.distances) - 1
-        return emerged
-
-    @property
-    def found(self) -> bool:
-        return self.found_at is not None
-
-
-# ---------------------------------------------------------------- the penalty and the low-precision search
-
-def norm_scales(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> Dict[str, nn.Parameter]:
-    """The normalisation scales the penalty and the `bn-scale` score act on: every BatchNorm weight, or on a model
-    without BatchNorm every LayerNorm/GroupNorm weight."""
-    ignored_ids = {id(m) for m in ignored}
-    norms = {name: m for name, m in model.named_modules() if id(m) not in ignored_ids}
-    batch_norms = {n: m for n, m in norms.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    chosen = batch_norms or {n: m for n, m in norms.items() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))}
-    return {f"{n}.weight": m.weight for n, m in chosen.items() if isinstance(getattr(m, "weight", None), nn.Parameter)}
-
-
-class SlimmingPenalty(Callback):
-    """Network slimming's L1 penalty: `strength * sign(gamma)` added to each scale's gradient (its subgradient),
-    after backward and before the optimizer step (`fit` calls it on unscaled gradients under fp16)."""
-
-    def __init__(self, scales: Sequence[nn.Parameter], strength: float):
-        self.scales, self.strength = list(scales), strength
-
-    @torch.no_grad()
-    def add_to_gradients(self) -> None:
-        for gamma in self.scales:
-            if gamma.grad is not None:
-                gamma.grad.add_(torch.sign(gamma), alpha=self.strength)
-
-    def before_optimizer_step(self, state: TrainState) -> None:
-        self.add_to_gradients()
-
+# ---------------------------------------------------------------- the low-precision search
 
 def _fake_int8(x: torch.Tensor) -> torch.Tensor:
     """Symmetric per-tensor 8-bit fake quantisation; gradients pass straight through. The scale stays a tensor on
@@ -180,7 +109,6 @@ def _ratio_name(ratio: float) -> str:
     return f"{ratio:g}"
 
 
-@register_strategy("early-bird")
 @dataclasses.dataclass
 class EarlyBird(Strategy, TrainConfig, Experiment):
     """Early-Bird channel tickets found early in training, then trained physically smaller."""
@@ -206,7 +134,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
                                     "(a fresh initialisation of the small model)"})
     search_precision: str = dataclasses.field(default="fp32", metadata={
         "choices": SEARCH_PRECISIONS, "help": "precision of the search only (int8: 8-bit fake quantisation of "
-                                              "weights and activations); retraining is always fp32"})
+                                              "weights and activations; bf16: autocast); the retraining runs in "
+                                              "--mixed-precision"})
     baseline: bool = dataclasses.field(default=False, metadata={
         "help": "also run the one-shot baseline (train dense to the end, prune, retrain) and compare the costs"})
     ignore: list = dataclasses.field(default_factory=list, metadata={
@@ -218,6 +147,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
     ticket_key_name = "ratio"
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.ratios:
             raise UserError("--ratios needs at least one ratio")
         if any(not 0.0 < r < 1.0 for r in self.ratios):
@@ -235,10 +165,6 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
             raise UserError(f"--check-every must be 0 (every epoch) or a number of steps, not {self.check_every}")
         if self.search_epochs is not None and not 1 <= self.search_epochs <= self.epochs:
             raise UserError(f"--search-epochs must be between 1 and --epochs ({self.epochs}), not {self.search_epochs}")
-        for flag, value, choices in (("--score", self.score, SCORES), ("--retrain", self.retrain, RETRAIN),
-                                     ("--search-precision", self.search_precision, SEARCH_PRECISIONS)):
-            if value not in choices:
-                raise UserError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
         check_round_to(self.round_to)
 
     # ---- where the tickets are ----
@@ -259,18 +185,19 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         where = run_dir / f"ratio_{name}"
         return TicketFiles(weights=where / "weights.safetensors", mask=where / "mask.safetensors",
                            result=read_json(where / "result.json"),
-                           experiment=experiment_of(read_json(run_dir / "config.json")["hparams"]))
+                           experiment=cls.from_run(run_dir))
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
         # Everything a user can get wrong is checked before the run folder gets its first file.
-        cfg, accelerator, folder, data, example = start_training_run(self, out_dir)
+        run = start_training_run(self, out_dir)
+        cfg, accelerator, folder, data, example = run.cfg, run.accelerator, run.folder, run.data, run.example
         model = self.create_model(data.num_classes, seed=self.seed)
         init_state = {k: v.clone() for k, v in model.state_dict().items()}
         ignored = resolve_ignored(model, self.ignore)
-        score = self._resolve_score(model, ignored)
-        structure = ChannelStructure(model, example, ignored, importance=self._importance(score), scope="global",
-                                     round_to=self.round_to)
+        score = resolve_score(self.score, model)
+        structure = ChannelStructure(model, example, ignored, importance=early_bird_importance(score),
+                                     scope="global", round_to=self.round_to)
         deepest = structure.plans_at_ratios([max(self.ratios)])[max(self.ratios)]
         export(model, structure.mask_from_plan(deepest), example)  # fails now if the model cannot be pruned
         per_epoch = steps_per_epoch(cfg, len(data.train))
@@ -295,8 +222,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
             where = folder.path / f"ratio_{name}"
             start = (load_weights(where / "emergence.safetensors") if self.retrain == "inherit"
                      else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
-            ticket = self._retrain(folder, where, search["plans"][name], start, structure, cfg, data, example,
-                                   accelerator, f"ratio {name}")
+            ticket = self._retrain(run, where, search["plans"][name], start, structure, f"ratio {name}")
             search_seconds = search["seconds"] * found_step / max(search["steps"], 1)  # pro rata up to emergence
             search_macs = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * found_step * samples_per_step
             entry.update(ticket)
@@ -305,27 +231,10 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
                           "train_seconds": search_seconds + ticket["retrain_seconds"]})
             results.append(entry)
         if self.baseline:
-            self._add_baseline(results, folder, accelerator, cfg, data, example, model, structure, dense_macs,
-                               init_state)
-        self._report(folder, results, search["matrices"])
+            self._add_baseline(results, run, model, structure, dense_macs, init_state)
+        folder.write_results(results, columns=_COLUMNS, plots={"mask_distance.png": lambda path: plot_distance_matrices(
+            search["matrices"], path, title=f"Early-Bird mask distance ({self.model})")})
         return results
-
-    def _resolve_score(self, model: nn.Module, ignored) -> str:
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        if self.score == "auto":
-            return "bn-scale" if has_bn else "magnitude"
-        if self.score == "bn-scale" and not has_bn:
-            raise UserError(f"--score bn-scale needs BatchNorm layers; {self.model} has none (use magnitude)")
-        return self.score
-
-    @staticmethod
-    def _importance(score: str):
-        # The reference ranks raw |gamma| against one global threshold: no per-group normalisation. A channel that
-        # several BatchNorm layers share (a residual stream) scores its largest |gamma|: timm starts the last scale
-        # of each residual block at zero, which must not make the whole stream look unimportant.
-        if score == "bn-scale":
-            return tp.importance.BNScaleImportance(group_reduction="max", normalizer=None)
-        return IMPORTANCES["magnitude"]()
 
     # ---- the search ----
     def _search(self, folder: RunFolder, accelerator, cfg: TrainConfig, data, model: nn.Module,
@@ -338,9 +247,9 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         last_step = (self.search_epochs or self.epochs) * per_epoch
 
         def check(step: int) -> Dict[str, int]:
-            plans = structure.plans_at_ratios(self.ratios)
-            flags = {_ratio_name(r): structure.mask_from_plan(p).channel_flags() for r, p in plans.items()}
-            plans = {_ratio_name(r): p for r, p in plans.items()}
+            drawn = draw_channel_flags(structure, self.ratios)
+            flags = {_ratio_name(r): f for r, (_, f) in drawn.items()}
+            plans = {_ratio_name(r): p for r, (p, _) in drawn.items()}
             checks[step] = (flags, plans)
             if accelerator.is_main_process:
                 atomic_save_safetensors({f"flags/{n}": f for n, f in flags.items()},
@@ -395,36 +304,24 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         return found, history
 
     # ---- training a ticket small ----
-    def _retrain(self, folder: RunFolder, where: Path, plan: list, start_state, structure: ChannelStructure,
-                 cfg: TrainConfig, data, example, accelerator, desc: str) -> dict:
-        done = folder.read_result(where)
-        if done is not None:
-            return done
-        mask = folder.load_or_make_mask(where, lambda: structure.mask_from_plan(plan))
-        dense = self.create_model(data.num_classes, seed=self.seed, pretrained=False)  # the weights come next
-        dense.load_state_dict(start_state)
-        mask.apply(dense)
-        trained = fit(export(dense, mask, example), data.train, data.val, cfg, where / "train",
-                      accelerator=accelerator, desc=desc)
-        test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
-        macs, params = tp.utils.count_ops_and_params(trained.model.eval(), example.to(accelerator.device))
-        samples = trained.steps * cfg.batch_size * cfg.grad_accum_steps
-        result = {"density": mask.density, "params": int(params), "macs": int(macs),
-                  "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
-                  "retrain_macs": int(TRAIN_MACS_PER_FORWARD_MAC * macs * samples),
-                  "retrain_seconds": trained.train_seconds, "num_classes": data.num_classes,
-                  "precision": accelerator.mixed_precision,
-                  "latency_ms": forward_latency_ms(trained.model, example, autocast=accelerator.autocast)}
-        folder.finish_level(where, mask.to_dense(trained.model.state_dict(), dense.state_dict()), result)
-        return result
+    def _retrain(self, run, where: Path, plan: list, start_state, structure: ChannelStructure, desc: str) -> dict:
+        """The ticket of `plan` trained physically small from `start_state` (the shared per-ticket pipeline), with
+        its training cost in MACs."""
+        mask = run.folder.load_or_make_mask(where, lambda: structure.mask_from_plan(plan))
+        samples_per_step = run.cfg.batch_size * run.cfg.grad_accum_steps
 
-    def _add_baseline(self, results, folder, accelerator, cfg, data, example, model, structure, dense_macs,
-                      init_state) -> None:
+        def describe(result: dict) -> dict:
+            retrain_macs = TRAIN_MACS_PER_FORWARD_MAC * result["macs"] * result["steps"] * samples_per_step
+            return {**result, "retrain_macs": int(retrain_macs), "retrain_seconds": result["train_seconds"]}
+        return train_ticket(run, self, where, mask, start_state, desc=desc, describe=describe)
+
+    def _add_baseline(self, results, run, model, structure, dense_macs, init_state) -> None:
         """The one-shot baseline on the same budget: dense to the end (same penalty), prune, retrain small."""
+        cfg, folder, data = run.cfg, run.folder, run.data
         model.load_state_dict(init_state)
         scales = norm_scales(model, structure.ignored).values()
         penalty = [SlimmingPenalty(scales, self.penalty)] if self.penalty else []
-        dense = fit(model, data.train, data.val, cfg, folder.path / "baseline" / "dense", accelerator=accelerator,
+        dense = fit(model, data.train, data.val, cfg, folder.path / "baseline" / "dense", accelerator=run.accelerator,
                     callbacks=penalty, desc="baseline dense")
         dense_state = {k: v.detach().clone() for k, v in dense.model.state_dict().items()}
         plans = structure.plans_at_ratios(self.ratios)
@@ -433,8 +330,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
             name = _ratio_name(entry["ratio"])
             start = (dense_state if self.retrain == "inherit"
                      else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
-            one_shot = self._retrain(folder, folder.path / "baseline" / f"ratio_{name}", plans[entry["ratio"]], start,
-                                     structure, cfg, data, example, accelerator, f"baseline ratio {name}")
+            one_shot = self._retrain(run, folder.path / "baseline" / f"ratio_{name}", plans[entry["ratio"]], start,
+                                     structure, f"baseline ratio {name}")
             baseline = {"baseline_test_accuracy": one_shot["test_accuracy"],
                         "baseline_val_accuracy": one_shot["val_accuracy"], "baseline_density": one_shot["density"],
                         "baseline_macs": one_shot["macs"],
@@ -444,15 +341,6 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
             if entry.get("train_macs"):
                 entry["train_macs_saved"] = baseline["baseline_train_macs"] / entry["train_macs"]
                 entry["train_seconds_saved"] = baseline["baseline_train_seconds"] / entry["train_seconds"]
-
-    def _report(self, folder: RunFolder, results: List[dict], matrices) -> None:
-        if folder.is_main:
-            atomic_write_json(results, folder.path / "results.json")
-            plot_distance_matrices(matrices, folder.path / "mask_distance.png",
-                                   title=f"Early-Bird mask distance ({self.model})")
-            print(format_table(results, _COLUMNS))
-            print(f"results: {folder.path / 'results.json'}  plot: {folder.path / 'mask_distance.png'}")
-        folder.accelerator.wait_for_everyone()
 
 
 _COLUMNS = (("ratio", "ratio", "{:g}"), ("eb_epoch", "EB epoch", "{}"), ("density", "density", "{:.4f}"),

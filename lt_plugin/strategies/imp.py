@@ -17,24 +17,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
-import torch_pruning as tp
 
-from ..callbacks import EnforceMask, Snapshots
-from ..deploy import forward_latency_ms
 from ..errors import UserError
 from ..experiment import Experiment
 from ..masks import GRANULARITIES, SCOPES, Mask, named_tensors, prunable_weight_names, resolve_ignored
 from ..store import load_weights, read_json
 from ..structure import IMPORTANCES, ChannelStructure, check_round_to, create_mask, export
-from ..train import TrainConfig, evaluate, final_lr, fit, steps_per_epoch
-from . import register_strategy
-from .base import Strategy, TicketFiles, experiment_of, start_training_run
+from ..pipeline import train_ticket
+from ..pruners import level_density
+from ..report import plot_accuracy_vs_density
+from ..train import TrainConfig, final_lr, steps_per_epoch
+from .base import Strategy, TicketFiles, start_training_run
 
 CONTROLS = ("random-reinit", "random-mask")
 _REWIND = re.compile(r"^(init|lr|finetune|(\d+)(it|ep))$")
@@ -50,7 +48,6 @@ def parse_rewind(text: str) -> Tuple[str, int]:
     return match.group(3), int(match.group(2))
 
 
-@register_strategy("imp")
 @dataclasses.dataclass
 class IMP(Strategy, TrainConfig, Experiment):
     """Iterative magnitude pruning with rewinding; one level is one-shot pruning."""
@@ -83,20 +80,13 @@ class IMP(Strategy, TrainConfig, Experiment):
                                                   "at the same per-layer density)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.levels < 0:
             raise UserError("--levels must be 0 or more")
         if not 0.0 < self.prune_fraction < 1.0:
             raise UserError("--prune-fraction must be between 0 and 1")
         if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
             raise UserError("--target-density must be in (0, 1]")
-        if self.granularity not in GRANULARITIES:
-            raise UserError(f"--granularity must be one of {', '.join(GRANULARITIES)}")
-        if self.scope not in SCOPES:
-            raise UserError(f"--scope must be one of {', '.join(SCOPES)}")
-        if self.importance not in IMPORTANCES:
-            raise UserError(f"--importance must be one of {', '.join(IMPORTANCES)}")
-        if self.control is not None and self.control not in CONTROLS:
-            raise UserError(f"--control must be one of {', '.join(CONTROLS)}")
         parse_rewind(self.rewind)
         check_round_to(self.round_to)
         if self.round_to is not None and self.granularity != "channel":
@@ -111,29 +101,30 @@ class IMP(Strategy, TrainConfig, Experiment):
 
     @classmethod
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
+        return cls.level_ticket(run_dir, key, cls.from_run(run_dir))
+
+    @classmethod
+    def level_ticket(cls, run_dir, key: str, experiment: Experiment) -> TicketFiles:
+        """The finished level `key` of a folder laid out in levels (an IMP run, or a run that pools one), whose
+        model `experiment` builds."""
         run_dir = Path(run_dir)
         if key not in cls.ticket_keys(run_dir):
             raise UserError(f"{run_dir} has no finished level {key}; finished: "
                             f"{', '.join(cls.ticket_keys(run_dir)) or 'none'}")
         level_dir = run_dir / f"level_{key}"
         return TicketFiles(weights=level_dir / "weights.safetensors", mask=level_dir / "mask.safetensors",
-                           result=read_json(level_dir / "result.json"),
-                           experiment=experiment_of(read_json(run_dir / "config.json")["hparams"]))
+                           result=read_json(level_dir / "result.json"), experiment=experiment)
 
     # ---- the schedule ----
     def level_density(self, level: int, total_weights: int) -> float:
         """Target kept fraction at `level`: d^(L/levels), or (1 - f)^L counted in whole weights (open_lth)."""
-        if self.target_density is not None:
-            return self.target_density ** (level / self.levels) if self.levels else 1.0
-        remaining = total_weights
-        for _ in range(level):
-            remaining -= math.ceil(self.prune_fraction * remaining)
-        return remaining / total_weights
+        return level_density(level, self.levels, total_weights, self.target_density, self.prune_fraction)
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
         # Everything a user can get wrong is checked before the run folder gets its first file.
-        cfg, accelerator, folder, data, example = start_training_run(self, out_dir)
+        run = start_training_run(self, out_dir)
+        cfg, folder, data, example = run.cfg, run.folder, run.data, run.example
         dense = self.create_model(data.num_classes, seed=self.seed)
         ignored = resolve_ignored(dense, self.ignore)
         prunable = prunable_weight_names(dense, ignored)
@@ -149,7 +140,7 @@ class IMP(Strategy, TrainConfig, Experiment):
             create_mask(copy.deepcopy(dense), example, self.level_density(1, total_weights), "channel",
                         importance=self.importance, scope=self.scope, ignored_layers=self.ignore,
                         round_to=self.round_to)
-        folder.check_config("imp", self.hparams())
+        folder.check_config(self.name, self.hparams())
         folder.save_weights_once("init.safetensors", dense.state_dict())
 
         results = []
@@ -162,32 +153,13 @@ class IMP(Strategy, TrainConfig, Experiment):
             mask = folder.load_or_make_mask(
                 level_dir, lambda: self._make_mask(folder, level, dense, example, prunable, total_weights))
             start_weights, start_step, level_cfg = self._start(folder, level, kind, rewind_step, cfg, data)
-            model = self.create_model(data.num_classes, seed=self.seed, pretrained=False)  # the weights come next
-            model.load_state_dict(start_weights)
-            mask.apply(model)
-            if self.granularity == "channel":
-                # A channel ticket trains physically smaller: its time falls with its MACs.
-                trainee, train_mask = export(model, mask, example), None
-            else:
-                trainee, train_mask = model, (mask if level else None)
             # Level 0 keeps theta_k for rewinding; later levels keep their starting point, the rewound ticket.
-            snapshots = Snapshots([rewind_step] if level == 0 else [start_step])
-            callbacks = [EnforceMask(train_mask), snapshots] if train_mask is not None else [snapshots]
-            trained = fit(trainee, data.train, data.val, level_cfg, level_dir / "train", accelerator=accelerator,
-                          callbacks=callbacks, start_step=start_step, desc=f"level {level}")
-            test_accuracy, _ = evaluate(trained.model, data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
-            dense_state = mask.to_dense(trained.model.state_dict(), model.state_dict())
-            macs, params = tp.utils.count_ops_and_params(trained.model.eval(), example.to(accelerator.device))
-            if self.granularity == "weight":
-                params -= mask.num_pruned()  # unstructured zeros stay in the tensors; count only what is kept
-            result = {"level": level, "density": mask.density, "params": int(params), "macs": int(macs),
-                      "val_accuracy": trained.val_accuracy, "test_accuracy": test_accuracy,
-                      "train_seconds": trained.train_seconds, "steps": trained.steps,
-                      "num_classes": data.num_classes, "precision": accelerator.mixed_precision,
-                      "latency_ms": forward_latency_ms(trained.model, example, autocast=accelerator.autocast)}
-            folder.finish_level(level_dir, dense_state, result)
-            results.append(result)
-        folder.write_results(results, dense_line=True)
+            results.append(train_ticket(run, self, level_dir, mask, start_weights, cfg=level_cfg,
+                                        start_step=start_step,
+                                        snapshot_steps=[rewind_step] if level == 0 else [start_step],
+                                        desc=f"level {level}", describe=lambda r, level=level: {"level": level, **r}))
+        folder.write_results(results, plots={"accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(
+            results, path)})
         return results
 
     def _make_mask(self, folder, level, dense, example, prunable, total_weights) -> Mask:

@@ -30,24 +30,24 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch_pruning as tp
 from accelerate.utils import set_seed
 from torch import nn
 
 from ..corruptions import corrupted_copies
 from ..errors import RunFolderError, UserError
-from ..masks import Mask, magnitude_mask, named_tensors, resolve_ignored
-from ..report import format_table, plot_accuracy_curves
+from ..masks import Mask, resolve_ignored
+from ..pipeline import ticket_cost
+from ..pooling import (DEFAULT_ALPHAS, adjacency_order, keep_target_mask, lottery_pool, magnitude_mask_like,
+                       running_blend)
+from ..report import plot_accuracy_curves
 from ..run_folder import RunFolder
 from ..store import atomic_write_json, load_weights, read_json
 from ..structure import ChannelStructure, export
-from ..train import TrainConfig, evaluate, make_accelerator, recalibrate_bn
-from . import register_strategy
-from .base import Strategy, TicketFiles, experiment_of
+from ..train import TrainConfig, evaluate, make_accelerator, recalibrate_bn, resolve_train_config, train_config_of
+from .base import Strategy, TicketFiles
 from .imp import IMP
 
 PROTOCOLS = ("fast", "reference")
-DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 BN_BATCH_SIZE = 256
 
 _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "MACs", "{:,}"),
@@ -61,78 +61,19 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
           ("val_passes", "val passes", "{}"), ("recalibrations", "BN recals", "{}"), ("seconds", "seconds", "{:.1f}"))
 
 
-def adjacency_order(target: int, levels: Sequence[int]) -> List[int]:
-    """The levels other than `target`, nearest first and the lower one first at equal distance: t-1, t+1, t-2, ..."""
-    return sorted((level for level in levels if level != target), key=lambda level: (abs(level - target), level))
-
-
-def blend(current: Dict[str, torch.Tensor], candidate: Dict[str, torch.Tensor], alpha: float
-          ) -> Dict[str, torch.Tensor]:
-    """alpha * candidate + (1 - alpha) * current for every floating tensor; counters stay the current's."""
-    return {name: alpha * candidate[name] + (1 - alpha) * value if value.is_floating_point() else value
-            for name, value in current.items()}
-
-
-@torch.no_grad()
-def magnitude_mask_like(model: nn.Module, target: Mask, scope: str) -> Mask:
-    """The run's magnitude criterion on `model`'s weights, keeping exactly as many weights as `target` (in all, or
-    in each tensor when layer-wise). `magnitude_mask` prunes every entry tied at its threshold, so ties are taken
-    back, first index first, until the count is exact."""
-    tensors = named_tensors(model)
-    groups = [target.prunable] if scope == "global" else [[name] for name in target.prunable]
-    keep = {}
-    for names in groups:
-        count = sum(int(target.tensors[n].sum()) for n in names)
-        total = sum(target.tensors[n].numel() for n in names)
-        mask = magnitude_mask(model, count / total, names, "global")
-        kept = torch.cat([mask.tensors[n].reshape(-1) for n in names])
-        missing = count - int(kept.sum())
-        if missing > 0:
-            scores = torch.cat([tensors[n].detach().abs().float().cpu().reshape(-1) for n in names])
-            tied = (~kept & (scores == scores[~kept].max())).nonzero().reshape(-1)
-            kept[tied[:missing]] = True
-        for name, part in zip(names, kept.split([target.tensors[n].numel() for n in names])):
-            keep[name] = part.reshape(target.tensors[name].shape)
-    return Mask(keep, target.prunable, "weight")
-
-
-@torch.no_grad()
-def channels_like(structure: ChannelStructure, target: Mask) -> Mask:
-    """A channel mask removing from every Torch-Pruning group as many channels as `target` does (so the same density
-    and MACs), the least important ones by the structure's importance on its model's current weights."""
-    plan = []
-    for root, is_out, idxs in target.plan:
-        module, fn, n = structure._root(root, is_out)
-        group = structure.graph.get_pruning_group(module, fn, list(range(n)))
-        ch_groups = structure.pruner._get_channel_groups(group)
-        # Grouped channels (grouped convs, heads) are ranked by their mean score, as Torch-Pruning ranks them.
-        scores = structure._inner_importance(group).detach().float().cpu().view(ch_groups, -1).mean(dim=0)
-        group_size = n // ch_groups
-        chosen = torch.argsort(scores, stable=True)[: len(idxs) // ch_groups].tolist()
-        plan.append([root, is_out, sorted(c + g * group_size for c in chosen for g in range(ch_groups))])
-    return structure.mask_from_plan(plan)
-
-
-def read_imp_run(run_dir: Path) -> dict:
-    """The config.json of a finished IMP run with at least two levels; anything else is a RunFolderError."""
-    if not (run_dir / "config.json").is_file():
-        raise RunFolderError(f"--run {run_dir}: not a run folder (no config.json)")
-    config = read_json(run_dir / "config.json")
-    if config.get("strategy") != "imp":
-        raise RunFolderError(f"--run {run_dir} holds a {config.get('strategy')!r} run; lottery-pools pools the "
-                             "tickets of an imp run")
-    levels = int(config["hparams"]["levels"])
-    if levels < 1:
+def read_imp_run(run_dir: Path) -> IMP:
+    """The finished IMP run with at least two levels, rebuilt as its strategy; anything else is a RunFolderError."""
+    imp = IMP.from_run(run_dir)
+    if imp.levels < 1:
         raise RunFolderError(f"--run {run_dir} has only the dense level; lottery-pools needs at least 2 levels")
-    unfinished = [str(level) for level in range(levels + 1)
+    unfinished = [str(level) for level in range(imp.levels + 1)
                   if not (run_dir / f"level_{level}" / "result.json").exists()]
     if unfinished:
         raise RunFolderError(f"--run {run_dir} is unfinished (level {', '.join(unfinished)} has no result); "
                              "rerun its lt-plugin imp command first")
-    return config
+    return imp
 
 
-@register_strategy("lottery-pools")
 @dataclasses.dataclass
 class LotteryPools(Strategy):
     """Greedy interpolation of an IMP run's tickets into a ticket of the same sparsity (no training)."""
@@ -141,7 +82,7 @@ class LotteryPools(Strategy):
     out_required = False
 
     run_dir: str = dataclasses.field(default="", metadata={
-        "help": "the finished IMP run folder (--run for short); results go to its pools/ unless --out"})
+        "flags": ["--run", "--run-dir"], "help": "the finished IMP run folder; results go to its pools/ unless --out"})
     targets: list = dataclasses.field(default_factory=lambda: ["all"], metadata={
         "help": "levels to pool: all, or level numbers (0, the dense level, too)"})
     alphas: list = dataclasses.field(default_factory=lambda: list(DEFAULT_ALPHAS), metadata={
@@ -170,8 +111,7 @@ class LotteryPools(Strategy):
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the corruptions and BatchNorm batches"})
 
     def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise UserError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+        super().__post_init__()
         if not self.alphas or not all(0.0 < float(a) < 1.0 for a in self.alphas):
             raise UserError("--alphas must be one or more values strictly between 0 and 1")
         self.alphas = [float(a) for a in self.alphas]
@@ -203,36 +143,31 @@ class LotteryPools(Strategy):
 
     @classmethod
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
-        files = IMP.locate_ticket(run_dir, key)
-        imp_hparams = read_json(Path(run_dir) / "imp_config.json")["hparams"]
-        return dataclasses.replace(files, experiment=experiment_of(imp_hparams))
+        return IMP.level_ticket(run_dir, key, IMP.from_hparams(read_json(Path(run_dir) / "imp_config.json")["hparams"]))
 
     # ---- the run ----
     def run(self, out_dir=None) -> List[dict]:
         if not self.run_dir:
             raise UserError("--run DIR is required: the finished IMP run whose tickets to pool")
         imp_dir = Path(self.run_dir)
-        imp_config = read_imp_run(imp_dir)
-        imp_hparams = imp_config["hparams"]
-        levels = list(range(int(imp_hparams["levels"]) + 1))
+        imp = read_imp_run(imp_dir)
+        levels = list(range(imp.levels + 1))
         targets = levels if self.targets == ["all"] else self.targets
         unknown = [str(t) for t in targets if t not in levels]
         if unknown:
             raise UserError(f"--targets {' '.join(unknown)}: the run has levels 0 to {levels[-1]}")
         out = Path(out_dir) if out_dir is not None else imp_dir / "pools"
-        # The run's evaluation and Accelerate settings (no trackers: nothing is trained); a setting newer than the
-        # run keeps its default.
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"log_with"}
-        cfg = TrainConfig(**{k: v for k, v in imp_hparams.items() if k in train_fields})
+        # The run's evaluation, precision and Accelerate settings (no trackers: nothing is trained).
+        cfg = dataclasses.replace(train_config_of(imp), log_with=None)
         accelerator = make_accelerator(cfg)
         folder = RunFolder(out, accelerator)
-        pool = _Pool(self, imp_dir, imp_hparams, levels, accelerator, cfg.eval_batch_size)
+        pool = _Pool(self, imp, imp_dir, levels, accelerator, resolve_train_config(cfg, accelerator))
         # Which levels are pooled changes no level's result: other --targets may reuse the folder; so may other
         # values of the options only the fast protocol reads.
         unused = {"targets"} | ({"bn_batches", "patience"} if self.protocol == "reference" else set())
         folder.check_config(self.name, {k: v for k, v in self.hparams().items() if k not in unused})
         if folder.is_main and not (out / "imp_config.json").exists():
-            atomic_write_json(imp_config, out / "imp_config.json")
+            atomic_write_json(read_json(imp_dir / "config.json"), out / "imp_config.json")
 
         ensemble = self._ensemble(folder, pool)
         results = []
@@ -242,14 +177,19 @@ class LotteryPools(Strategy):
             if done is None:
                 done = self._pool_target(folder, pool, level, ensemble)
             results.append(done)
-        self._report(folder, results, pool)
+        curves = {model: [(r["density"], r[f"{model}_test_accuracy"]) for r in results] for model in ("ticket", "pooled")}
+        folder.write_results(results, columns=_TABLE, rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
+                                                            for r in results],
+                             plots={"pools.png": lambda path: plot_accuracy_curves(
+                                 curves, path, pool.results[0]["test_accuracy"],
+                                 title="Lottery Pools: test accuracy against density")})
         return results
 
     def _ensemble(self, folder: RunFolder, pool: "_Pool") -> dict:
         """The naive output ensemble of every ticket of the run: scored once, the same for every target."""
         path = folder.path / "ensemble.json"
         if not path.exists():
-            members = [pool.materialise(pool.states[level], pool.masks[level]) for level in pool.levels]
+            members = [pool.materialise(*pool.tickets[level]) for level in pool.levels]
             scores = pool.scores({"ensemble": members}, self.corruptions)
             entry = {"levels": pool.levels, "macs": sum(pool.results[level]["macs"] for level in pool.levels),
                      **{key[len("ensemble_"):]: value for key, value in scores.items()}}
@@ -262,25 +202,26 @@ class LotteryPools(Strategy):
         started = time.perf_counter()
         torch.manual_seed(self.seed * 1_000 + level)  # a random importance draws the same channels on a rerun
         candidates = adjacency_order(level, pool.levels)[: self.max_candidates]
-        search = pool.search(level, candidates)
+        search = lottery_pool(pool.model, pool.tickets, level, evaluate=pool.val_accuracy, recalibrate=pool.recalibrate,
+                              reprune=pool.reprune, candidates=candidates, alphas=self.alphas, patience=pool.patience)
         search_seconds = time.perf_counter() - started
         ticket_bn = pool.running_blend(level, [], [])  # the ticket with statistics recomputed as the blends' are
         swa = pool.running_blend(level, candidates, [1 / (i + 2) for i in range(len(candidates))])
         ema = pool.running_blend(level, candidates, [self.ema_alpha] * len(candidates))
-        models = {"ticket": pool.materialise(pool.states[level], pool.masks[level]),
+        models = {"ticket": pool.materialise(*pool.tickets[level]),
                   "ticket_bn": pool.materialise(*ticket_bn), "pooled": pool.materialise(search.state, search.mask),
                   "swa": pool.materialise(*swa), "ema": pool.materialise(*ema)}
         scores = pool.scores(models, self.corruptions)
-        macs, params = pool.cost(models["pooled"], search.mask)
+        macs, params = ticket_cost(models["pooled"], search.mask, pool.example)
         result = {
             "level": level, "density": search.mask.density, "params": params, "macs": macs,
-            "num_classes": pool.num_classes,
+            "num_classes": pool.num_classes, "precision": pool.accelerator.mixed_precision,
             # what `lt-plugin export` writes and the generic tables show: the pooled ticket
             "val_accuracy": scores["pooled_val_accuracy"], "test_accuracy": scores["pooled_test_accuracy"],
             **scores,
             **{f"ensemble_{key}": value for key, value in ensemble.items() if key != "levels"},
             "accepted": search.accepted, "candidates": candidates, "sweeps": search.sweeps,
-            "mask_distance": search.mask.distance(pool.masks[level]),
+            "mask_distance": search.mask.distance(pool.tickets[level][1]),
             "protocol": self.protocol, "val_passes": search.val_passes, "recalibrations": search.recalibrations,
             "search_seconds": search_seconds, "seconds": time.perf_counter() - started,
         }
@@ -295,169 +236,63 @@ class LotteryPools(Strategy):
             f"{search.val_passes} val passes, {result['seconds']:.1f}s")
         return result
 
-    def _report(self, folder: RunFolder, results: List[dict], pool: "_Pool") -> None:
-        if folder.is_main:
-            atomic_write_json(results, folder.path / "results.json")
-            curves = {model: [(r["density"], r[f"{model}_test_accuracy"]) for r in results]
-                      for model in ("ticket", "pooled")}
-            plot_accuracy_curves(curves, folder.path / "pools.png", pool.results[0]["test_accuracy"],
-                                 title="Lottery Pools: test accuracy against density")
-            print(format_table([{**r, "accepted_text": _accepted_text(r["accepted"])} for r in results], _TABLE))
-            print(f"results: {folder.path / 'results.json'}  plot: {folder.path / 'pools.png'}")
-        pool.accelerator.wait_for_everyone()
-
-
-def sweep_order(alphas: Sequence[float], patience: Optional[int]):
-    """The alphas to try for one candidate, in order; send each one's validation accuracy back.
-
-    patience None (the reference protocol): every alpha, in the order given. Otherwise the grid is walked from both
-    ends inward (0.05, 0.95, 0.1, 0.9, ...): at one end the blend is near the current model, at the other near the
-    candidate, and between them lies the loss barrier of tickets that are not linearly connected. A side stops after
-    `patience` alphas in a row that do not beat its own best, taken to be past its peak: a heuristic, which the
-    reference protocol does without.
-    """
-    if patience is None:
-        for alpha in alphas:  # not `yield from`: it would pass the accuracies sent on to the list's iterator
-            yield alpha
-        return
-    grid = sorted(alphas)
-    low, high = 0, len(grid) - 1
-    best, misses = [None, None], [0, 0]
-    side = 0
-    while low <= high and min(misses) < patience:
-        if misses[side] >= patience:
-            side = 1 - side
-        if side == 0:
-            alpha, low = grid[low], low + 1
-        else:
-            alpha, high = grid[high], high - 1
-        accuracy = yield alpha
-        if best[side] is None or accuracy > best[side]:
-            best[side], misses[side] = accuracy, 0
-        else:
-            misses[side] += 1
-        side = 1 - side
-
-
 def _accepted_text(accepted: Sequence) -> str:
     return " ".join(f"{level}@{alpha:g}" for level, alpha in accepted) or "-"
 
 
-@dataclasses.dataclass
-class _Search:
-    state: Dict[str, torch.Tensor]
-    mask: Mask
-    val_accuracy: float
-    accepted: list
-    sweeps: list
-    val_passes: int
-    recalibrations: int
-
-
 class _Pool:
-    """An IMP run's tickets held as tensors on the device, and one working model every blend is loaded into."""
+    """An IMP run's tickets held as tensors on the device, one working model every blend is loaded into, and the
+    run's way to return a blend to a ticket's sparsity, recompute its BatchNorm statistics and score it."""
 
-    def __init__(self, hp: LotteryPools, imp_dir: Path, imp_hparams: dict, levels: List[int], accelerator,
-                 eval_batch_size: int):
-        self.hp, self.levels, self.accelerator = hp, levels, accelerator
-        self.eval_batch_size = eval_batch_size
-        self.experiment = experiment_of(imp_hparams)
-        self.granularity, self.scope = imp_hparams["granularity"], imp_hparams["scope"]
-        if hp.corruptions and self.experiment.streaming:
+    def __init__(self, hp: LotteryPools, imp: IMP, imp_dir: Path, levels: List[int], accelerator,
+                 cfg: TrainConfig):
+        self.hp, self.levels, self.accelerator, self.cfg = hp, levels, accelerator, cfg
+        self.granularity, self.scope = imp.granularity, imp.scope
+        if hp.corruptions and imp.streaming:
             raise UserError("--corruptions corrupts the test images held in memory, but the IMP run streams its data "
                             "(--streaming)")
-        self.data = self.experiment.load_data()
+        self.data = imp.load_data()
         self.num_classes = self.data.num_classes
         device = accelerator.device
-        self.example = self.experiment.example_inputs().to(device)
-        self.model = self.experiment.create_model(self.num_classes, seed=0, pretrained=False).to(device)
+        self.example = imp.example_inputs().to(device)
+        self.model = imp.create_model(self.num_classes, seed=0, pretrained=False).to(device)
         self.results = {level: read_json(imp_dir / f"level_{level}" / "result.json") for level in levels}
-        self.masks = {level: Mask.load(imp_dir / f"level_{level}" / "mask.safetensors") for level in levels}
-        self.states = {level: {k: v.to(device) for k, v in
-                               load_weights(imp_dir / f"level_{level}" / "weights.safetensors").items()}
-                       for level in levels}
-        self.structure = None
-        if self.granularity == "channel" and not hp.keep_mask:
+        self.tickets = {level: ({k: v.to(device) for k, v in
+                                 load_weights(imp_dir / f"level_{level}" / "weights.safetensors").items()},
+                                Mask.load(imp_dir / f"level_{level}" / "mask.safetensors"))
+                        for level in levels}
+        self.reprune = self._magnitude_like if self.granularity == "weight" else None
+        if hp.keep_mask:
+            self.reprune = keep_target_mask
+        elif self.granularity == "channel":
             # Traced once; its importance reads the working model's live weights, which each blend is loaded into.
-            ignored = resolve_ignored(self.model, imp_hparams["ignore"])
-            self.structure = ChannelStructure(self.model, self.example, ignored,
-                                              importance=imp_hparams["importance"], scope=self.scope)
+            ignored = resolve_ignored(self.model, imp.ignore)
+            structure = ChannelStructure(self.model, self.example, ignored, importance=imp.importance,
+                                         scope=self.scope)
+            self.reprune = lambda model, target: structure.ranked_like(target)
         # LayerNorm counts zeroed channels: there a channel ticket is scored as the exported model it is.
         self.export_to_score = self.granularity == "channel" and any(
             isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for m in self.model.modules())
         self.bn_batches = hp.bn_batches if hp.protocol == "fast" else None
         self.patience = hp.patience if hp.protocol == "fast" else None
 
-    # ---- one blend: load, return to the target's sparsity, recalibrate, score ----
-    def load(self, state: Dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
+    def _magnitude_like(self, model: nn.Module, target: Mask) -> Mask:
+        return magnitude_mask_like(model, target, self.scope)
 
-    def reprune(self, level: int) -> Mask:
-        """The mask that returns the working model's weights to the target's sparsity."""
-        target = self.masks[level]
-        if level == 0 or self.hp.keep_mask:
-            return target
-        if self.granularity == "weight":
-            return magnitude_mask_like(self.model, target, self.scope)
-        return channels_like(self.structure, target)
-
-    def load_blend(self, level: int, current: Dict[str, torch.Tensor], candidate: int, alpha: float) -> Mask:
-        """Load `alpha * candidate + (1 - alpha) * current` into the working model at target `level`'s sparsity;
-        returns the mask that put it there."""
-        self.load(blend(current, self.states[candidate], alpha))
-        mask = self.reprune(level)
-        mask.apply(self.model)
-        return mask
-
-    def recalibrate(self, mask: Mask) -> None:
+    def recalibrate(self, model: nn.Module, mask: Mask) -> None:
         set_seed(self.hp.seed)  # the same batches, and the same augmentation if any, on every process and rerun
-        recalibrate_bn(self.model, self.data.train, self.accelerator, self.bn_batches, BN_BATCH_SIZE)
-        mask.apply(self.model)
+        recalibrate_bn(model, self.data.train, self.accelerator, self.bn_batches, BN_BATCH_SIZE, self.cfg.num_workers)
 
-    def val_accuracy(self, mask: Mask) -> float:
-        scored = export(self.model, mask, self.example) if self.export_to_score and mask.plan else self.model
-        return evaluate(scored, self.data.val, self.accelerator, self.eval_batch_size)[0]
+    def val_accuracy(self, model: nn.Module, mask: Mask) -> float:
+        scored = export(model, mask, self.example) if self.export_to_score and mask.plan else model
+        return self.evaluate(scored, self.data.val)
 
-    def snapshot(self) -> Dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    # ---- the search (Algorithm 2) ----
-    def search(self, level: int, candidates: Sequence[int]) -> _Search:
-        self.load(self.states[level])
-        found = _Search(self.states[level], self.masks[level], self.val_accuracy(self.masks[level]), [], [], 1, 0)
-        for candidate in candidates:
-            best = None  # (accuracy, alpha, state, mask): the highest accuracy, the smallest alpha on a tie
-            scores, order, accuracy = [], sweep_order(self.hp.alphas, self.patience), None
-            while True:
-                try:
-                    alpha = order.send(accuracy)
-                except StopIteration:
-                    break
-                mask = self.load_blend(level, found.state, candidate, alpha)
-                self.recalibrate(mask)
-                accuracy = self.val_accuracy(mask)
-                scores.append([alpha, accuracy])
-                if best is None or (accuracy, -alpha) > (best[0], -best[1]):
-                    best = (accuracy, alpha, self.snapshot(), mask)
-            found.val_passes += len(scores)
-            found.recalibrations += len(scores)
-            found.sweeps.append({"candidate": candidate, "scores": scores})
-            if best[0] > found.val_accuracy:
-                found.val_accuracy, _, found.state, found.mask = best
-                found.accepted.append([candidate, best[1]])
-        return found
+    def evaluate(self, model, dataset) -> float:
+        return evaluate(model, dataset, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)[0]
 
     def running_blend(self, level: int, candidates: Sequence[int], alphas: Sequence[float]):
-        """A blend with a fixed alpha per candidate, re-pruned after each, BatchNorm recomputed at the end (the SWA
-        and EMA baselines, as the reference code makes them; no candidates: the ticket recalibrated). Returns (state,
-        mask)."""
-        state, mask = self.states[level], self.masks[level]
-        for candidate, alpha in zip(candidates, alphas):
-            mask = self.load_blend(level, state, candidate, alpha)
-            state = self.snapshot()
-        self.load(state)
-        self.recalibrate(mask)
-        return self.snapshot(), mask
+        return running_blend(self.model, self.tickets, level, candidates, alphas, reprune=self.reprune,
+                             recalibrate=self.recalibrate)
 
     # ---- scoring the finished models ----
     def materialise(self, state: Dict[str, torch.Tensor], mask: Mask) -> nn.Module:
@@ -472,25 +307,15 @@ class _Pool:
         corruptions and severities) with the per-corruption accuracies, for models or lists of models (ensembles)."""
         out = {}
         for name, model in models.items():
-            out[f"{name}_val_accuracy"] = evaluate(model, self.data.val, self.accelerator, self.eval_batch_size)[0]
-            out[f"{name}_test_accuracy"] = evaluate(model, self.data.test, self.accelerator, self.eval_batch_size)[0]
+            out[f"{name}_val_accuracy"] = self.evaluate(model, self.data.val)
+            out[f"{name}_test_accuracy"] = self.evaluate(model, self.data.test)
         if corruptions:
             detail: Dict[str, Dict[str, List[float]]] = {name: {} for name in models}
-            for corruption, _, dataset in corrupted_copies(self.data.test, self.hp.seed,
-                                                                 self.hp.corruption_samples):
+            for corruption, _, dataset in corrupted_copies(self.data.test, self.hp.seed, self.hp.corruption_samples):
                 for name, model in models.items():
-                    accuracy = evaluate(model, dataset, self.accelerator, self.eval_batch_size)[0]
-                    detail[name].setdefault(corruption, []).append(accuracy)
+                    detail[name].setdefault(corruption, []).append(self.evaluate(model, dataset))
             for name, per_corruption in detail.items():
                 values = [a for accuracies in per_corruption.values() for a in accuracies]
                 out[f"{name}_corruption_accuracy"] = sum(values) / len(values)
                 out[f"{name}_corruptions"] = per_corruption
         return out
-
-    def cost(self, model: nn.Module, mask: Mask):
-        """(MACs, params) as IMP counts them: of the exported model for channel tickets; weight tickets keep the
-        dense MACs and count only their kept weights."""
-        macs, params = tp.utils.count_ops_and_params(model.eval(), self.example)
-        if mask.granularity == "weight":
-            params -= mask.num_pruned()
-        return int(macs), int(params)

@@ -1,0 +1,78 @@
+"""The per-ticket pipeline every training strategy runs, and what a ticket costs.
+
+A ticket is a start (dense-space weights) and a mask. `train_ticket` builds the dense model with those weights,
+applies the mask, exports a channel ticket so that it trains physically smaller (a weight ticket trains dense with
+its mask kept enforced), trains it (`fit`), scores it on the test split, counts its MACs and parameters, measures
+its latency where its model differs from the dense one, and finishes its folder: weights mapped back into the dense
+space and result.json, written last. A finished ticket is read back instead of trained again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .callbacks import EnforceMask, Snapshots
+from .deploy import forward_latency_ms
+from .masks import Mask
+from .structure import export
+from .train import TrainConfig, evaluate, fit
+
+
+def ticket_cost(model: nn.Module, mask: Mask, example: torch.Tensor) -> Tuple[int, int]:
+    """(MACs, params) of a ticket's model: of the exported model for a channel ticket; a weight ticket keeps the dense
+    MACs (its zeros are still multiplied) and counts only its kept parameters."""
+    device = next(model.parameters()).device
+    macs, params = tp.utils.count_ops_and_params(model.eval(), example.to(device))
+    if mask.granularity == "weight":
+        params -= mask.num_pruned()
+    return int(macs), int(params)
+
+
+def measures_latency(mask: Mask) -> bool:
+    """Whether a ticket's latency says anything: its model is the dense one (the reference) or physically smaller
+    (an exported channel ticket). A weight ticket runs the dense model, zeros included: its latency would be the
+    dense model's plus the machine's noise."""
+    return mask.num_pruned() == 0 or (mask.granularity == "channel" and bool(mask.plan))
+
+
+def train_ticket(run, hparams, where: Path, mask: Mask, start_state: Dict[str, torch.Tensor], *,
+                 cfg: Optional[TrainConfig] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
+                 desc: str = "train", describe: Optional[Callable[[dict], dict]] = None) -> dict:
+    """Train the ticket (`start_state`, `mask`) in `where` and return its result (read back when finished).
+
+    `run` is the strategy's TrainingRun (accelerator, folder, data, example, training config; `cfg` overrides the
+    config, e.g. fine-tuning at a constant rate), `hparams` the strategy (it builds the model). `start_step` rewinds
+    the schedule; `snapshot_steps` keeps the weights at those steps in `where/train`; `describe(result)` adds the
+    strategy's own entries before result.json is written.
+    """
+    done = run.folder.read_result(where)
+    if done is not None:
+        return done
+    cfg = cfg or run.cfg
+    model = hparams.create_model(run.data.num_classes, seed=hparams.seed, pretrained=False)  # weights come next
+    model.load_state_dict(start_state)
+    mask.apply(model)
+    physical = mask.granularity == "channel"
+    trainee = export(model, mask, run.example) if physical else model
+    callbacks = [EnforceMask(mask)] if not physical and mask.num_pruned() else []
+    if snapshot_steps:
+        callbacks.append(Snapshots(snapshot_steps))
+    trained = fit(trainee, run.data.train, run.data.val, cfg, where / "train", accelerator=run.accelerator,
+                  callbacks=callbacks, start_step=start_step, desc=desc)
+    accelerator = run.accelerator
+    test_accuracy, _ = evaluate(trained.model, run.data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
+    macs, params = ticket_cost(trained.model, mask, run.example)
+    latency = (forward_latency_ms(trained.model, run.example, autocast=accelerator.autocast)
+               if measures_latency(mask) else None)
+    result = {"density": mask.density, "params": params, "macs": macs, "val_accuracy": trained.val_accuracy,
+              "test_accuracy": test_accuracy, "train_seconds": trained.train_seconds, "steps": trained.steps,
+              "num_classes": run.data.num_classes, "precision": accelerator.mixed_precision, "latency_ms": latency}
+    if describe is not None:
+        result = describe(result)
+    run.folder.finish_level(where, mask.to_dense(trained.model.state_dict(), model.state_dict()), result)
+    return result
