@@ -21,7 +21,7 @@ from .errors import LtPluginWarning, UserError, first_line
 from .options import default_of, upgrade
 from .recipes import RECIPES, recipe_options
 from .strategies import get_strategy_class, list_strategies
-from .tickets import export_run_ticket
+from .tickets import EXPORT_FORMATS, export_run_ticket
 
 # Help for training fields that carry none of their own.
 _TRAIN_HELP = {
@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--level", dest="ticket", help="the same as --ticket")
     which.add_argument("--ratio", dest="ticket", help="the same as --ticket")
     export_parser.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
-    export_parser.add_argument("--format", choices=("safetensors", "onnx"), default=None,
-                               help="safetensors (a ticket file for lt_plugin.load_ticket) or onnx (checked with ONNX "
-                                    "Runtime; needs lt-plugin[onnx]); default: from the --out suffix")
+    export_parser.add_argument("--format", metavar="{" + ",".join(EXPORT_FORMATS) + "}", default=None,
+                               help="; ".join(f"{name}: {f.description}" for name, f in EXPORT_FORMATS.items())
+                                    + "; default: from the --out suffix")
     export_parser.add_argument("--benchmark", action="store_true",
                                help="also measure params, MACs and median latency at batch 1 and 64 against the "
                                     "dense model (PyTorch, and ONNX Runtime for --format onnx); stored in the file")
@@ -251,15 +251,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _sh
 
 
 def _export(args) -> None:
-    fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "safetensors")
-    path, details = export_run_ticket(args.run, args.ticket, args.out, fmt=fmt, benchmark=args.benchmark,
+    path, details = export_run_ticket(args.run, args.ticket, args.out, fmt=args.format, benchmark=args.benchmark,
                                       device=args.device)
     if details["latency"] is not None:
         from .deploy import format_latency
         print(format_latency(details["latency"]))
-    if details["onnx_max_difference"] is not None:
-        print(f"ONNX Runtime against PyTorch on random inputs: max |difference| "
-              f"{details['onnx_max_difference']:.1e}")
+    if details["max_difference"] is not None:
+        print(f"the file's runtime against PyTorch on random inputs: max |difference| {details['max_difference']:.1e}")
     print(f"wrote {path}")
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -63,9 +63,6 @@ def load_ticket(path, map_location: str = "cpu") -> Ticket:
     return Ticket(model.to(map_location).eval(), mask, metadata)
 
 
-FORMATS = ("safetensors", "onnx")
-
-
 def load_run_ticket(run_dir, key):
     """(model, mask, experiment, result) of the finished ticket `key` of a run (a level, a ratio...: the strategy
     that made the run says where it is): the dense-space model with the ticket's weights, masked."""
@@ -82,44 +79,113 @@ def load_run_ticket(run_dir, key):
     return mask.apply(model).eval(), mask, experiment, files.result
 
 
-def export_run_ticket(run_dir, key, out_path, fmt: str = "safetensors", benchmark: bool = False,
+@dataclasses.dataclass
+class ExportJob:
+    """What a format writes: the ticket of a run, as its model and as the dense model it comes from."""
+
+    ticket: nn.Module        # physically pruned for a channel ticket, else the masked dense model
+    dense_masked: nn.Module  # the dense model with the ticket's weights and mask
+    mask: Mask
+    experiment: object       # the run's strategy: builds the model (model name, timm_kwargs, image size)
+    example: torch.Tensor
+    num_classes: int
+    metadata: dict           # where it came from (run, ticket, test accuracy, latency): stored in the file
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """A file format `lt-plugin export` writes. `write(job, path)` writes it whole or not at all and returns the
+    largest output difference between the file's runtime and PyTorch when it checks one (else None); `check()`
+    raises a UserError saying what to install, before any work; `benchmark(job, dense, device)` is what
+    `--benchmark` measures (default: PyTorch's latency of the ticket against the dense model)."""
+
+    suffix: str
+    write: Callable[[ExportJob, Path], Optional[float]]
+    description: str
+    check: Callable[[], None] = lambda: None
+    benchmark: Optional[Callable[[ExportJob, nn.Module, Optional[str]], dict]] = None
+
+
+EXPORT_FORMATS: Dict[str, ExportFormat] = {}
+
+
+def register_export_format(name: str, export_format: ExportFormat) -> None:
+    """Add a format to `lt-plugin export --format` (and to the --out suffixes it recognises)."""
+    if name in EXPORT_FORMATS:
+        raise ValueError(f"an export format named {name!r} is already registered")
+    EXPORT_FORMATS[name] = export_format
+
+
+def format_of(out_path, name: Optional[str] = None) -> str:
+    """The format named, or the one whose suffix the file has (safetensors when none does)."""
+    if name is not None:
+        if name not in EXPORT_FORMATS:
+            raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {name!r}")
+        return name
+    suffix = Path(out_path).suffix
+    return next((n for n, f in EXPORT_FORMATS.items() if f.suffix == suffix), "safetensors")
+
+
+def _write_safetensors(job: ExportJob, path: Path) -> None:
+    save_ticket(path, job.dense_masked, job.mask, model_name=job.experiment.model,
+                model_kwargs=job.experiment.timm_kwargs(job.num_classes), input_size=tuple(job.example.shape[1:]),
+                extra=job.metadata)
+
+
+def _write_onnx(job: ExportJob, path: Path) -> float:
+    from .deploy import export_onnx
+    return export_onnx(job.ticket, job.example, path, metadata={
+        "model": job.experiment.model, "model_kwargs": job.experiment.timm_kwargs(job.num_classes),
+        "density": job.mask.density, "granularity": job.mask.granularity, "lt_plugin_version": __version__,
+        **job.metadata})
+
+
+def _torch_latency(job: ExportJob, dense: nn.Module, device: Optional[str]) -> dict:
+    from .deploy import latency_report
+    return latency_report(job.ticket, dense, job.example, device=device)
+
+
+def _onnx_latency(job: ExportJob, dense: nn.Module, device: Optional[str]) -> dict:
+    """PyTorch's latency and ONNX Runtime's, of the ticket's and the dense model's ONNX files."""
+    from .deploy import export_onnx, latency_report
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {name: Path(scratch) / f"{name}.onnx" for name in ("ticket", "dense")}
+        for name, net in (("ticket", job.ticket), ("dense", dense)):
+            export_onnx(net, job.example, files[name])
+        return latency_report(job.ticket, dense, job.example, onnx_files=files, device=device)
+
+
+def _require_onnx() -> None:
+    from .deploy import require_onnx
+    require_onnx()
+
+
+register_export_format("safetensors", ExportFormat(".safetensors", _write_safetensors,
+                                                   "a ticket file for lt_plugin.load_ticket (no pickle)"))
+register_export_format("onnx", ExportFormat(".onnx", _write_onnx, "checked with ONNX Runtime against PyTorch; needs "
+                                            "lt-plugin[onnx]", check=_require_onnx, benchmark=_onnx_latency))
+
+
+def export_run_ticket(run_dir, key, out_path, fmt: Optional[str] = None, benchmark: bool = False,
                       device: Optional[str] = None) -> Tuple[Path, dict]:
-    """Write the finished ticket `key` of a run as a ticket file (physically pruned for channel tickets): a
-    safetensors ticket (`load_ticket`) or, `fmt="onnx"`, an ONNX file checked with ONNX Runtime against PyTorch.
-    `benchmark` also measures the ticket's latency against the dense model (`deploy.latency_report`) and stores the
-    figures in the file's metadata, PyTorch's timed on `device` (default: the GPU when there is one). Returns
-    (path, {"latency": the report, "onnx_max_difference": the largest |ONNX Runtime - PyTorch| output difference},
-    each None when not measured)."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    """Write the finished ticket `key` of a run in format `fmt` (EXPORT_FORMATS; default: by the file's suffix),
+    physically pruned for channel tickets. `benchmark` also measures the ticket's latency against the dense model
+    (the format's `benchmark`: PyTorch timed on `device`, default the GPU when there is one, and the format's own
+    runtime if it has one) and stores the figures in the file's metadata. Returns (path, {"latency": the report,
+    "max_difference": the format's runtime against PyTorch}, each None when not measured)."""
+    export_format = EXPORT_FORMATS[format_of(out_path, fmt)]
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: this machine has no CUDA GPU")
-    from .deploy import export_onnx, latency_report
-    if fmt == "onnx":
-        from .deploy import require_onnx
-        require_onnx()  # before any work: say what to install
+    export_format.check()  # before any work: say what to install
     model, mask, experiment, result = load_run_ticket(run_dir, key)
     example = experiment.example_inputs()
-    num_classes = result["num_classes"]
     ticket = export(model, mask, example) if mask.granularity == "channel" else model
-    extra = {"run": str(run_dir), "ticket": str(key), "test_accuracy": result.get("test_accuracy")}
-    report, difference = None, None
+    job = ExportJob(ticket, model, mask, experiment, example, result["num_classes"],
+                    {"run": str(run_dir), "ticket": str(key), "test_accuracy": result.get("test_accuracy")})
+    report = None
     if benchmark:
-        dense = experiment.create_model(num_classes, seed=0, pretrained=False).eval()
-        onnx_files = {}
-        with tempfile.TemporaryDirectory() as scratch:
-            if fmt == "onnx":
-                for name, net in (("ticket", ticket), ("dense", dense)):
-                    onnx_files[name] = Path(scratch) / f"{name}.onnx"
-                    export_onnx(net, example, onnx_files[name])
-            report = latency_report(ticket, dense, example, onnx_files=onnx_files, device=device)
-        extra["latency"] = report
-    if fmt == "onnx":
-        difference = export_onnx(ticket, example, out_path, metadata={
-            "model": experiment.model, "model_kwargs": experiment.timm_kwargs(num_classes), "density": mask.density,
-            "granularity": mask.granularity, "lt_plugin_version": __version__, **extra})
-    else:
-        save_ticket(out_path, model, mask, model_name=experiment.model,
-                    model_kwargs=experiment.timm_kwargs(num_classes),
-                    input_size=tuple(example.shape[1:]), extra=extra)
-    return Path(out_path), {"latency": report, "onnx_max_difference": difference}
+        dense = experiment.create_model(job.num_classes, seed=0, pretrained=False).eval()
+        report = (export_format.benchmark or _torch_latency)(job, dense, device)
+        job.metadata["latency"] = report
+    difference = export_format.write(job, Path(out_path))
+    return Path(out_path), {"latency": report, "max_difference": difference}

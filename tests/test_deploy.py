@@ -141,3 +141,19 @@ def test_runs_record_a_forward_latency_where_the_model_differs_from_dense(runs):
     weight = json.loads((runs / "weight" / "results.json").read_text())
     # A weight ticket runs the dense model: only the dense level has a latency of its own.
     assert weight[0]["latency_ms"] > 0 and all(r["latency_ms"] is None for r in weight[1:]), weight
+
+
+def test_a_registered_export_format_is_what_lt_plugin_export_writes_for_its_suffix(runs, tmp_path, monkeypatch):
+    from lt_plugin.tickets import EXPORT_FORMATS, ExportFormat
+    jobs = []
+
+    def write(job, path):
+        jobs.append(job)
+        torch.save(job.ticket.state_dict(), path)  # a test's own format: what the writer is handed is the ticket
+
+    monkeypatch.setitem(EXPORT_FORMATS, "state-dict", ExportFormat(".pt", write, "torch.save of the ticket's weights"))
+    assert cli_main(["export", "--run", str(runs / "channel"), "--level", "1", "--out", str(tmp_path / "t.pt")]) == 0
+    (job,) = jobs
+    dense_params = sum(p.numel() for p in job.dense_masked.parameters())
+    assert job.mask.granularity == "channel" and sum(p.numel() for p in job.ticket.parameters()) < dense_params
+    assert (tmp_path / "t.pt").exists() and job.metadata["ticket"] == "1"
