@@ -267,17 +267,18 @@ def test_a_missing_pretrained_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def _readme_error_rows():
+def _error_table_rows():
+    """The rows of the error table in docs/command-line.md ("Mistakes and faults"): (command, the line it prints)."""
     rows = []
-    for line in (REPO / "README.md").read_text().splitlines():
+    for line in (REPO / "docs" / "command-line.md").read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 2 and cells[0].startswith("`lt-plugin ") and cells[1].startswith("`lt-plugin: error:"):
             rows.append((cells[0].split("`")[1], cells[1].strip("`")))
     return rows
 
 
-@pytest.mark.parametrize("command, line", _readme_error_rows())
-def test_the_readme_error_table_is_what_the_command_prints(command, line, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("command, line", _error_table_rows())
+def test_the_documented_error_table_is_what_the_command_prints(command, line, tmp_path, capsys, monkeypatch):
     import shlex
     monkeypatch.chdir(tmp_path)
     argv = shlex.split(command)[1:]
@@ -288,8 +289,8 @@ def test_the_readme_error_table_is_what_the_command_prints(command, line, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_the_readme_error_table_is_there():
-    assert len(_readme_error_rows()) >= 15
+def test_the_documented_error_table_is_there():
+    assert len(_error_table_rows()) >= 15
 
 
 @pytest.mark.slow
