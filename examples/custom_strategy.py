@@ -32,7 +32,7 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
         run = start_training_run(self, out_dir)  # options, data and processes checked; nothing written yet
         model = self.create_model(run.data.num_classes, seed=self.seed)
         mask = lt_plugin.create_mask(model, run.example, self.density, granularity="weight")
-        run.folder.check_config(self.name, self.hparams())
+        self.check_run_folder(run.folder)
         # The pipeline every built-in strategy uses: train with the mask enforced, score, cost, finish the folder.
         result = train_ticket(run, self, run.folder.path / "ticket", mask, model.state_dict(), desc="ticket",
                               describe=lambda r: {"level": 0, **r})

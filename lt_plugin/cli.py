@@ -69,7 +69,7 @@ def _value_type(field: dataclasses.Field) -> type:
 
 def _item_type(field: dataclasses.Field) -> type:
     default = default_of(field)
-    return type(default[0]) if default else str
+    return field.metadata.get("type", type(default[0]) if default else str)
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:

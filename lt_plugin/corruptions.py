@@ -66,13 +66,15 @@ def brightness(x: torch.Tensor, severity: int, generator: torch.Generator) -> to
 
 def jpeg_compression(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     quality = (80, 65, 58, 50, 40)[severity - 1]
+    mode = "L" if x.shape[1] == 1 else "RGB"  # grayscale images (MNIST-like) are compressed as grayscale
     out = torch.empty_like(x)
     for i, image in enumerate(_to_uint8(x)):
         buffer = io.BytesIO()
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)  # PIL, as CIFAR-10-C
+        array = image.permute(1, 2, 0).numpy()
+        Image.fromarray(array[:, :, 0] if mode == "L" else array).save(buffer, "JPEG", quality=quality)  # as -C
         buffer.seek(0)
-        decoded = torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
-        out[i] = decoded.to(x.dtype) / 255
+        decoded = torch.from_numpy(np.array(Image.open(buffer).convert(mode))).reshape(*image.shape[1:], -1)
+        out[i] = decoded.permute(2, 0, 1).to(x.dtype) / 255
     return out
 
 
@@ -88,8 +90,8 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def corrupt(pixels: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
-    """Corruption `name` at `severity` (1-5) of pixels [N, 3, H, W] in [0, 1]; returns pixels in [0, 1] that are
-    whole multiples of 1/255. The same (pixels, name, severity, seed) always gives the same result."""
+    """Corruption `name` at `severity` (1-5) of pixels [N, C, H, W] in [0, 1] (C: 1 or 3); returns pixels in [0, 1]
+    that are whole multiples of 1/255. The same (pixels, name, severity, seed) always gives the same result."""
     return corrupt_to_uint8(pixels, name, severity, seed).float() / 255
 
 

@@ -165,7 +165,7 @@ class Experiment:
     def load_data(self):
         from .data import load_data  # `datasets` is slow to import; masks and export do without it
         mean, std = self._norm_stats()
-        return load_data(self.dataset, image_size=self.image_size, mean=mean, std=std,
+        return load_data(self.dataset, image_size=self.image_size, in_chans=self.in_chans, mean=mean, std=std,
                          val_fraction=self.val_fraction, split_seed=0, augment=self.augment,
                          augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples,
                          in_memory=self.data_in_memory, streaming=self.streaming,
@@ -177,6 +177,16 @@ class Experiment:
         if cfg is None:
             return None, None
         return cfg.mean, cfg.std
+
+    @property
+    def in_chans(self) -> int:
+        """The model's input channels: `in_chans` in --model-kwargs, else its pretrained config's (1 for
+        LeNet-300-100 on MNIST), else 3. The data are read with as many channels."""
+        if "in_chans" in self.model_kwargs:
+            return int(self.model_kwargs["in_chans"])
+        self._check_model_name()
+        cfg = timm.models.get_pretrained_cfg(self.model)
+        return int(cfg.input_size[0]) if cfg is not None and cfg.input_size else 3
 
     def _check_model_name(self):
         if not timm.is_model(self.model):
@@ -244,7 +254,7 @@ class Experiment:
                 height, width = _square(built_for)
                 raise UserError(f"{self.model} was built for {height}x{width} inputs (img_size in --model-kwargs), "
                                 f"not {size}x{size}: drop img_size or use --image-size {height}") from None
-            smallest = _smallest_input(model, size, _default_side(self.model))
+            smallest = _smallest_input(model, size, _default_side(self.model), self.in_chans)
             if smallest is not None:
                 raise UserError(f"{self.model} needs inputs of at least {smallest}x{smallest} pixels; "
                                 f"--image-size is {size}") from None
@@ -255,7 +265,7 @@ class Experiment:
             raise UserError(f"--pretrained-file {self.pretrained_file}: no such file")
 
     def example_inputs(self) -> torch.Tensor:
-        return torch.zeros(1, 3, self.image_size, self.image_size)
+        return torch.zeros(1, self.in_chans, self.image_size, self.image_size)
 
 
 def _square(img_size):
@@ -267,26 +277,26 @@ def _default_side(model_name: str) -> int:
     return cfg.input_size[-1] if cfg is not None else 224
 
 
-def _fits(model: nn.Module, side: int) -> bool:
+def _fits(model: nn.Module, side: int, in_chans: int) -> bool:
     try:
-        check_forward(model, torch.zeros(1, 3, side, side), "")
+        check_forward(model, torch.zeros(1, in_chans, side, side), "")
     except UnsupportedModelError:
         return False
     return True
 
 
-def _smallest_input(model: nn.Module, failing: int, limit: int) -> Optional[int]:
+def _smallest_input(model: nn.Module, failing: int, limit: int, in_chans: int = 3) -> Optional[int]:
     """The smallest square side above `failing` that `model` takes, or None if none up to `limit` does.
 
     Sides double until one fits, then bisection: small inputs first, as large ones cost the most."""
     if failing >= limit:
         return None
     fitting = min(2 * failing, limit)
-    while not _fits(model, fitting):
+    while not _fits(model, fitting, in_chans):
         if fitting >= limit:
             return None
         failing, fitting = fitting, min(2 * fitting, limit)
     while fitting - failing > 1:
         middle = (failing + fitting) // 2
-        failing, fitting = (failing, middle) if _fits(model, middle) else (middle, fitting)
+        failing, fitting = (failing, middle) if _fits(model, middle, in_chans) else (middle, fitting)
     return fitting

@@ -229,11 +229,13 @@ def _n_keep(numel: int, density: float) -> int:
 
 @torch.no_grad()
 def magnitude_mask(model: nn.Module, density: float, prunable: Sequence[str], scope: str = "global",
-                   previous: Optional[Mask] = None) -> Mask:
-    """Unstructured mask keeping the largest |w|.
+                   previous: Optional[Mask] = None, layer_densities: Optional[Mapping[str, float]] = None) -> Mask:
+    """Unstructured mask keeping the largest |w|, computed on the CPU (the same mask whatever device the model is on).
 
     Global scope ranks every unpruned weight of every prunable tensor against one threshold; layer-wise keeps the
-    same fraction of each tensor. Entries at the threshold are pruned too, and entries `previous` pruned stay pruned.
+    same fraction of each tensor. `layer_densities` gives tensors of their own density, each pruned on its own (as
+    Torch-Pruning's pruning_ratio_dict gives layers their own ratio); the others follow `scope` at `density`.
+    Entries at the threshold are pruned too, and entries `previous` pruned stay pruned.
     """
     if scope not in SCOPES:
         raise UserError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
@@ -251,10 +253,16 @@ def magnitude_mask(model: nn.Module, density: float, prunable: Sequence[str], sc
             return torch.tensor(-math.inf)
         return kth_smallest(flat, n_prune)
 
-    if scope == "global":
-        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    own = dict(layer_densities or {})
+    unknown = sorted(set(own) - set(prunable))
+    if unknown:
+        raise UserError(f"layer densities name tensors that are not prunable: {', '.join(unknown[:3])}")
+    keep = {n: scores[n] > keep_above(scores[n].reshape(-1), _n_keep(scores[n].numel(), d)) for n, d in own.items()}
+    rest = {n: s for n, s in scores.items() if n not in own}
+    if scope == "global" and rest:
+        flat = torch.cat([s.reshape(-1) for s in rest.values()])
         threshold = keep_above(flat, _n_keep(flat.numel(), density))
-        keep = {n: s > threshold for n, s in scores.items()}
+        keep.update({n: s > threshold for n, s in rest.items()})
     else:
-        keep = {n: s > keep_above(s.reshape(-1), _n_keep(s.numel(), density)) for n, s in scores.items()}
-    return Mask(keep, prunable, "weight")
+        keep.update({n: s > keep_above(s.reshape(-1), _n_keep(s.numel(), density)) for n, s in rest.items()})
+    return Mask({n: keep[n] for n in prunable}, prunable, "weight")

@@ -9,6 +9,7 @@ space and result.json, written last. A finished ticket is read back instead of t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -19,6 +20,7 @@ from torch import nn
 from .callbacks import EnforceMask, Snapshots
 from .deploy import forward_latency_ms
 from .masks import Mask
+from .store import load_weights
 from .structure import export
 from .train import TrainConfig, evaluate, fit
 
@@ -38,6 +40,16 @@ def measures_latency(mask: Mask) -> bool:
     (an exported channel ticket). A weight ticket runs the dense model, zeros included: its latency would be the
     dense model's plus the machine's noise."""
     return mask.num_pruned() == 0 or (mask.granularity == "channel" and bool(mask.plan))
+
+
+def _early_stop_scores(trained, train_dir: Path, run, cfg: TrainConfig) -> dict:
+    """The early-stopping iteration (the lowest validation loss, LTH's criterion) and the test accuracy there."""
+    stopped = copy.deepcopy(trained.model)
+    stopped.load_state_dict(load_weights(train_dir / "early_stop.safetensors"))
+    test_accuracy, _ = evaluate(stopped, run.data.test, run.accelerator, cfg.eval_batch_size, cfg.num_workers)
+    best = trained.early_stop
+    return {"early_stop_step": best["step"], "early_stop_val_loss": best["val_loss"],
+            "early_stop_val_accuracy": best["val_accuracy"], "early_stop_test_accuracy": test_accuracy}
 
 
 def train_ticket(run, hparams, where: Path, mask: Mask, start_state: Dict[str, torch.Tensor], *,
@@ -72,6 +84,8 @@ def train_ticket(run, hparams, where: Path, mask: Mask, start_state: Dict[str, t
     result = {"density": mask.density, "params": params, "macs": macs, "val_accuracy": trained.val_accuracy,
               "test_accuracy": test_accuracy, "train_seconds": trained.train_seconds, "steps": trained.steps,
               "num_classes": run.data.num_classes, "precision": accelerator.mixed_precision, "latency_ms": latency}
+    if trained.early_stop is not None:
+        result.update(_early_stop_scores(trained, where / "train", run, cfg))
     if describe is not None:
         result = describe(result)
     run.folder.finish_level(where, mask.to_dense(trained.model.state_dict(), model.state_dict()), result)

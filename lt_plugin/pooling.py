@@ -10,6 +10,7 @@ a user with an own training loop passes their own.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -20,6 +21,23 @@ from .masks import Mask, magnitude_mask, named_tensors
 
 State = Dict[str, torch.Tensor]
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the paper's grid
+ACCEPTANCE = ("paired", "paper")
+SIGNIFICANCE = 0.05
+
+
+def paired_p_value(gained: int, lost: int) -> float:
+    """McNemar's exact one-sided test on the samples two models disagree on: the chance of `gained` or more of the
+    `gained + lost` disagreements going the new model's way if neither model were better (a fair coin each)."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n
+
+
+def smallest_gain(tries: int, significance: float = SIGNIFICANCE) -> int:
+    """The fewest samples a blend must gain, losing none, to pass the paired test after `tries` alphas
+    (significance / tries, Bonferroni): what a validation split of n samples can resolve is this / n."""
+    return max(1, math.ceil(math.log2(tries / significance)))
 
 
 def adjacency_order(target, keys: Sequence) -> List:
@@ -50,12 +68,15 @@ def snapshot(model: nn.Module) -> State:
 
 
 @torch.no_grad()
-def magnitude_mask_like(model: nn.Module, target: Mask, scope: str = "global") -> Mask:
+def magnitude_mask_like(model: nn.Module, target: Mask, scope: str = "global", separate: Sequence[str] = ()) -> Mask:
     """The magnitude criterion on `model`'s weights, keeping exactly as many weights as `target` (in all, or in each
-    tensor when layer-wise). `magnitude_mask` prunes every entry tied at its threshold, so ties are taken back,
-    first index first, until the count is exact."""
+    tensor when layer-wise; the tensors in `separate`, pruned at rates of their own, each on its own).
+    `magnitude_mask` prunes every entry tied at its threshold, so ties are taken back, first index first, until the
+    count is exact."""
     tensors = named_tensors(model)
-    groups = [target.prunable] if scope == "global" else [[name] for name in target.prunable]
+    rest = [name for name in target.prunable if name not in separate]
+    groups = [[name] for name in target.prunable if name in separate]
+    groups += [rest] if scope == "global" and rest else [[name] for name in rest]
     keep = {}
     for names in groups:
         count = sum(int(target.tensors[n].sum()) for n in names)
@@ -117,7 +138,8 @@ class PooledTicket:
     mask: Mask
     val_accuracy: float
     accepted: list        # [candidate, alpha] of each accepted blend, in order
-    sweeps: list          # per candidate: {"candidate": key, "scores": [[alpha, validation accuracy], ...]}
+    sweeps: list          # per candidate: {"candidate", "scores": [[alpha, accuracy], ...], and with the paired
+                          # rule "gained", "lost" (validation samples the best blend fixes and breaks) and "p_value"}
     val_passes: int
     recalibrations: int
 
@@ -159,11 +181,16 @@ def _default_reprune(mask: Mask):
                     "blend returns to the target's channel counts) or reprune=keep_target_mask")
 
 
+def _accuracy(scored) -> float:
+    return int(scored.sum()) / scored.numel() if torch.is_tensor(scored) else float(scored)
+
+
 def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]], target: Hashable, *,
-                 evaluate: Callable[[nn.Module, Mask], float],
+                 evaluate: Callable[[nn.Module, Mask], object],
                  recalibrate: Optional[Callable[[nn.Module, Mask], None]] = None,
                  reprune: Optional[Callable[[nn.Module, Mask], Mask]] = None, candidates: Optional[Sequence] = None,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, patience: Optional[int] = None) -> PooledTicket:
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, patience: Optional[int] = None,
+                 acceptance: str = "paper", significance: float = SIGNIFICANCE) -> PooledTicket:
     """Lottery Pools' greedy search (Yin, Liu et al., AAAI 2023, Algorithm 2) over tickets you hold.
 
     `model` is a model of the tickets' architecture, the working copy every blend is loaded into (its weights are
@@ -172,17 +199,26 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
     every alpha `sweep_order(alphas, patience)` gives; each blend is returned to the target's sparsity by
     `reprune(model, target_mask)` (default for weight tickets: global magnitude to the target's count; a dense target
     is never re-pruned), its BatchNorm statistics are recomputed by `recalibrate(model, mask)` (None: kept) and it is
-    scored by `evaluate(model, mask)` (your validation accuracy). A candidate's best alpha (the smallest on a tie)
-    is kept only if it beats the running best, so the result never scores below the target on `evaluate`.
+    scored by `evaluate(model, mask)`: your validation accuracy, or a bool tensor of each validation sample's
+    correctness. A candidate's best alpha (the smallest on a tie) is kept only if it beats the running best, so the
+    result never scores below the target on `evaluate`: with `acceptance="paper"` (the paper's rule) by any margin,
+    with "paired" (needs the per-sample tensor) only if McNemar's exact test on the samples the two disagree on
+    gives p < significance / the alphas tried: many alphas compared on a few hundred samples pick noise otherwise.
     """
+    if acceptance not in ACCEPTANCE:
+        raise UserError(f"acceptance must be one of {', '.join(ACCEPTANCE)}, not {acceptance!r}")
     target_state, target_mask = tickets[target]
     blender = _Blender(model, tickets, target, reprune or _default_reprune(target_mask), recalibrate)
     if candidates is None:
         candidates = adjacency_order(target, list(tickets))
     blender.load(target_state, target_mask)
-    found = PooledTicket(target_state, target_mask, evaluate(model, target_mask), [], [], 1, 0)
+    current = evaluate(model, target_mask)  # the running best's score (per-sample flags for the paired rule)
+    if acceptance == "paired" and not torch.is_tensor(current):
+        raise UserError("acceptance='paired' needs evaluate(model, mask) to return each sample's correctness (a "
+                        "bool tensor), not an accuracy")
+    found = PooledTicket(target_state, target_mask, _accuracy(current), [], [], 1, 0)
     for candidate in candidates:
-        best = None  # (accuracy, alpha, state, mask): the highest accuracy, the smallest alpha on a tie
+        best = None  # (accuracy, alpha, state, mask, scored): the highest accuracy, the smallest alpha on a tie
         scores, order, accuracy = [], sweep_order(alphas, patience), None
         while True:
             try:
@@ -191,14 +227,21 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
                 break
             mask = blender.load_blend(found.state, candidate, alpha)
             blender.finish(mask)
-            accuracy = evaluate(model, mask)
+            scored = evaluate(model, mask)
+            accuracy = _accuracy(scored)
             scores.append([alpha, accuracy])
             if best is None or (accuracy, -alpha) > (best[0], -best[1]):
-                best = (accuracy, alpha, snapshot(model), mask)
+                best = (accuracy, alpha, snapshot(model), mask, scored)
         found.val_passes += len(scores)
-        found.sweeps.append({"candidate": candidate, "scores": scores})
-        if best is not None and best[0] > found.val_accuracy:
-            found.val_accuracy, _, found.state, found.mask = best
+        sweep = {"candidate": candidate, "scores": scores}
+        accept = best is not None and best[0] > found.val_accuracy
+        if accept and acceptance == "paired":
+            gained, lost = int((best[4] & ~current).sum()), int((~best[4] & current).sum())
+            sweep.update(gained=gained, lost=lost, p_value=paired_p_value(gained, lost))
+            accept = sweep["p_value"] < significance / len(scores)
+        found.sweeps.append(sweep)
+        if accept:
+            found.val_accuracy, _, found.state, found.mask, current = best
             found.accepted.append([candidate, best[1]])
     found.recalibrations = blender.recalibrations
     return found

@@ -35,7 +35,7 @@ from torch import nn
 
 from .callbacks import Callback, TrainState
 from .errors import UserError
-from .masks import GRANULARITIES, Mask, named_tensors, prunable_weight_names, resolve_ignored
+from .masks import GRANULARITIES, Mask, classifier_modules, named_tensors, prunable_weight_names, resolve_ignored
 from .structure import IMPORTANCES, ChannelStructure, create_mask, export
 
 EARLY_BIRD_SCORES = ("auto", "bn-scale", "magnitude")
@@ -167,7 +167,9 @@ class IMPPruner:
     --target-density 1-r --levels n` prunes. Without `pruning_ratio`, each step prunes `prune_fraction` of the
     remaining weights (IMP's 20%, open_lth's counting). `importance` is any `tp.importance.Importance` or a name in
     IMPORTANCES (channel tickets; weight tickets rank |w|), `global_pruning` one threshold over all layers,
-    `ignored_layers` modules or names left unpruned (the classifier always is), `round_to` channel counts rounded.
+    `ignored_layers` modules or names left unpruned (the classifier always is), `round_to` channel counts rounded,
+    `pruning_ratio_dict` {module or its name: the fraction of that layer's weights removed after all steps} for
+    layers pruned at their own rate, each on its own (weight tickets; naming the classifier prunes it).
 
     The rewind point is the model's weights when the pruner is built (theta_0); `rewind_point()` takes the current
     weights instead (late rewinding, e.g. at iteration k); `rewind=False` keeps the trained weights (learning-rate
@@ -181,7 +183,8 @@ class IMPPruner:
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, importance=None,
                  pruning_ratio: Optional[float] = None, iterative_steps: int = 1, global_pruning: bool = True,
                  ignored_layers: Optional[Sequence] = None, round_to: Optional[int] = None,
-                 granularity: str = "weight", rewind: bool = True, prune_fraction: float = 0.2):
+                 granularity: str = "weight", rewind: bool = True, prune_fraction: float = 0.2,
+                 pruning_ratio_dict: Optional[Dict[Union[nn.Module, str], float]] = None):
         if granularity not in GRANULARITIES:
             raise UserError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
         if pruning_ratio is not None and not 0.0 <= pruning_ratio < 1.0:
@@ -194,8 +197,17 @@ class IMPPruner:
         self.ignored_layers = list(ignored_layers or [])
         self.iterative_steps, self.prune_fraction, self.rewind = iterative_steps, prune_fraction, rewind
         self.target_density = None if pruning_ratio is None else 1.0 - pruning_ratio
-        prunable = prunable_weight_names(model, resolve_ignored(model, self.ignored_layers))
-        self._total = sum(named_tensors(model)[n].numel() for n in prunable)
+        names = {id(m): n for n, m in model.named_modules()}
+        self.own_ratios = {f"{layer if isinstance(layer, str) else names[id(layer)]}.weight": float(ratio)
+                           for layer, ratio in (pruning_ratio_dict or {}).items()}
+        if self.own_ratios and granularity != "weight":
+            raise UserError("pruning_ratio_dict applies to weight tickets; channel tickets follow Torch-Pruning's "
+                            "groups")
+        heads = {f"{names[id(m)]}.weight" for m in classifier_modules(model) if id(m) in names}
+        self._prune_classifier = bool(heads & set(self.own_ratios))
+        prunable = prunable_weight_names(model, resolve_ignored(model, self.ignored_layers,
+                                                                ignore_classifier=not self._prune_classifier))
+        self._total = sum(named_tensors(model)[n].numel() for n in prunable if n not in self.own_ratios)
         self.mask = Mask.ones(model, prunable, granularity)
         self.current_step = 0
         self._history: List[dict] = []
@@ -210,7 +222,7 @@ class IMPPruner:
         self._rewind_state = self._copy_state()
 
     def density(self, step: int) -> float:
-        """The kept fraction of the prunable weights after `step` steps."""
+        """The kept fraction of the prunable weights (but those of pruning_ratio_dict) after `step` steps."""
         return level_density(step, self.iterative_steps, self._total, self.target_density, self.prune_fraction)
 
     def _absorb(self, trained: Optional[nn.Module]) -> None:
@@ -227,9 +239,12 @@ class IMPPruner:
         if self.current_step >= self.iterative_steps:
             raise UserError(f"the pruner has taken its {self.iterative_steps} iterative steps")
         self._absorb(trained)
-        mask = create_mask(self.model, self.example_inputs, self.density(self.current_step + 1), self.granularity,
+        step = self.current_step + 1
+        own = {name: (1.0 - ratio) ** (step / self.iterative_steps) for name, ratio in self.own_ratios.items()}
+        mask = create_mask(self.model, self.example_inputs, self.density(step), self.granularity,
                            importance=self.importance, scope=self.scope, ignored_layers=self.ignored_layers,
-                           previous=self.mask, round_to=self.round_to)
+                           previous=self.mask, round_to=self.round_to, layer_densities=own,
+                           ignore_classifier=not self._prune_classifier)
         if self._rewind_state is not None:
             self.model.load_state_dict(self._rewind_state)
         self.mask = mask

@@ -16,6 +16,25 @@ from .errors import UserError
 _CIFAR_SGD = dict(opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="multistep", decay_milestones=(0.5, 0.75),
                   decay_rate=0.1, warmup_epochs=0.0, augment="crop-flip")
 
+# LTH's own networks and training (Frankle & Carbin, ICLR 2019, Figure 2 and Appendices): Adam at a constant rate, batch
+# 60, no augmentation, no weight decay, validation every 100 iterations for the early-stopping iteration, pruned
+# layer-wise (each layer at its rate per round, the output layer at half the fully connected layers'), rewound to init.
+_LTH = dict(opt="adam", batch_size=60, sched="constant", weight_decay=0.0, warmup_epochs=0.0, augment="none",
+            eval_every=100, scope="layerwise", rewind="init", prune_fraction=0.2)
+
+
+def _lth_conv(lr: float, iterations: int, conv_rate: float, name: str) -> dict:
+    return {
+        "source": f"Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), Figure 2: {name} on CIFAR-10, Adam {lr:g}, "
+                  f"batch 60, {iterations // 1000}K iterations (here {round(iterations * 60 / 45_000)} epochs of 45,000 "
+                  f"images, CIFAR-10's 50,000 less 5,000 held out), conv layers pruned {conv_rate:.0%} per round, "
+                  "fully connected 20%, the output layer 10%, layer-wise, rewound to init; use --model "
+                  f"{name.lower().replace('-', '')}",
+        "options": dict(_LTH, lr=lr, epochs=round(iterations * 60 / 45_000), image_size=32,
+                        layer_prune_fractions={"features.*": conv_rate, "fc": 0.1}),
+    }
+
+
 RECIPES = {
     "demo": {
         "source": "lt_plugin's short job on the built-in digits (README, `make demo`): 3 levels of 3 epochs, a few "
@@ -23,6 +42,17 @@ RECIPES = {
         "options": dict(epochs=3, batch_size=128, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="cosine",
                         warmup_epochs=0.0, augment="none", levels=3),
     },
+    "lth-lenet": {
+        "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), Figure 2 and Section 2: LeNet-300-100 on MNIST, "
+                  "Adam 1.2e-3, batch 60, 50K iterations (here 55 epochs of 55,000 images: MNIST's 60,000 less 5,000 "
+                  "held out), 20% of each fully connected layer per round, the output layer 10%, layer-wise, rewound "
+                  "to init, the early-stopping iteration at the lowest validation loss; use --model lenet_300_100 "
+                  "(28x28 grayscale)",
+        "options": dict(_LTH, lr=1.2e-3, epochs=55, image_size=28, layer_prune_fractions={"fc": 0.1}),
+    },
+    "lth-conv2": _lth_conv(2e-4, 20_000, 0.1, "Conv-2"),
+    "lth-conv4": _lth_conv(3e-4, 25_000, 0.1, "Conv-4"),
+    "lth-conv6": _lth_conv(3e-4, 30_000, 0.15, "Conv-6"),
     "lth-cifar": {
         "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), ResNet-20 on CIFAR-10 as open_lth trains it "
                   "(github.com/facebookresearch/open_lth: models/cifar_resnet.py default_hparams, "

@@ -72,9 +72,11 @@ class RunFolder:
     def _sync(self) -> None:
         self.accelerator.wait_for_everyone()
 
-    def check_config(self, strategy: str, hparams: dict) -> None:
+    def check_config(self, strategy: str, hparams: dict, before: Optional[dict] = None) -> None:
         """Write config.json, or check that an existing run was made with the same settings. The main process
-        takes the folder's lock first: a second run on a folder that a live run writes is refused."""
+        takes the folder's lock first: a second run on a folder that a live run writes is refused. An option the
+        folder's config does not have (newer than the run) must hold what runs did before it existed: `before`'s
+        value (Strategy.implicit_values), else None or False."""
         if self.is_main:
             lock_run_folder(self.path)
         self._sync()
@@ -88,11 +90,13 @@ class RunFolder:
             for key in sorted(set(hparams) | set(old.get("hparams", {}))):
                 if key in SETTINGS_WITHOUT_EFFECT and not (hparams.get("streaming") and key in ORDER_OF_A_STREAM):
                     continue
-                if key not in old["hparams"] and (hparams.get(key) is None or hparams.get(key) is False):
-                    continue  # an option newer than the folder, left off: the run did what it does
-                if old["hparams"].get(key) != hparams.get(key):
+                if key not in old["hparams"] and (hparams.get(key) in (None, False) if key not in (before or {})
+                                                  else json.loads(json.dumps(before[key])) == hparams.get(key)):
+                    continue  # an option newer than the folder, at what the run did before it existed
+                if old["hparams"].get(key, (before or {}).get(key)) != hparams.get(key):
+                    made = old["hparams"].get(key, (before or {}).get(key))
                     raise RunFolderError(
-                        f"{self.path} was made with {key}={old['hparams'].get(key)!r}, not {hparams.get(key)!r}; "
+                        f"{self.path} was made with {key}={made!r}, not {hparams.get(key)!r}; "
                         "rerun with the same settings to resume, or choose another --out")
             if hparams.get("streaming") and old.get("world_size") != self.accelerator.num_processes:
                 raise RunFolderError(f"{self.path} streamed its data over {old.get('world_size')} processes, which "

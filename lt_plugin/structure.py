@@ -402,8 +402,8 @@ def check_round_to(round_to: Optional[int]) -> None:
 
 def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, granularity: str = "channel",
                 importance=None, scope: str = "global", ignored_layers: Optional[Iterable] = None,
-                previous: Optional[Mask] = None, ignore_classifier: bool = True, round_to: Optional[int] = None
-                ) -> Mask:
+                previous: Optional[Mask] = None, ignore_classifier: bool = True, round_to: Optional[int] = None,
+                layer_densities: Optional[Dict[str, float]] = None) -> Mask:
     """A ticket mask for `model` keeping `density` of its prunable (Conv/Linear) weights.
 
     granularity "weight": the largest |w| (global threshold or the same fraction per layer).
@@ -411,13 +411,19 @@ def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, 
     name in IMPORTANCES; default group magnitude); the density is the nearest reachable.
     The classifier head and `ignored_layers` (modules or names) are left alone; entries `previous` pruned stay pruned.
     `round_to` N (channel tickets): every pruned group keeps a multiple of N channels (Torch-Pruning's round_to),
-    the density as near as the rounding allows.
+    the density as near as the rounding allows. `layer_densities` (weight tickets): {weight name: density} for
+    layers pruned at their own rate (LTH prunes LeNet's output layer at half the others' rate).
     """
+    if not 0.0 < density <= 1.0:
+        raise UserError(f"density must be in (0, 1], not {density}")
     ignored = resolve_ignored(model, ignored_layers, ignore_classifier)
     if granularity == "weight":
-        return magnitude_mask(model, density, prunable_weight_names(model, ignored), scope, previous)
+        return magnitude_mask(model, density, prunable_weight_names(model, ignored), scope, previous,
+                              layer_densities)
     if granularity != "channel":
         raise UserError(f"granularity must be 'weight' or 'channel', not {granularity!r}")
+    if layer_densities:
+        raise UserError("layer densities apply to weight tickets; channel tickets follow Torch-Pruning's groups")
     check_round_to(round_to)
     structure = ChannelStructure(model, example_inputs, ignored, importance, scope, round_to=round_to)
     mask = structure.select(density, previous)

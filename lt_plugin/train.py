@@ -23,6 +23,8 @@ Run folder written by `fit` (safetensors metadata values are JSON strings):
                              scaler (fp16's GradScaler), settings; deleted on success
     metrics.jsonl            one JSON line per finished epoch
     step_{k}.safetensors     weights after k optimizer steps (callbacks.Snapshots); metadata step, lr
+    evals.jsonl              with eval_every: one line per validation (step, val_loss, val_accuracy)
+    early_stop.safetensors   with eval_every: the weights at the lowest validation loss; metadata its evals line
     model.safetensors        final weights; metadata val_accuracy, train_seconds, steps, history, settings
 """
 
@@ -59,13 +61,13 @@ from .loaders import DeviceNormalize, default_num_workers, is_stream, make_loade
 from .options import check_choices
 from .store import atomic_save_safetensors, atomic_write, read_safetensors
 
-SCHEDULES = ("cosine", "step", "multistep", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "constant", "linear")
 MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
 CHANNELS_LAST = ("auto", "yes", "no")
 # Settings that cannot change the trained weights of indexable data: a run folder may be resumed or reused with
 # other values. ORDER_OF_A_STREAM among them set the order in which a stream is read, so a streamed run keeps them.
 SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory", "shuffle_buffer",
-                           "channels_last", "deterministic", "tf32")
+                           "channels_last", "deterministic", "tf32", "eval_every")
 ORDER_OF_A_STREAM = ("num_workers", "shuffle_buffer")
 DIVERGENCE_CHECK_STEPS = 50  # optimizer steps between two reads of the device's NaN/inf flag
 # Optimizer-state tensors are stored under this prefix in checkpoint.safetensors, model tensors under "model/".
@@ -84,7 +86,8 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    sched: str = dataclasses.field(default="cosine", metadata={"choices": SCHEDULES})  # constant: no decay
+    # constant: no decay; linear: to zero at the end (Sparse Model Soups' retraining, after --warmup-epochs)
+    sched: str = dataclasses.field(default="cosine", metadata={"choices": SCHEDULES})
     decay_milestones: tuple = (0.5, 0.75)  # fractions of training: multistep decays at each, step every first one
     decay_rate: float = 0.1
     warmup_epochs: float = 0.0
@@ -99,6 +102,7 @@ class TrainConfig:
     channels_last: str = dataclasses.field(default="auto", metadata={"choices": CHANNELS_LAST})  # auto: on GPUs
     deterministic: bool = False      # GPUs: deterministic kernels, no cuDNN autotuning (slower)
     tf32: bool = True                # GPUs: float32 matmuls and convolutions may use TF32 tensor cores
+    eval_every: int = 0              # validate every N optimizer steps as well, keeping the early-stopping weights
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -127,6 +131,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     need(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1, "grad-accum-steps", "1 or more",
          cfg.grad_accum_steps)
     need(cfg.num_workers is None or cfg.num_workers >= 0, "num-workers", "0 or more", cfg.num_workers)
+    need(isinstance(cfg.eval_every, int) and cfg.eval_every >= 0, "eval-every", "0 (epoch ends only) or a number of "
+         "optimizer steps", cfg.eval_every)
     need(0 <= cfg.seed < 2**31, "seed", "in [0, 2**31)", cfg.seed)
     trackers = [t.value for t in LoggerType if t.value != "all"]
     need(cfg.log_with is None or cfg.log_with in trackers, "log-with", f"one of {', '.join(trackers)}", cfg.log_with)
@@ -160,6 +166,9 @@ class TrainResult:
     train_seconds: float  # wall time of the epochs (training + validation), summed over resumed pieces
     steps: int            # global optimizer step reached
     history: list         # per-epoch metric dicts, as in metrics.jsonl
+    # With eval_every: {"step", "val_loss", "val_accuracy"} of the lowest validation loss seen (LTH's early-stopping
+    # iteration), whose weights are <run folder>/early_stop.safetensors; None without eval_every.
+    early_stop: Optional[dict] = None
 
 
 def make_accelerator(cfg: TrainConfig, project_dir=None) -> Accelerator:
@@ -265,23 +274,72 @@ def evaluate(model: Union[nn.Module, Sequence[nn.Module]], dataset, accelerator:
     `model` may be a list of models: their mean softmax is the prediction (a naive output ensemble).
     Leaves the model(s) in eval mode.
     """
+    correct, counted, _ = _score(model, dataset, accelerator, batch_size, num_workers)
+    return correct / counted, int(counted)
+
+
+def validate(model: nn.Module, dataset, accelerator: Accelerator, batch_size: int = 256,
+             num_workers: int = 0) -> Dict[str, float]:
+    """{"accuracy", "loss"}: `evaluate`'s accuracy and the mean cross-entropy over the same samples (LTH stops
+    early at the lowest validation loss)."""
+    correct, counted, loss = _score(model, dataset, accelerator, batch_size, num_workers)
+    return {"accuracy": correct / counted, "loss": loss / counted}
+
+
+def correctness(model: nn.Module, dataset, accelerator: Accelerator, batch_size: int = 256,
+                num_workers: int = 0) -> torch.Tensor:
+    """Whether each sample of `dataset` is predicted right, a bool tensor on the CPU in the dataset's order (a
+    stream's: each process's share in turn), the same on every process: what a paired comparison of two models
+    on the same samples needs."""
+    flags = torch.cat([outputs.argmax(dim=1) == targets for outputs, targets, _ in
+                       _predictions(model, dataset, accelerator, batch_size, num_workers)] or
+                      [torch.zeros(0, dtype=torch.bool, device=accelerator.device)])
+    if accelerator.num_processes == 1:
+        return flags.cpu()
+    processes, width = accelerator.num_processes, math.ceil(len(dataset) / accelerator.num_processes)
+    padded = torch.zeros(width, dtype=torch.bool, device=flags.device)
+    padded[:len(flags)] = flags
+    rows = accelerator.gather(padded[None]).reshape(processes, width).cpu()
+    lengths = [len(range(i, len(dataset), processes)) for i in range(processes)]
+    if is_stream(dataset):
+        return torch.cat([row[:n] for row, n in zip(rows, lengths)])
+    everything = torch.zeros(len(dataset), dtype=torch.bool)
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        everything[i::processes] = row[:n]
+    return everything
+
+
+@torch.no_grad()
+def _predictions(model, dataset, accelerator: Accelerator, batch_size: int, num_workers: int):
+    """(outputs, targets, summed cross-entropy) of this process's share of `dataset`, batch by batch, in the
+    Accelerator's precision; a list of models predicts their mean softmax."""
     if len(dataset) == 0:
         raise UserError("cannot evaluate on an empty dataset")
     device = accelerator.device
     if isinstance(model, (list, tuple)):
         members = [accelerator.unwrap_model(m).to(device).eval() for m in model]
-        model = lambda inputs: torch.stack([m(inputs).softmax(dim=1) for m in members]).mean(dim=0)  # noqa: E731
+        predict = lambda inputs: torch.stack([m(inputs).softmax(dim=1) for m in members]).mean(dim=0)  # noqa: E731
+        loss = lambda probs, targets: F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum")  # noqa: E731
     else:
-        model = accelerator.unwrap_model(model).to(device).eval()
-    counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, counted: read once, at the end
+        predict = accelerator.unwrap_model(model).to(device).eval()
+        loss = lambda logits, targets: F.cross_entropy(logits.float(), targets, reduction="sum")  # noqa: E731
     batches = process_share(dataset, math.ceil(batch_size / accelerator.num_processes), device,
                             accelerator.process_index, accelerator.num_processes, num_workers)
     with accelerator.autocast():
         for inputs, targets in batches:
-            counts[0] += (model(inputs).argmax(dim=1) == targets).sum()
-            counts[1] += targets.numel()
-    correct, counted = accelerator.reduce(counts, reduction="sum").tolist()
-    return correct / counted, int(counted)
+            outputs = predict(inputs)
+            yield outputs, targets, loss(outputs, targets)
+
+
+def _score(model, dataset, accelerator: Accelerator, batch_size: int, num_workers: int) -> Tuple[float, float, float]:
+    """(correct, counted, summed cross-entropy) over every process's share, read back once at the end."""
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # correct, counted, loss
+    for outputs, targets, loss in _predictions(model, dataset, accelerator, batch_size, num_workers):
+        sums[0] += (outputs.argmax(dim=1) == targets).sum()
+        sums[1] += targets.numel()
+        sums[2] += loss
+    correct, counted, loss_sum = accelerator.reduce(sums, reduction="sum").tolist()
+    return correct, counted, loss_sum
 
 
 def recalibrate_bn(model: nn.Module, dataset, accelerator: Accelerator, num_batches: Optional[int] = None,
@@ -392,8 +450,9 @@ def _read_checkpoint(path: Path, settings: dict) -> Tuple[Dict[str, torch.Tensor
             optimizer_state.setdefault(int(param_id), {})[key] = tensor
     progress = {key: json.loads(metadata[key]) for key in ("epoch", "step", "history", "train_seconds")}
     progress["stopped"] = json.loads(metadata.get("stopped", "false"))
-    if "scaler" in metadata:
-        progress["scaler"] = json.loads(metadata["scaler"])
+    for optional in ("scaler", "early_stop"):
+        if optional in metadata:
+            progress[optional] = json.loads(metadata[optional])
     return model_state, {"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]}, progress
 
 
@@ -409,7 +468,8 @@ def _load_result(model: nn.Module, path: Path, settings: dict) -> TrainResult:
     _load_into(model, tensors, path)
     return TrainResult(model=model, val_accuracy=json.loads(metadata["val_accuracy"]),
                        train_seconds=json.loads(metadata["train_seconds"]), steps=json.loads(metadata["steps"]),
-                       history=json.loads(metadata["history"]))
+                       history=json.loads(metadata["history"]),
+                       early_stop=json.loads(metadata.get("early_stop", "null")))
 
 
 # ---------------------------------------------------------------- training
@@ -442,9 +502,11 @@ def _create_optimizer(model: nn.Module, cfg: TrainConfig):
 def _create_scheduler(optimizer, cfg: TrainConfig, updates_per_epoch: int):
     """A timm scheduler stepped per optimizer update, so its state is just the global step."""
     milestones = [fraction * cfg.epochs for fraction in cfg.decay_milestones]
+    linear = cfg.sched == "linear"  # timm's polynomial decay of power 1, to a learning rate of 0
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=milestones[0] if milestones else None,
-        decay_milestones=milestones, decay_rate=cfg.decay_rate, warmup_epochs=cfg.warmup_epochs,
+        optimizer, sched="poly" if linear else cfg.sched, num_epochs=cfg.epochs,
+        decay_epochs=milestones[0] if milestones else None, decay_milestones=milestones,
+        decay_rate=1.0 if linear else cfg.decay_rate, warmup_epochs=cfg.warmup_epochs, min_lr=0.0,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     return scheduler
 
@@ -474,7 +536,9 @@ def fit(model: nn.Module, train_set, val_set, cfg: TrainConfig, run_dir, *, acce
     `start_step=k` means rewound to step k: the LR schedule and data order continue as an uninterrupted run's would
     at step k, with a fresh optimizer. A finished run folder is loaded, not retrained; a checkpoint is resumed.
     `callbacks` (lt_plugin.callbacks: a mask, snapshots, a penalty, a stop rule) are called in their order; when one
-    ends training, the epoch is closed (validation, checkpoint) and the run is finished at that step. At the end the
+    ends training, the epoch is closed (validation, checkpoint) and the run is finished at that step. With
+    `cfg.eval_every` N the validation split is also scored every N steps and the weights at its lowest loss are
+    kept (TrainResult.early_stop, early_stop.safetensors, evals.jsonl). At the end the
     Accelerator's references to what fit prepared are released (`accelerator.free_memory()`) and the model keeps
     its own forward (without Accelerate's autocast patch) and memory format.
     """
@@ -506,6 +570,7 @@ class _Training:
         self.history: List[dict] = []
         self.train_seconds, self.stopped = 0.0, False
         self.own_forward = model.__dict__.get("forward")  # Accelerate's autocast patch goes in its place
+        self.early_stop = _EarlyStop(run_dir, accelerator) if cfg.eval_every else None
         self.synced: Dict[str, nn.Module] = {}
         self.channels_last = False
 
@@ -529,11 +594,15 @@ class _Training:
     def _resume(self, start_step: int):
         """(step to start from, optimizer state, GradScaler state): a checkpoint's, loaded into the model, or none."""
         if not self.checkpoint_path.exists():
+            if self.early_stop is not None:
+                self.early_stop.resume(None)
             return start_step, None, None
         model_state, optimizer_state, progress = _read_checkpoint(self.checkpoint_path, self.settings)
         _load_into(self.model, model_state, self.checkpoint_path)
         self.history, self.train_seconds = progress["history"], progress["train_seconds"]
         self.stopped = progress["stopped"]
+        if self.early_stop is not None:
+            self.early_stop.resume(progress)
         return progress["step"], optimizer_state, progress.get("scaler")
 
     def _prepare(self, step: int, optimizer_state: Optional[dict], scaler_state: Optional[dict]) -> None:
@@ -607,11 +676,23 @@ class _Training:
         state.lr = self.optimizer.param_groups[0]["lr"]
         if state.step % DIVERGENCE_CHECK_STEPS == 0:
             self.divergence.check()
+        if self.early_stop is not None and state.step % self.cfg.eval_every == 0:
+            self._validate_now()
         decisions = [callback.after_optimizer_step(state) for callback in self.callbacks]
         decided = [decision for decision in decisions if decision is not None]
         if decided:
             self.stopped = _any_process(self.accelerator, any(decided))
         return self.stopped
+
+    def _validate_now(self) -> Dict[str, float]:
+        """Validation at this step, recorded for early stopping (a new lowest loss keeps its weights). Every rank
+        takes rank 0's BatchNorm statistics first, as DDP's next forward would."""
+        self.divergence.check()
+        broadcast(list(self.model.buffers()))
+        scores = validate(self.model, self.val_set, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
+        self.early_stop.record(self.state, scores)
+        self.prepared.train()
+        return scores
 
     def _close_epoch(self, epoch: int, totals: tuple, started: float) -> None:
         """Validate, checkpoint and log the epoch, with the statistics of every process; a diverged epoch is not
@@ -624,19 +705,30 @@ class _Training:
         loss_sum, correct, seen = totals
         sums = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(seen))])
         loss_sum, correct, seen = accelerator.reduce(sums, reduction="sum").tolist()
-        val_accuracy, _ = evaluate(self.model, self.val_set, accelerator, self.cfg.eval_batch_size,
-                                   self.cfg.num_workers)
+        if self.early_stop is not None and self.early_stop.last_step == state.step:
+            scores = self.early_stop.evals[-1]  # validated at this very step already
+            scores = {"accuracy": scores["val_accuracy"], "loss": scores["val_loss"]}
+        elif self.early_stop is not None:
+            scores = self._validate_now()
+        else:
+            scores = validate(self.model, self.val_set, accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
+        val_accuracy = scores["accuracy"]
         seconds = time.perf_counter() - started
         self.train_seconds += seconds
         metrics = {"epoch": epoch + 1, "step": state.step, "lr": self.lr_used, "train_loss": loss_sum / seen,
-                   "train_accuracy": correct / seen, "val_accuracy": val_accuracy, "seconds": seconds}
+                   "train_accuracy": correct / seen, "val_accuracy": val_accuracy, "val_loss": scores["loss"],
+                   "seconds": seconds}
         self.history.append(metrics)
+        progress = {"epoch": epoch + 1, "step": state.step, "history": self.history,
+                    "train_seconds": self.train_seconds, "stopped": self.stopped}
+        if self.early_stop is not None:
+            progress["early_stop"] = self.early_stop.best
         if accelerator.is_main_process:
-            _save_checkpoint(self.checkpoint_path, self.model, self.optimizer,
-                             {"epoch": epoch + 1, "step": state.step, "history": self.history,
-                              "train_seconds": self.train_seconds, "stopped": self.stopped}, self.settings,
+            _save_checkpoint(self.checkpoint_path, self.model, self.optimizer, progress, self.settings,
                              accelerator.scaler)
             _write_metrics(self.run_dir / "metrics.jsonl", self.history)
+        if self.early_stop is not None:
+            self.early_stop.commit()  # after the checkpoint that names it
         accelerator.wait_for_everyone()
         accelerator.print(f"[{self.desc}] epoch {epoch + 1}/{self.cfg.epochs}  loss {metrics['train_loss']:.3f}  "
                           f"train {metrics['train_accuracy']:.1%}  val {val_accuracy:.1%}  lr {self.lr_used:.4f}  "
@@ -645,16 +737,20 @@ class _Training:
 
     def _finish(self) -> TrainResult:
         """model.safetensors with the result; the checkpoint is no longer needed."""
+        if self.early_stop is not None:
+            self.early_stop.commit()
         if self.history:
             val_accuracy = self.history[-1]["val_accuracy"]
         else:  # rewound to the very end of the schedule: nothing to train
             val_accuracy, _ = evaluate(self.model, self.val_set, self.accelerator, self.cfg.eval_batch_size,
                                        self.cfg.num_workers)
+        best = self.early_stop.best if self.early_stop is not None else None
         result = TrainResult(model=self.model, val_accuracy=val_accuracy, train_seconds=self.train_seconds,
-                             steps=self.state.step, history=self.history)
+                             steps=self.state.step, history=self.history, early_stop=best)
         self.state.save_weights(self.run_dir / "model.safetensors",
                                 {"val_accuracy": val_accuracy, "train_seconds": self.train_seconds,
-                                 "steps": self.state.step, "history": self.history, "settings": self.settings})
+                                 "steps": self.state.step, "history": self.history, "settings": self.settings,
+                                 "early_stop": best})
         if self.accelerator.is_main_process:
             self.checkpoint_path.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
@@ -675,6 +771,51 @@ class _Training:
             self.model.to(memory_format=torch.contiguous_format)
         _finish_trackers(self.accelerator)
         self.accelerator.free_memory()
+
+
+class _EarlyStop:
+    """Validations every --eval-every steps (evals.jsonl) and the weights at the lowest validation loss
+    (early_stop.safetensors). A new best is written as early_stop.pending.safetensors and becomes the best once the
+    next checkpoint, which names its step, is written: a resumed run keeps the best of the part it resumes."""
+
+    def __init__(self, run_dir: Path, accelerator: Accelerator):
+        self.path, self.pending = run_dir / "early_stop.safetensors", run_dir / "early_stop.pending.safetensors"
+        self.evals_path, self.accelerator = run_dir / "evals.jsonl", accelerator
+        self.evals: List[dict] = []
+        self.best: Optional[dict] = None
+
+    @property
+    def last_step(self) -> Optional[int]:
+        return self.evals[-1]["step"] if self.evals else None
+
+    def resume(self, progress: Optional[dict]) -> None:
+        """The record as of the checkpoint `progress` (none: a fresh start), stale files removed."""
+        step = progress["step"] if progress else -1
+        self.best = progress.get("early_stop") if progress else None
+        if self.evals_path.exists():
+            self.evals = [e for e in map(json.loads, self.evals_path.read_text().splitlines()) if e["step"] <= step]
+        if self.accelerator.is_main_process:
+            pending_step = json.loads(read_safetensors(self.pending)[1]["step"]) if self.pending.exists() else None
+            if self.best is not None and pending_step == self.best["step"]:
+                self.pending.replace(self.path)  # the checkpoint was written, the promotion was not
+            self.pending.unlink(missing_ok=True)
+            if self.best is None:
+                self.path.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+
+    def record(self, state: TrainState, scores: Dict[str, float]) -> None:
+        entry = {"step": state.step, "val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+        self.evals.append(entry)
+        if self.best is None or entry["val_loss"] < self.best["val_loss"]:
+            self.best = entry
+            state.save_weights(self.pending, entry)
+        if self.accelerator.is_main_process:
+            atomic_write(self.evals_path, lambda tmp: Path(tmp).write_text(
+                "".join(json.dumps(e) + "\n" for e in self.evals)))
+
+    def commit(self) -> None:
+        if self.accelerator.is_main_process and self.pending.exists():
+            self.pending.replace(self.path)
 
 
 def _use_channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device) -> bool:

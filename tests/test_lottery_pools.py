@@ -115,7 +115,8 @@ def test_pooled_tickets_keep_the_density_and_never_lose_validation_accuracy(imp_
 def test_a_fixed_alpha_and_candidate_gives_the_blend_computed_by_hand(imp_run, tmp_path):
     alpha, target_level, candidate_level = 0.3, 2, 1
     results = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[target_level],
-                                        alphas=[alpha], max_candidates=1, protocol="reference").run(tmp_path / "p")
+                                        alphas=[alpha], max_candidates=1, protocol="reference",
+                                        acceptance="paper").run(tmp_path / "p")
     (r,) = results
     assert r["candidates"] == [candidate_level]
 
@@ -342,3 +343,51 @@ def test_a_reference_run_folder_takes_other_values_of_the_fast_protocols_options
     assert cli_main([*flags, "--patience", "3", "--bn-batches", "5"]) == 0  # options the reference does not read
     assert cli_main([*flags, "--ema-alpha", "0.5"]) == 2  # an option it reads
     assert "ema_alpha" in capsys.readouterr().err
+
+
+def test_the_paired_test_is_mcnemars_exact_one_sided_test():
+    from scipy.stats import binomtest
+
+    from lt_plugin.pooling import paired_p_value, smallest_gain
+    for gained, lost in [(0, 0), (3, 0), (8, 0), (12, 5), (30, 18), (5, 9)]:
+        expected = binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue if gained + lost else 1.0
+        assert paired_p_value(gained, lost) == pytest.approx(expected, rel=1e-9)
+    assert smallest_gain(11) == 8  # 0.5**8 < 0.05 / 11 < 0.5**7: 8 images gained, none lost
+    assert paired_p_value(8, 0) < 0.05 / 11 < paired_p_value(7, 0)
+
+
+def test_the_paired_rule_rejects_a_blend_whose_gain_the_validation_split_cannot_resolve():
+    """Tickets as constant state dicts, scored by hand-made correctness vectors: the second candidate's best blend
+    gains 3 images and loses 1 of 400, which the paper's rule accepts and the paired rule does not; the third gains
+    40 and loses 5, which both accept."""
+    from lt_plugin.pooling import lottery_pool
+    from torch import nn
+    model = nn.Linear(2, 2, bias=False)
+    mask = Mask({"weight": torch.ones(2, 2, dtype=torch.bool)}, ["weight"])  # dense: never re-pruned
+    tickets = {level: ({"weight": torch.full((2, 2), float(level))}, mask) for level in range(3)}
+    base = torch.zeros(400, dtype=torch.bool)
+    base[:200] = True
+    small = base.clone()
+    small[200:203], small[0] = True, False        # +3, -1
+    large = base.clone()
+    large[200:240], large[:5] = True, False       # +40, -5
+
+    def evaluate(m, _mask):  # the blend of target 0 with candidate c at alpha a has weight a * c
+        value = float(m.weight.detach()[0, 0])
+        return small if 0.9 < value < 1.0 else large if 1.8 < value < 2.0 else base
+
+    for acceptance, accepted in (("paper", [[1, 0.95], [2, 0.95]]), ("paired", [[2, 0.95]])):
+        pooled = lottery_pool(model, tickets, 0, evaluate=evaluate, candidates=[1, 2], alphas=[0.5, 0.95],
+                              acceptance=acceptance)
+        assert pooled.accepted == accepted, acceptance
+    assert pooled.sweeps[0] == {"candidate": 1, "scores": [[0.5, 0.5], [0.95, 0.505]], "gained": 3, "lost": 1,
+                                "p_value": pytest.approx(5 / 16)}
+
+
+def test_grayscale_images_are_corrupted_as_grayscale():
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for name in CORRUPTIONS:
+        assert corrupt(x, name, 3).shape == x.shape, name
+    gray = corrupt(x, "jpeg_compression", 2)
+    rgb = corrupt(x.expand(-1, 3, -1, -1), "jpeg_compression", 2)
+    assert (gray - rgb.mean(dim=1, keepdim=True)).abs().max() < 0.05  # a gray image's JPEG, one channel or three

@@ -98,17 +98,17 @@ def test_lottery_pool_on_hand_loaded_tickets_gives_the_strategys_blend(tmp_path)
                        Mask.load(tmp_path / "imp" / f"level_{level}" / "mask.safetensors")) for level in range(3)}
 
     @torch.no_grad()
-    def evaluate(model, mask):  # a user's own validation loop
+    def evaluate(model, mask):  # a user's own validation loop: each image right or wrong, for the paired rule
         model.eval()
-        return sum(int((model(x).argmax(1) == y).sum()) for x, y in DataLoader(data.val, 256)) / len(data.val)
+        return torch.cat([model(x).argmax(1) == y for x, y in DataLoader(data.val, 256)])
 
     def recalibrate(model, mask):  # torch's own BatchNorm update, over the training set shuffled with seed 0
         update_bn(DataLoader(data.train, 256, shuffle=True, generator=torch.Generator().manual_seed(0)), model)
 
     pooled = lt_plugin.lottery_pool(experiment.create_model(10, seed=3), tickets, 2, evaluate=evaluate,
-                                    recalibrate=recalibrate, alphas=[0.3, 0.6])
+                                    recalibrate=recalibrate, alphas=[0.3, 0.6], acceptance="paired")
     assert pooled.accepted == strategy["accepted"] and pooled.val_accuracy == strategy["pooled_val_accuracy"]
-    assert [s["scores"] for s in pooled.sweeps] == [s["scores"] for s in strategy["sweeps"]]
+    assert pooled.sweeps == strategy["sweeps"]  # the scores, and the images gained and lost with their p-value
     kept = load_weights(tmp_path / "pools" / "level_2" / "weights.safetensors")
     for name, value in kept.items():
         torch.testing.assert_close(pooled.state[name].float(), value.float(), rtol=0, atol=1e-6)

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from ..data import DataSplits
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
-from ..options import check_choices, upgrade
+from ..options import check_choices, default_of, upgrade
 from ..run_folder import RunFolder
 from ..store import read_json
 from ..train import TrainConfig, check_training_data, make_accelerator, resolve_train_config, train_config_of
@@ -53,6 +53,16 @@ class Strategy(abc.ABC):
 
     def hparams(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def implicit_values(cls) -> dict:
+        """Each option's value in runs made before it existed: its field's metadata "before", else its default
+        (what RunFolder.check_config holds an older run folder to)."""
+        return {f.name: f.metadata.get("before", default_of(f)) for f in dataclasses.fields(cls)}
+
+    def check_run_folder(self, folder: RunFolder) -> None:
+        """config.json written, or an existing one checked against these options (RunFolder.check_config)."""
+        folder.check_config(self.name, self.hparams(), self.implicit_values())
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "Strategy":

@@ -201,7 +201,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         deepest = structure.plans_at_ratios([max(self.ratios)])[max(self.ratios)]
         export(model, structure.mask_from_plan(deepest), example)  # fails now if the model cannot be pruned
         per_epoch = steps_per_epoch(cfg, len(data.train))
-        folder.check_config(self.name, self.hparams())
+        self.check_run_folder(folder)
         folder.save_weights_once("init.safetensors", init_state)
 
         dense_macs, _ = tp.utils.count_ops_and_params(model.eval(), example)

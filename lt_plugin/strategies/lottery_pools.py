@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -34,21 +35,23 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from ..corruptions import corrupted_copies
-from ..errors import RunFolderError, UserError
+from ..errors import LtPluginWarning, RunFolderError, UserError
 from ..masks import Mask, resolve_ignored
 from ..pipeline import ticket_cost
-from ..pooling import (DEFAULT_ALPHAS, adjacency_order, keep_target_mask, lottery_pool, magnitude_mask_like,
-                       running_blend)
+from ..pooling import (ACCEPTANCE, DEFAULT_ALPHAS, SIGNIFICANCE, adjacency_order, keep_target_mask, lottery_pool,
+                       magnitude_mask_like, running_blend, smallest_gain)
 from ..report import plot_accuracy_curves
 from ..run_folder import RunFolder
 from ..store import atomic_write_json, load_weights, read_json
 from ..structure import ChannelStructure, export
-from ..train import TrainConfig, evaluate, make_accelerator, recalibrate_bn, resolve_train_config, train_config_of
+from ..train import (TrainConfig, correctness, evaluate, make_accelerator, recalibrate_bn, resolve_train_config,
+                     train_config_of)
 from .base import Strategy, TicketFiles
 from .imp import IMP
 
 PROTOCOLS = ("fast", "reference")
 BN_BATCH_SIZE = 256
+TOO_COARSE = 0.01  # warn when the validation split cannot resolve gains below this fraction of its images
 
 _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "MACs", "{:,}"),
           ("ticket_val_accuracy", "ticket val", "{:.2%}"), ("pooled_val_accuracy", "pooled val", "{:.2%}"),
@@ -89,6 +92,14 @@ class LotteryPools(Strategy):
         "help": "interpolation weights of a candidate, each in (0, 1)"})
     max_candidates: Optional[int] = dataclasses.field(default=None, metadata={
         "type": int, "help": "try at most this many candidates per target, in adjacency order; None: all"})
+    acceptance: str = dataclasses.field(default="paired", metadata={
+        "before": "paper", "choices": ACCEPTANCE, "help": "paired: a candidate's best blend is accepted only if it beats the running best "
+                                       "on McNemar's exact test over the validation images the two disagree on, at "
+                                       "p < --significance / the alphas tried (a split of n images resolves gains of "
+                                       "about log2(alphas / significance) / n and more); paper: by any margin, the "
+                                       "paper's rule, which on a few hundred images picks noise"})
+    significance: float = dataclasses.field(default=SIGNIFICANCE, metadata={
+        "help": "with --acceptance paired: the chance of accepting a blend that is no better, per candidate"})
     keep_mask: bool = dataclasses.field(default=False, metadata={
         "help": "keep the target's own mask instead of re-pruning the blend"})
     protocol: str = dataclasses.field(default="fast", metadata={
@@ -127,6 +138,8 @@ class LotteryPools(Strategy):
             raise UserError("--corruption-samples applies with --corruptions")
         if not 0.0 < self.ema_alpha < 1.0:
             raise UserError("--ema-alpha must be strictly between 0 and 1")
+        if not 0.0 < self.significance < 1.0:
+            raise UserError("--significance must be strictly between 0 and 1")
         targets = [str(t) for t in self.targets]
         if targets != ["all"]:
             if not targets or not all(t.isdigit() for t in targets):
@@ -165,11 +178,17 @@ class LotteryPools(Strategy):
         # Which levels are pooled changes no level's result: other --targets may reuse the folder; so may other
         # values of the options only the fast protocol reads.
         unused = {"targets"} | ({"bn_batches", "patience"} if self.protocol == "reference" else set())
-        folder.check_config(self.name, {k: v for k, v in self.hparams().items() if k not in unused})
+        folder.check_config(self.name, {k: v for k, v in self.hparams().items() if k not in unused},
+                            self.implicit_values())
         if folder.is_main and not (out / "imp_config.json").exists():
             atomic_write_json(read_json(imp_dir / "config.json"), out / "imp_config.json")
 
         ensemble = self._ensemble(folder, pool)
+        if self.acceptance == "paired" and pool.smallest_gain > TOO_COARSE:
+            warnings.warn(f"the validation split has {len(pool.data.val)} images: a blend is accepted only if it gains "
+                          f"{pool.smallest_gain:.1%} or more of them (fewer are noise at --significance "
+                          f"{self.significance}), so few will be; hold out more images (--val-fraction of the IMP run) "
+                          "for Lottery Pools to have a chance", LtPluginWarning, stacklevel=2)
         results = []
         for level in targets:
             level_dir = out / f"level_{level}"
@@ -177,7 +196,12 @@ class LotteryPools(Strategy):
             if done is None:
                 done = self._pool_target(folder, pool, level, ensemble)
             results.append(done)
-        curves = {model: [(r["density"], r[f"{model}_test_accuracy"]) for r in results] for model in ("ticket", "pooled")}
+        curves = {model: [(r["density"], r[f"{model}_test_accuracy"]) for r in results]
+                  for model in ("ticket", "pooled")}
+        if folder.is_main:
+            rule = (f"paired (McNemar, p < {self.significance:g} / alphas tried): a gain needs at least "
+                    f"{pool.smallest_gain:.2%} of them" if self.acceptance == "paired" else "the paper's (any gain)")
+            print(f"validation split: {len(pool.data.val)} images; acceptance {rule}")
         folder.write_results(results, columns=_TABLE, rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
                                                             for r in results],
                              plots={"pools.png": lambda path: plot_accuracy_curves(
@@ -202,8 +226,9 @@ class LotteryPools(Strategy):
         started = time.perf_counter()
         torch.manual_seed(self.seed * 1_000 + level)  # a random importance draws the same channels on a rerun
         candidates = adjacency_order(level, pool.levels)[: self.max_candidates]
-        search = lottery_pool(pool.model, pool.tickets, level, evaluate=pool.val_accuracy, recalibrate=pool.recalibrate,
-                              reprune=pool.reprune, candidates=candidates, alphas=self.alphas, patience=pool.patience)
+        search = lottery_pool(pool.model, pool.tickets, level, evaluate=pool.val_scores, recalibrate=pool.recalibrate,
+                              reprune=pool.reprune, candidates=candidates, alphas=self.alphas, patience=pool.patience,
+                              acceptance=self.acceptance, significance=self.significance)
         search_seconds = time.perf_counter() - started
         ticket_bn = pool.running_blend(level, [], [])  # the ticket with statistics recomputed as the blends' are
         swa = pool.running_blend(level, candidates, [1 / (i + 2) for i in range(len(candidates))])
@@ -222,7 +247,9 @@ class LotteryPools(Strategy):
             **{f"ensemble_{key}": value for key, value in ensemble.items() if key != "levels"},
             "accepted": search.accepted, "candidates": candidates, "sweeps": search.sweeps,
             "mask_distance": search.mask.distance(pool.tickets[level][1]),
-            "protocol": self.protocol, "val_passes": search.val_passes, "recalibrations": search.recalibrations,
+            "protocol": self.protocol, "acceptance": self.acceptance, "val_images": len(pool.data.val),
+            "smallest_gain": pool.smallest_gain if self.acceptance == "paired" else None,
+            "val_passes": search.val_passes, "recalibrations": search.recalibrations,
             "search_seconds": search_seconds, "seconds": time.perf_counter() - started,
         }
         level_dir = folder.path / f"level_{level}"
@@ -256,6 +283,7 @@ class _Pool:
         device = accelerator.device
         self.example = imp.example_inputs().to(device)
         self.model = imp.create_model(self.num_classes, seed=0, pretrained=False).to(device)
+        self.separate = list(imp.own_rates(self.model))  # layers pruned at rates of their own stay so
         self.results = {level: read_json(imp_dir / f"level_{level}" / "result.json") for level in levels}
         self.tickets = {level: ({k: v.to(device) for k, v in
                                  load_weights(imp_dir / f"level_{level}" / "weights.safetensors").items()},
@@ -275,16 +303,21 @@ class _Pool:
             isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for m in self.model.modules())
         self.bn_batches = hp.bn_batches if hp.protocol == "fast" else None
         self.patience = hp.patience if hp.protocol == "fast" else None
+        self.smallest_gain = smallest_gain(len(hp.alphas), hp.significance) / len(self.data.val)
 
     def _magnitude_like(self, model: nn.Module, target: Mask) -> Mask:
-        return magnitude_mask_like(model, target, self.scope)
+        return magnitude_mask_like(model, target, self.scope, self.separate)
 
     def recalibrate(self, model: nn.Module, mask: Mask) -> None:
         set_seed(self.hp.seed)  # the same batches, and the same augmentation if any, on every process and rerun
         recalibrate_bn(model, self.data.train, self.accelerator, self.bn_batches, BN_BATCH_SIZE, self.cfg.num_workers)
 
-    def val_accuracy(self, model: nn.Module, mask: Mask) -> float:
+    def val_scores(self, model: nn.Module, mask: Mask):
+        """The validation score Lottery Pools compares: each image's correctness for the paired rule, the accuracy
+        for the paper's."""
         scored = export(model, mask, self.example) if self.export_to_score and mask.plan else model
+        if self.hp.acceptance == "paired":
+            return correctness(scored, self.data.val, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
         return self.evaluate(scored, self.data.val)
 
     def evaluate(self, model, dataset) -> float:
