@@ -92,3 +92,36 @@ def plot_distance_matrices(matrices: Mapping[str, Tuple[Sequence, Sequence[Seque
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
+
+
+def plot_instability(results: Sequence[dict], path) -> Path:
+    """Instability analysis: the barrier against the rewind step, one line per level (left), and each path's test
+    error against alpha (right)."""
+    import matplotlib  # only runs that plot pay for importing it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for level in sorted({r["level"] for r in results}):
+        rows = sorted((r for r in results if r["level"] == level), key=lambda r: r["rewind_step"])
+        label = f"level {level} (density {rows[0]['density']:.3g})"
+        left.plot([r["rewind_step"] for r in rows], [100 * r["barrier"] for r in rows], "o-", label=label)
+        left.plot([r["rewind_step"] for r in rows], [100 * r["barrier_recomputed_bn"] for r in rows], "x--",
+                  label=f"{label}, BN recomputed")
+        for r in rows:
+            right.plot(r["alphas"], [100 * e for e in r["test_error_interpolated_bn"]],
+                       label=f"level {level} from {r['rewind_point']}")
+    left.set_xlabel("rewind step (optimizer steps of the dense training)")
+    left.set_ylabel("error barrier (points)")
+    left.set_xscale("symlog")
+    right.set_xlabel("alpha (0: copy a, 1: copy b)")
+    right.set_ylabel("test error (%)")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Instability analysis (Frankle et al. 2020)")
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path

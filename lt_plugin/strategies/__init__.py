@@ -76,8 +76,11 @@ def _register_builtins() -> None:
     """The strategies lt_plugin ships, registered here by name (third-party ones come through entry points)."""
     from .early_bird import EarlyBird
     from .imp import IMP
+    from .instability import Instability
     from .lottery_pools import LotteryPools
-    for name, cls in (("imp", IMP), ("early-bird", EarlyBird), ("lottery-pools", LotteryPools)):
+    from .soups import SparseModelSoups
+    for name, cls in (("imp", IMP), ("early-bird", EarlyBird), ("lottery-pools", LotteryPools),
+                      ("sparse-model-soups", SparseModelSoups), ("instability", Instability)):
         register_strategy(name)(cls)
 
 

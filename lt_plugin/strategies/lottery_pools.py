@@ -23,7 +23,6 @@ Run folder (`<imp run>/pools` unless `out_dir` says otherwise):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 import warnings
@@ -31,10 +30,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from accelerate.utils import set_seed
 from torch import nn
 
-from ..corruptions import corrupted_copies
 from ..errors import LtPluginWarning, RunFolderError, UserError
 from ..masks import Mask, resolve_ignored
 from ..pipeline import ticket_cost
@@ -43,14 +40,13 @@ from ..pooling import (ACCEPTANCE, DEFAULT_ALPHAS, SIGNIFICANCE, adjacency_order
 from ..report import plot_accuracy_curves
 from ..run_folder import RunFolder
 from ..store import atomic_write_json, load_weights, read_json
-from ..structure import ChannelStructure, export
-from ..train import (TrainConfig, correctness, evaluate, make_accelerator, recalibrate_bn, resolve_train_config,
-                     train_config_of)
+from ..scoring import BN_BATCH_SIZE, Scorer
+from ..structure import ChannelStructure
+from ..train import TrainConfig, make_accelerator, resolve_train_config, train_config_of
 from .base import Strategy, TicketFiles
 from .imp import IMP
 
 PROTOCOLS = ("fast", "reference")
-BN_BATCH_SIZE = 256
 TOO_COARSE = 0.01  # warn when the validation split cannot resolve gains below this fraction of its images
 
 _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "MACs", "{:,}"),
@@ -268,12 +264,13 @@ def _accepted_text(accepted: Sequence) -> str:
 
 
 class _Pool:
-    """An IMP run's tickets held as tensors on the device, one working model every blend is loaded into, and the
-    run's way to return a blend to a ticket's sparsity, recompute its BatchNorm statistics and score it."""
+    """An IMP run's tickets held as tensors on the device, and the run's way to return a blend to a ticket's
+    sparsity; the working model every blend is loaded into, the BatchNorm recalibration and the scores are the
+    shared Scorer's (lt_plugin.scoring)."""
 
     def __init__(self, hp: LotteryPools, imp: IMP, imp_dir: Path, levels: List[int], accelerator,
                  cfg: TrainConfig):
-        self.hp, self.levels, self.accelerator, self.cfg = hp, levels, accelerator, cfg
+        self.hp, self.levels, self.accelerator = hp, levels, accelerator
         self.granularity, self.scope = imp.granularity, imp.scope
         if hp.corruptions and imp.streaming:
             raise UserError("--corruptions corrupts the test images held in memory, but the IMP run streams its data "
@@ -281,8 +278,10 @@ class _Pool:
         self.data = imp.load_data()
         self.num_classes = self.data.num_classes
         device = accelerator.device
-        self.example = imp.example_inputs().to(device)
-        self.model = imp.create_model(self.num_classes, seed=0, pretrained=False).to(device)
+        self.scorer = Scorer(self.data, accelerator, cfg, imp.example_inputs(),
+                             imp.create_model(self.num_classes, seed=0, pretrained=False), hp.seed,
+                             hp.bn_batches if hp.protocol == "fast" else None)
+        self.model, self.example = self.scorer.template, self.scorer.example
         self.separate = list(imp.own_rates(self.model))  # layers pruned at rates of their own stay so
         self.results = {level: read_json(imp_dir / f"level_{level}" / "result.json") for level in levels}
         self.tickets = {level: ({k: v.to(device) for k, v in
@@ -298,10 +297,6 @@ class _Pool:
             structure = ChannelStructure(self.model, self.example, ignored, importance=imp.importance,
                                          scope=self.scope)
             self.reprune = lambda model, target: structure.ranked_like(target)
-        # LayerNorm counts zeroed channels: there a channel ticket is scored as the exported model it is.
-        self.export_to_score = self.granularity == "channel" and any(
-            isinstance(m, (nn.LayerNorm, nn.GroupNorm)) for m in self.model.modules())
-        self.bn_batches = hp.bn_batches if hp.protocol == "fast" else None
         self.patience = hp.patience if hp.protocol == "fast" else None
         self.smallest_gain = smallest_gain(len(hp.alphas), hp.significance) / len(self.data.val)
 
@@ -309,46 +304,22 @@ class _Pool:
         return magnitude_mask_like(model, target, self.scope, self.separate)
 
     def recalibrate(self, model: nn.Module, mask: Mask) -> None:
-        set_seed(self.hp.seed)  # the same batches, and the same augmentation if any, on every process and rerun
-        recalibrate_bn(model, self.data.train, self.accelerator, self.bn_batches, BN_BATCH_SIZE, self.cfg.num_workers)
+        self.scorer.recalibrate(model)
 
     def val_scores(self, model: nn.Module, mask: Mask):
         """The validation score Lottery Pools compares: each image's correctness for the paired rule, the accuracy
         for the paper's."""
-        scored = export(model, mask, self.example) if self.export_to_score and mask.plan else model
+        scored = self.scorer.as_scored(model, mask)
         if self.hp.acceptance == "paired":
-            return correctness(scored, self.data.val, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
-        return self.evaluate(scored, self.data.val)
-
-    def evaluate(self, model, dataset) -> float:
-        return evaluate(model, dataset, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)[0]
+            return self.scorer.correctness(scored, self.data.val)
+        return self.scorer.accuracy(scored, self.data.val)
 
     def running_blend(self, level: int, candidates: Sequence[int], alphas: Sequence[float]):
         return running_blend(self.model, self.tickets, level, candidates, alphas, reprune=self.reprune,
                              recalibrate=self.recalibrate)
 
-    # ---- scoring the finished models ----
     def materialise(self, state: Dict[str, torch.Tensor], mask: Mask) -> nn.Module:
-        """The model a (state, mask) ticket is: the masked dense model, or the exported one for a channel ticket."""
-        model = copy.deepcopy(self.model)
-        model.load_state_dict(state)
-        mask.apply(model)
-        return export(model, mask, self.example) if mask.granularity == "channel" and mask.plan else model
+        return self.scorer.materialise(state, mask)
 
     def scores(self, models: Dict[str, object], corruptions: bool) -> dict:
-        """{name}_val_accuracy, {name}_test_accuracy and, when asked, {name}_corruption_accuracy (the mean over
-        corruptions and severities) with the per-corruption accuracies, for models or lists of models (ensembles)."""
-        out = {}
-        for name, model in models.items():
-            out[f"{name}_val_accuracy"] = self.evaluate(model, self.data.val)
-            out[f"{name}_test_accuracy"] = self.evaluate(model, self.data.test)
-        if corruptions:
-            detail: Dict[str, Dict[str, List[float]]] = {name: {} for name in models}
-            for corruption, _, dataset in corrupted_copies(self.data.test, self.hp.seed, self.hp.corruption_samples):
-                for name, model in models.items():
-                    detail[name].setdefault(corruption, []).append(self.evaluate(model, dataset))
-            for name, per_corruption in detail.items():
-                values = [a for accuracies in per_corruption.values() for a in accuracies]
-                out[f"{name}_corruption_accuracy"] = sum(values) / len(values)
-                out[f"{name}_corruptions"] = per_corruption
-        return out
+        return self.scorer.scores(models, corruptions, self.hp.corruption_samples)
