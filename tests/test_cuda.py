@@ -17,7 +17,6 @@ import torch
 
 import lt_plugin
 from lt_plugin import Mask, load_ticket
-from lt_plugin.callbacks import Lambda
 from lt_plugin.cli import main as cli_main
 from lt_plugin.data import load_data
 from lt_plugin.experiment import Experiment
@@ -27,7 +26,7 @@ from lt_plugin.structure import ChannelStructure, create_mask, export
 from lt_plugin.train import TrainConfig, fit, make_accelerator, steps_per_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))
-from tiny_training import reset_accelerate  # noqa: E402
+from tiny_training import crash_at, reset_accelerate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("fresh_accelerate_state"),
@@ -128,16 +127,9 @@ def test_a_resumed_gpu_run_ends_as_an_uninterrupted_one(tmp_path, deterministic)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, mixed_precision="bf16", deterministic=deterministic)
     data = load_data("digits", image_size=16, max_train_samples=512)
     experiment = Experiment(model="test_resnet", image_size=16)
-    crash_at, calls = steps_per_epoch(cfg, len(data.train)) + 2, []
-
-    def crash(_state):
-        calls.append(1)
-        if len(calls) == crash_at:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         fit(experiment.create_model(10, seed=0), data.train, data.val, cfg, tmp_path / "crashed",
-            accelerator=make_accelerator(cfg), callbacks=[Lambda(before_optimizer_step=crash)])
+            accelerator=make_accelerator(cfg), callbacks=[crash_at(steps_per_epoch(cfg, len(data.train)) + 2)])
     resumed = fit(experiment.create_model(10, seed=1), data.train, data.val, cfg, tmp_path / "crashed",
                   accelerator=make_accelerator(cfg)).model.state_dict()
     straight = fit(experiment.create_model(10, seed=0), data.train, data.val, cfg, tmp_path / "straight",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lt_plugin import create_mask, export, loaders, train
-from lt_plugin.callbacks import EnforceMask, Lambda
+from lt_plugin.callbacks import EnforceMask
 from lt_plugin.cli import main as cli_main
 from lt_plugin.data import load_data
 from lt_plugin.deploy import forward_latency_ms
@@ -28,7 +28,7 @@ from lt_plugin.structure import ChannelStructure
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, steps_per_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))
-from tiny_training import conv_bn_model, image_data, reset_accelerate  # noqa: E402
+from tiny_training import conv_bn_model, crash_at as interrupt_at, image_data, reset_accelerate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -178,16 +178,9 @@ def test_the_slimming_penalty_acts_on_unscaled_gradients(tmp_path):
 def test_a_resumed_fp16_run_goes_on_with_the_loss_scale_it_had_reached(tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05)
     crash_at = steps_per_epoch(cfg, 64) + 2
-    calls = []
-
-    def crash(_state):
-        calls.append(1)
-        if len(calls) == crash_at:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         fit(conv_bn_model(), image_data(64), image_data(16), cfg, tmp_path / "crashed",
-            accelerator=_scaled(make_accelerator(cfg)), callbacks=[Lambda(before_optimizer_step=crash)])
+            accelerator=_scaled(make_accelerator(cfg)), callbacks=[interrupt_at(crash_at)])
     scales = []
     for folder in ("crashed", "straight"):
         reset_accelerate()

@@ -10,13 +10,13 @@ import timm
 import torch
 
 import lt_plugin
-from lt_plugin.callbacks import Lambda, Snapshots
+from lt_plugin.callbacks import Snapshots
 from lt_plugin.masks import Mask
 from lt_plugin.store import load_weights
 from lt_plugin.train import TrainConfig, fit, make_accelerator, steps_per_epoch, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))
-from tiny_training import conv_bn_model, image_data, reset_accelerate  # noqa: E402
+from tiny_training import conv_bn_model, crash_at, image_data, reset_accelerate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 CFG = TrainConfig(epochs=3, batch_size=16, lr=0.05, momentum=0.9, eval_every=2)
@@ -45,16 +45,9 @@ def test_the_early_stopping_step_is_the_lowest_validation_loss_of_the_evaluation
 
 def test_a_resumed_run_keeps_the_early_stopping_record_of_an_uninterrupted_one(tmp_path):
     train_set, val_set = image_data(96), image_data(40, seed=1)
-    crash_at, calls = steps_per_epoch(CFG, 96) + 3, []
-
-    def crash(_state):
-        calls.append(1)
-        if len(calls) == crash_at:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         fit(conv_bn_model(), train_set, val_set, CFG, tmp_path / "crashed", accelerator=make_accelerator(CFG),
-            callbacks=[Lambda(before_optimizer_step=crash)])
+            callbacks=[crash_at(steps_per_epoch(CFG, 96) + 3)])
     resumed = fit(conv_bn_model(seed=4), train_set, val_set, CFG, tmp_path / "crashed",
                   accelerator=make_accelerator(CFG))
     reset_accelerate()

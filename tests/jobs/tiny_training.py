@@ -37,3 +37,16 @@ def reset_accelerate():
     """Forget Accelerate's process-wide singletons (a forked worker copies its launcher's; tests start afresh)."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def crash_at(step):
+    """A callback that interrupts training (KeyboardInterrupt) before the `step`-th optimizer step (1-based), as a
+    kill would: the run folder keeps what was written before."""
+    from lt_plugin.callbacks import Lambda
+    calls = []
+
+    def crash(_state):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+    return Lambda(before_optimizer_step=crash)
