@@ -188,6 +188,17 @@ def test_a_finished_instability_run_is_reread_and_an_imp_runs_tickets_keep_their
     assert all(torch.equal(parent[k], init[k]) for k in init)
 
 
+def test_an_instability_run_killed_between_its_copies_ends_as_an_uninterrupted_one(dense_instability, tmp_path,
+                                                                                     kill_when):
+    out, results = dense_instability
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "lt_plugin.cli", "instability", *TINY, "--rewind-points", "0it", "1ep",
+               "--points", "4", "--out", str(killed)]
+    kill_when(command, (killed / "level_0" / "rewind_0it" / "copy_a" / "result.json").exists, "the first copy")
+    subprocess.run(command, check=True, capture_output=True)
+    assert json.loads((killed / "results.json").read_text()) == results
+
+
 def test_instability_mistakes_are_one_line_errors(tmp_path, capsys):
     for flags, message in ((["--rewind-points", "lr"], "--rewind-points are init, <N>it or <N>ep"),
                            (["--rewind-points", "9ep"], "past the end of training"),
