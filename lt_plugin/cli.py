@@ -27,7 +27,7 @@ from .tickets import EXPORT_FORMATS, export_run_ticket
 _TRAIN_HELP = {
     "epochs": "training epochs per level", "batch_size": "global batch size (split over processes)",
     "eval_batch_size": "evaluation batch size", "opt": "timm optimizer name", "lr": "peak learning rate",
-    "momentum": "SGD momentum", "weight_decay": "weight decay", "sched": "cosine | step | multistep | constant",
+    "momentum": "SGD momentum", "weight_decay": "weight decay", "sched": "cosine | step | multistep | constant | linear (to zero)",
     "decay_milestones": "fractions of training where the LR decays (multistep, step)",
     "decay_rate": "LR decay factor", "warmup_epochs": "linear LR warm-up epochs",
     "grad_accum_steps": "gradient accumulation steps",
@@ -41,6 +41,8 @@ _TRAIN_HELP = {
     "deterministic": "GPUs: deterministic kernels and no cuDNN autotuning (reproducible, slower); off: cuDNN "
                      "benchmarks its kernels for the fixed input shape",
     "tf32": "GPUs: float32 matmuls and convolutions may use TF32 tensor cores (--no-tf32: full float32)",
+    "eval_every": "also validate every N optimizer steps, recording the early-stopping iteration (the lowest "
+                  "validation loss) and the test accuracy there; 0: at epoch ends only",
     "sync_bn": "BatchNorm statistics over the global batch on several GPU processes (torch's SyncBatchNorm); "
                "without it each process normalises with its own shard of the batch",
 }
@@ -82,8 +84,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     for field in dataclasses.fields(cls):
         flags = field.metadata.get("flags", ["--" + field.name.replace("_", "-")])
         meta = field.metadata
-        kwargs = {"dest": field.name, "default": argparse.SUPPRESS,
-                  "help": f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {default_of(field)})"}
+        text = f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {default_of(field)})"
+        kwargs = {"dest": field.name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         if "choices" in meta:
             kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
         value_type = _value_type(field)

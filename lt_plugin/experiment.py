@@ -142,7 +142,7 @@ class Experiment:
     augment: str = dataclasses.field(default="none", metadata={
         "choices": tuple(AUGMENTATIONS),
         "help": "training augmentation: crop-flip for small images, crop for small images that must not be "
-                "mirrored (digits), imagenet for large images (see the README)"})
+                "mirrored (digits), imagenet for large images (see docs/data.md)"})
     augment_kwargs: dict = dataclasses.field(default_factory=dict, metadata={
         "help": "options of timm's create_transform for --augment imagenet, as JSON, e.g. '{\"scale\": [0.35, 1], "
                 "\"hflip\": 0}'"})
@@ -155,7 +155,7 @@ class Experiment:
         "help": "read the dataset as a stream (datasets' IterableDataset): a hub dataset is then not downloaded "
                 "first; each process reads its own shards, shuffled among --shuffle-buffer images; a hub dataset needs "
                 "its own validation or test split, and the order depends on --num-workers and the number of "
-                "processes (see the README)"})
+                "processes (see docs/data.md)"})
     shuffle_buffer: Optional[int] = dataclasses.field(default=None, metadata={
         "type": int, "help": f"with --streaming: images each DataLoader worker shuffles among (default "
                              f"{SHUFFLE_BUFFER:,}; held encoded, e.g. ~110 kB each for ImageNet's JPEGs)"})

@@ -34,3 +34,15 @@ def test_the_lower_layers_do_not_load_the_strategies():
         code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('lt_plugin.strategies')))"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "[]", module
+
+
+def test_every_strategy_prints_its_help(capsys):
+    import pytest
+
+    from lt_plugin import list_strategies
+    from lt_plugin.cli import main as cli_main
+    for name in list_strategies():
+        with pytest.raises(SystemExit) as done:
+            cli_main([name, "--help"])
+        assert done.value.code == 0, name
+        assert "--out" in capsys.readouterr().out

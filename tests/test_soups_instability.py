@@ -174,7 +174,7 @@ def test_a_finished_instability_run_is_reread_and_an_imp_runs_tickets_keep_their
     assert json.loads((out / "results.json").read_text()) == results
     imp = tmp_path / "imp"
     assert cli_main(["imp", *TINY, "--levels", "1", "--out", str(imp)]) == 0
-    assert cli_main(["instability", "--run", str(imp), "--levels", "1", "--rewind-points", "0it", "--points", "3",
+    assert cli_main(["instability", "--run", str(imp), "--targets", "1", "--rewind-points", "0it", "--points", "3",
                      "--out", str(tmp_path / "sparse")]) == 0
     (r,) = json.loads((tmp_path / "sparse" / "results.json").read_text())
     mask = Mask.load(imp / "level_1" / "mask.safetensors")
@@ -202,7 +202,7 @@ def test_an_instability_run_killed_between_its_copies_ends_as_an_uninterrupted_o
 def test_instability_mistakes_are_one_line_errors(tmp_path, capsys):
     for flags, message in ((["--rewind-points", "lr"], "--rewind-points are init, <N>it or <N>ep"),
                            (["--rewind-points", "9ep"], "past the end of training"),
-                           (["--levels", "1", "--rewind-points", "0it"], "add --run"),
+                           (["--targets", "1", "--rewind-points", "0it"], "add --run"),
                            (["--points", "1"], "--points must be 2 or more")):
         assert cli_main(["instability", *TINY, *flags, "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err

@@ -10,7 +10,7 @@ every tensor, BatchNorm statistics included; the instability (the error barrier)
 minus the mean of the two ends' errors. As we read the paper, it evaluates the interpolated networks as they are
 (running statistics interpolated too, not recomputed); the barrier with the statistics recomputed on training
 batches is reported beside it, since interpolated statistics alone can make a barrier. With `run` (a finished IMP
-run), the same for its levels' tickets: both copies keep the level's mask and start from the parent's theta_k
+run, its levels in `targets`), the same for its tickets: both copies keep the level's mask and start from the parent's theta_k
 under it (Frankle et al.'s Figure 5); the parent is the IMP run's dense training (its options and seed).
 
 Run folder:
@@ -69,8 +69,9 @@ class Instability(Strategy, TrainConfig, Experiment):
         "flags": ["--run"], "help": "a finished IMP run: analyse its levels' tickets, with its model, data and "
                                     "training (the options of this command's own model, data and training are then "
                                     "not read)"})
-    levels: list = dataclasses.field(default_factory=lambda: ["all"], metadata={
-        "help": "with --run: the levels to analyse (all, or level numbers; 0 is the dense network)"})
+    targets: list = dataclasses.field(default_factory=lambda: ["all"], metadata={
+        "help": "with --run: the IMP levels whose tickets to analyse (all, or level numbers; 0 is the dense "
+                "network)"})
     bn_batches: int = dataclasses.field(default=4, metadata={
         "help": "batches of 256 training images the recomputed-statistics path recomputes BatchNorm on"})
 
@@ -84,10 +85,10 @@ class Instability(Strategy, TrainConfig, Experiment):
                 raise UserError(f"--rewind-points are init, <N>it or <N>ep, not {point!r}")
         if self.points < 2:
             raise UserError(f"--points must be 2 or more (the two ends), not {self.points}")
-        levels = [str(level) for level in self.levels]
-        if levels != ["all"] and not all(level.isdigit() for level in levels):
-            raise UserError(f"--levels must be 'all' or level numbers, not {' '.join(levels)}")
-        self.levels = levels if levels == ["all"] else sorted({int(level) for level in levels})
+        targets = [str(level) for level in self.targets]
+        if targets != ["all"] and not all(level.isdigit() for level in targets):
+            raise UserError(f"--targets must be 'all' or level numbers, not {' '.join(targets)}")
+        self.targets = targets if targets == ["all"] else sorted({int(level) for level in targets})
         if self.run_dir:
             self.run_dir = str(Path(self.run_dir).resolve())
 
@@ -133,14 +134,14 @@ class Instability(Strategy, TrainConfig, Experiment):
 
     def _levels(self, source) -> List[int]:
         if not self.run_dir:
-            if self.levels != ["all"] and self.levels != [0]:
-                raise UserError("--levels reads the levels of an IMP run: add --run")
+            if self.targets != ["all"] and self.targets != [0]:
+                raise UserError("--targets names levels of an IMP run: add --run")
             return [0]
         every = list(range(source.levels + 1))
-        unknown = [str(level) for level in self.levels if level != "all" and level not in every]
+        unknown = [str(level) for level in self.targets if level != "all" and level not in every]
         if unknown:
-            raise UserError(f"--levels {' '.join(unknown)}: the run has levels 0 to {every[-1]}")
-        return every if self.levels == ["all"] else list(self.levels)
+            raise UserError(f"--targets {' '.join(unknown)}: the run has levels 0 to {every[-1]}")
+        return every if self.targets == ["all"] else list(self.targets)
 
     def _parent(self, run, source, steps: List[int]) -> None:
         """The dense training from theta_0 up to the last rewind point, its weights kept at each."""
