@@ -46,3 +46,13 @@ def test_every_strategy_prints_its_help(capsys):
             cli_main([name, "--help"])
         assert done.value.code == 0, name
         assert "--out" in capsys.readouterr().out
+
+
+def test_python_dash_m_lt_plugin_is_the_command():
+    import lt_plugin
+
+    done = subprocess.run([sys.executable, "-m", "lt_plugin", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert lt_plugin.__version__ in done.stdout
+    wrong = subprocess.run([sys.executable, "-m", "lt_plugin", "imp", "--levels", "x"], capture_output=True, text=True)
+    assert wrong.returncode == 2

@@ -1,0 +1,7 @@
+"""`python -m lt_plugin ...` is the `lt-plugin` command (also what `accelerate launch -m lt_plugin ...` runs)."""
+
+import sys
+
+from lt_plugin.cli import main
+
+sys.exit(main())
