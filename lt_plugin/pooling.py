@@ -35,8 +35,9 @@ def paired_p_value(gained: int, lost: int) -> float:
 
 
 def smallest_gain(tries: int, significance: float = SIGNIFICANCE) -> int:
-    """The fewest samples a blend must gain, losing none, to pass the paired test after `tries` alphas
-    (significance / tries, Bonferroni): what a validation split of n samples can resolve is this / n."""
+    """The fewest samples a blend must gain, losing none, to pass the paired test in a search of `tries` blends
+    (alphas x candidates; significance / tries, Bonferroni): what a validation split of n samples can resolve is
+    this / n."""
     return max(1, math.ceil(math.log2(tries / significance)))
 
 
@@ -203,14 +204,16 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
     correctness. A candidate's best alpha (the smallest on a tie) is kept only if it beats the running best, so the
     result never scores below the target on `evaluate`: with `acceptance="paper"` (the paper's rule) by any margin,
     with "paired" (needs the per-sample tensor) only if McNemar's exact test on the samples the two disagree on
-    gives p < significance / the alphas tried: many alphas compared on a few hundred samples pick noise otherwise.
+    gives p < significance / (alphas x candidates), Bonferroni over every blend the search may compare, so the
+    chance that it accepts any blend that is no better is at most `significance`: many blends compared on a few
+    hundred samples pick noise otherwise.
     """
     if acceptance not in ACCEPTANCE:
         raise UserError(f"acceptance must be one of {', '.join(ACCEPTANCE)}, not {acceptance!r}")
     target_state, target_mask = tickets[target]
     blender = _Blender(model, tickets, target, reprune or _default_reprune(target_mask), recalibrate)
-    if candidates is None:
-        candidates = adjacency_order(target, list(tickets))
+    candidates = adjacency_order(target, list(tickets)) if candidates is None else list(candidates)
+    tries = len(alphas) * len(candidates)  # the search's family of comparisons, fixed before it starts
     blender.load(target_state, target_mask)
     current = evaluate(model, target_mask)  # the running best's score (per-sample flags for the paired rule)
     if acceptance == "paired" and not torch.is_tensor(current):
@@ -238,7 +241,7 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
         if accept and acceptance == "paired":
             gained, lost = int((best[4] & ~current).sum()), int((~best[4] & current).sum())
             sweep.update(gained=gained, lost=lost, p_value=paired_p_value(gained, lost))
-            accept = sweep["p_value"] < significance / len(scores)
+            accept = sweep["p_value"] < significance / tries
         found.sweeps.append(sweep)
         if accept:
             found.val_accuracy, _, found.state, found.mask, current = best

@@ -384,6 +384,32 @@ def test_the_paired_rule_rejects_a_blend_whose_gain_the_validation_split_cannot_
                                 "p_value": pytest.approx(5 / 16)}
 
 
+def test_the_paired_rules_bar_counts_every_blend_of_the_search():
+    """Bonferroni over alphas x candidates: a blend gaining 6 images and losing none (p = 1/64) passes a search of 2
+    alphas and one candidate (bar 0.05 / 2) and fails one of 2 alphas and two candidates (bar 0.05 / 4), though the
+    second candidate gains nothing: with a bar per candidate, more candidates would mean more chances to accept
+    noise."""
+    from lt_plugin.pooling import lottery_pool, smallest_gain
+    from torch import nn
+    model = nn.Linear(2, 2, bias=False)
+    mask = Mask({"weight": torch.ones(2, 2, dtype=torch.bool)}, ["weight"])
+    tickets = {level: ({"weight": torch.full((2, 2), float(level))}, mask) for level in range(3)}
+    base = torch.zeros(400, dtype=torch.bool)
+    base[:200] = True
+    better = base.clone()
+    better[200:206] = True  # +6, -0
+
+    def evaluate(m, _mask):
+        return better if 0.9 < float(m.weight.detach()[0, 0]) < 1.0 else base
+
+    one = lottery_pool(model, tickets, 0, evaluate=evaluate, candidates=[1], alphas=[0.5, 0.95], acceptance="paired")
+    two = lottery_pool(model, tickets, 0, evaluate=evaluate, candidates=[1, 2], alphas=[0.5, 0.95],
+                       acceptance="paired")
+    assert one.accepted == [[1, 0.95]] and two.accepted == []
+    assert two.sweeps[0]["p_value"] == pytest.approx(1 / 64)
+    assert smallest_gain(2) == 6 and smallest_gain(4) == 7  # 2**-6 < 0.05 / 2; 2**-6 > 0.05 / 4 > 2**-7
+
+
 def test_grayscale_images_are_corrupted_as_grayscale():
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     for name in CORRUPTIONS:

@@ -91,11 +91,13 @@ class LotteryPools(Strategy):
     acceptance: str = dataclasses.field(default="paired", metadata={
         "before": "paper", "choices": ACCEPTANCE, "help": "paired: a candidate's best blend is accepted only if it beats the running best "
                                        "on McNemar's exact test over the validation images the two disagree on, at "
-                                       "p < --significance / the alphas tried (a split of n images resolves gains of "
-                                       "about log2(alphas / significance) / n and more); paper: by any margin, the "
+                                       "p < --significance / (alphas x candidates), Bonferroni over the search (a "
+                                       "split of n images resolves gains of about log2(alphas x candidates / "
+                                       "significance) / n and more); paper: by any margin, the "
                                        "paper's rule, which on a few hundred images picks noise"})
     significance: float = dataclasses.field(default=SIGNIFICANCE, metadata={
-        "help": "with --acceptance paired: the chance of accepting a blend that is no better, per candidate"})
+        "help": "with --acceptance paired: the chance that a target's search accepts any blend that is no "
+                "better"})
     keep_mask: bool = dataclasses.field(default=False, metadata={
         "help": "keep the target's own mask instead of re-pruning the blend"})
     protocol: str = dataclasses.field(default="fast", metadata={
@@ -195,7 +197,7 @@ class LotteryPools(Strategy):
         curves = {model: [(r["density"], r[f"{model}_test_accuracy"]) for r in results]
                   for model in ("ticket", "pooled")}
         if folder.is_main:
-            rule = (f"paired (McNemar, p < {self.significance:g} / alphas tried): a gain needs at least "
+            rule = (f"paired (McNemar, p < {self.significance:g} / (alphas x candidates)): a gain needs at least "
                     f"{pool.smallest_gain:.2%} of them" if self.acceptance == "paired" else "the paper's (any gain)")
             print(f"validation split: {len(pool.data.val)} images; acceptance {rule}")
         folder.write_results(results, columns=_TABLE, rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
@@ -298,7 +300,8 @@ class _Pool:
                                          scope=self.scope)
             self.reprune = lambda model, target: structure.ranked_like(target)
         self.patience = hp.patience if hp.protocol == "fast" else None
-        self.smallest_gain = smallest_gain(len(hp.alphas), hp.significance) / len(self.data.val)
+        candidates = min(len(levels) - 1, hp.max_candidates or len(levels))  # every target's search tries as many
+        self.smallest_gain = smallest_gain(len(hp.alphas) * max(1, candidates), hp.significance) / len(self.data.val)
 
     def _magnitude_like(self, model: nn.Module, target: Mask) -> Mask:
         return magnitude_mask_like(model, target, self.scope, self.separate)
