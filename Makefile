@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lt_plugin-installed
 OFFLINE := HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 
-.PHONY: demo test install bench-accuracy bench-speed
+.PHONY: demo test install bench-accuracy bench-speed bench-fidelity
 
 install: $(STAMP)
 
@@ -30,3 +30,7 @@ bench-accuracy: $(STAMP)
 bench-speed: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/speed.py
 	$(OFFLINE) $(PY) benchmarks/cost_growth.py
+
+# benchmarks/README.md's Fidelity section (the papers' networks, needs dataset-fashion-mnist): about an hour.
+bench-fidelity: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/fidelity.py --work runs/fidelity
