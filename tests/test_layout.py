@@ -54,5 +54,7 @@ def test_python_dash_m_lt_plugin_is_the_command():
     done = subprocess.run([sys.executable, "-m", "lt_plugin", "--version"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert lt_plugin.__version__ in done.stdout
-    wrong = subprocess.run([sys.executable, "-m", "lt_plugin", "imp", "--levels", "x"], capture_output=True, text=True)
-    assert wrong.returncode == 2
+    wrong = subprocess.run([sys.executable, "-m", "lt_plugin", "lottery-pools"], capture_output=True, text=True)
+    assert wrong.returncode == 2  # main's return value, from a UserError: --run is required
+    assert wrong.stderr.strip().splitlines() == ["lt-plugin: error: --run DIR is required: the finished IMP run whose "
+                                                 "tickets to pool"]

@@ -410,6 +410,18 @@ def test_the_paired_rules_bar_counts_every_blend_of_the_search():
     assert smallest_gain(2) == 6 and smallest_gain(4) == 7  # 2**-6 < 0.05 / 2; 2**-6 > 0.05 / 4 > 2**-7
 
 
+def test_the_bar_a_run_records_counts_its_alphas_and_candidates(imp_run, pools, tmp_path, capsys):
+    from lt_plugin.pooling import smallest_gain
+    _, results = pools  # 3 levels: 2 candidates a target
+    n = results[0]["val_images"]
+    assert {r["smallest_gain"] for r in results} == {smallest_gain(len(ALPHAS) * 2) / n}
+    capsys.readouterr()
+    one = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS, max_candidates=1,
+                                    targets=[1]).run(tmp_path / "one")
+    assert one[0]["candidates"] == [0] and one[0]["smallest_gain"] == smallest_gain(len(ALPHAS)) / n
+    assert f"a gain needs at least {smallest_gain(len(ALPHAS)) / n:.2%} of them" in capsys.readouterr().out
+
+
 def test_grayscale_images_are_corrupted_as_grayscale():
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     for name in CORRUPTIONS:
