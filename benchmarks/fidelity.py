@@ -150,6 +150,15 @@ def eb_part(args, work: Path) -> dict:
 PARTS = {"lth": lth_part, "pools": pools_part, "small": small_part, "eb": eb_part}
 
 
+def _density_axis(ax, label: str) -> None:
+    """Log density, densest on the left, with a grid and the legend."""
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel(label)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+
+
 def plot(report: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -163,12 +172,8 @@ def plot(report: dict, out: Path) -> None:
                           yerr=[100 * p["test_error"] for p in curve], marker="o", capsize=2, label=name)
             right.plot(d, [p["early_stop_step"] for p in curve], "o-", label=name)
         for ax, label in ((left, "test accuracy at early stopping (%)"), (right, "early-stopping iteration")):
-            ax.set_xscale("log")
-            ax.invert_xaxis()
-            ax.set_xlabel("density (kept fraction of weights)")
+            _density_axis(ax, "density (kept fraction of weights)")
             ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-            ax.legend()
         fig.suptitle("LTH on LeNet-300-100, Fashion-MNIST (cf. LTH Figures 3-4)")
         fig.tight_layout()
         fig.savefig(out / "fidelity_lth.png", dpi=120)
@@ -185,12 +190,8 @@ def plot(report: dict, out: Path) -> None:
         for key, label in (("ticket_corruption_accuracy", "ticket"), ("pooled_corruption_accuracy", "pooled")):
             right.plot(d, [100 * r[key] for r in rows], "o-", label=label)
         for ax, title in ((left, "test accuracy (%)"), (right, "corrupted test accuracy (%)")):
-            ax.set_xscale("log")
-            ax.invert_xaxis()
-            ax.set_xlabel("density")
+            _density_axis(ax, "density")
             ax.set_title(title)
-            ax.grid(True, alpha=0.3)
-            ax.legend()
         fig.suptitle("Lottery Pools on the LeNet-300-100 IMP run")
         fig.tight_layout()
         fig.savefig(out / "fidelity_pools.png", dpi=120)
