@@ -30,6 +30,11 @@ def named_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
     return tensors
 
 
+def snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A copy of the model's state, where it lives."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def classifier_modules(model: nn.Module) -> List[nn.Module]:
     """The classifier head of a timm model (ignored by default, as in the reference setups)."""
     get_classifier = getattr(model, "get_classifier", None)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .masks import Mask, magnitude_mask, named_tensors
+from .masks import Mask, magnitude_mask, named_tensors, snapshot
 
 State = Dict[str, torch.Tensor]
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the paper's grid
@@ -61,11 +61,6 @@ def average(states: Sequence[State]) -> State:
     first = states[0]
     return {name: torch.stack([s[name] for s in states]).mean(dim=0) if value.is_floating_point() else value
             for name, value in first.items()}
-
-
-def snapshot(model: nn.Module) -> State:
-    """A copy of the model's state, where it lives."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()

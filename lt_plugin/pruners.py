@@ -35,7 +35,8 @@ from torch import nn
 
 from .callbacks import Callback, TrainState
 from .errors import UserError
-from .masks import GRANULARITIES, Mask, classifier_modules, named_tensors, prunable_weight_names, resolve_ignored
+from .masks import (GRANULARITIES, Mask, classifier_modules, named_tensors, prunable_weight_names, resolve_ignored,
+                    snapshot)
 from .structure import IMPORTANCES, ChannelStructure, create_mask, export
 
 EARLY_BIRD_SCORES = ("auto", "bn-scale", "magnitude")
@@ -211,15 +212,12 @@ class IMPPruner:
         self.mask = Mask.ones(model, prunable, granularity)
         self.current_step = 0
         self._history: List[dict] = []
-        self._rewind_state = self._copy_state() if rewind else None
+        self._rewind_state = snapshot(model) if rewind else None
         self._enforce, self._enforced_on = None, None
-
-    def _copy_state(self) -> Dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def rewind_point(self) -> None:
         """The model's current weights become the point survivors are rewound to (late rewinding)."""
-        self._rewind_state = self._copy_state()
+        self._rewind_state = snapshot(self.model)
 
     def density(self, step: int) -> float:
         """The kept fraction of the prunable weights (but those of pruning_ratio_dict) after `step` steps."""
@@ -357,7 +355,7 @@ class EarlyBirdPruner:
         emerged = self.detector.update(flags)
         if emerged and self.found_at is None:
             self.found_at = epoch_or_step
-            self._ticket = (plan, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+            self._ticket = (plan, snapshot(self.model))
         return self.found_at is not None
 
     @property

@@ -33,7 +33,7 @@ from torch import nn
 from ..callbacks import Lambda, TrainState
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
-from ..masks import resolve_ignored
+from ..masks import resolve_ignored, snapshot
 from ..pipeline import train_ticket
 from ..pruners import EARLY_BIRD_SCORES as SCORES
 from ..pruners import (EarlyBirdDetector, SlimmingPenalty, draw_channel_flags, early_bird_importance, mask_distance,
@@ -323,7 +323,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         penalty = [SlimmingPenalty(scales, self.penalty)] if self.penalty else []
         dense = fit(model, data.train, data.val, cfg, folder.path / "baseline" / "dense", accelerator=run.accelerator,
                     callbacks=penalty, desc="baseline dense")
-        dense_state = {k: v.detach().clone() for k, v in dense.model.state_dict().items()}
+        dense_state = snapshot(dense.model)
         plans = structure.plans_at_ratios(self.ratios)
         dense_cost = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * dense.steps * cfg.batch_size * cfg.grad_accum_steps
         for entry in results:

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import UserError
 from ..experiment import Experiment
-from ..masks import Mask
+from ..masks import Mask, snapshot
 from ..pipeline import ticket_cost, train_ticket
 from ..pooling import average
 from ..report import plot_accuracy_curves
@@ -205,7 +205,7 @@ def recalibrated(scorer: Scorer, state: Dict[str, torch.Tensor], mask: Mask) -> 
     model.load_state_dict(state)
     mask.apply(model)
     scorer.recalibrate(model, mask)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return snapshot(model)
 
 
 def greedy_soup(scorer: Scorer, states: List[Dict[str, torch.Tensor]], val_accuracies: List[float],
