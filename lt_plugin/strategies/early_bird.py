@@ -307,6 +307,9 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
     def _retrain(self, run, where: Path, plan: list, start_state, structure: ChannelStructure, desc: str) -> dict:
         """The ticket of `plan` trained physically small from `start_state` (the shared per-ticket pipeline), with
         its training cost in MACs."""
+        done = run.folder.read_result(where)
+        if done is not None:  # a finished ticket: no mask to read, no barrier
+            return done
         mask = run.folder.load_or_make_mask(where, lambda: structure.mask_from_plan(plan))
         samples_per_step = run.cfg.batch_size * run.cfg.grad_accum_steps
 
