@@ -24,8 +24,7 @@ _OWNERS = {
     "structure": ("create_mask", "export", "IMPORTANCES"),
     "tickets": ("Ticket", "save_ticket", "load_ticket"),
     "strategies": ("Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class"),
-    "strategies.early_bird": ("EarlyBirdDetector",),
-    "pruners": ("IMPPruner", "EarlyBirdPruner"),
+    "pruners": ("IMPPruner", "EarlyBirdPruner", "EarlyBirdDetector"),
     "pooling": ("lottery_pool",),
 }
 _OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}
