@@ -60,8 +60,9 @@ def test_a_greedy_soup_takes_ingredients_that_help_and_rejects_one_that_hurts():
     states = [{"weight": torch.tensor([[w]])} for w in (0.8, 1.2, 3.0, 0.9)]
     # in order of validation accuracy: 0.9 first (0.9); with 0.8 the soup is 0.85 (0.85 < 0.9: rejected); with 1.2 it
     # is 1.05 (0.95: kept); with 3.0 it would be 1.7 (0.3: rejected)
-    members = greedy_soup(_HandScorer(), states, [0.8, 0.8, -1.0, 0.9], mask)
+    members, soup = greedy_soup(_HandScorer(), states, [0.8, 0.8, -1.0, 0.9], mask)
     assert members == [3, 1]
+    assert float(soup["weight"]) == pytest.approx(1.05)  # the soup it scored: (0.9 + 1.2) / 2
 
 
 def test_the_barrier_of_a_flat_path_is_zero_and_of_a_hand_built_one_its_peak_over_the_ends():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -163,9 +163,8 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
         states = [{k: v.to(run.accelerator.device) for k, v in
                    load_weights(level_dir / f"ingredient_{i}" / "weights.safetensors").items()}
                   for i in range(self.ingredients)]
-        uniform = self._soup(scorer, [states[i] for i in range(self.ingredients)], mask)
-        members = greedy_soup(scorer, states, [r["val_accuracy"] for r in ingredients], mask)
-        greedy = self._soup(scorer, [states[i] for i in members], mask)
+        uniform = soup_of(scorer, states, mask)
+        members, greedy = greedy_soup(scorer, states, [r["val_accuracy"] for r in ingredients], mask)
         best = max(range(self.ingredients), key=lambda i: ingredients[i]["val_accuracy"])
         models = {"best_ingredient": scorer.materialise(states[best], mask),
                   "uniform": scorer.materialise(uniform, mask), "greedy": scorer.materialise(greedy, mask)}
@@ -194,10 +193,6 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
         run.folder.finish_level(level_dir, {k: v.cpu() for k, v in chosen.items()}, result)
         return result
 
-    @staticmethod
-    def _soup(scorer: Scorer, states: List[Dict[str, torch.Tensor]], mask: Mask) -> Dict[str, torch.Tensor]:
-        return recalibrated(scorer, average(states), mask)
-
 
 def recalibrated(scorer: Scorer, state: Dict[str, torch.Tensor], mask: Mask) -> Dict[str, torch.Tensor]:
     """`state` with the mask applied and BatchNorm statistics recomputed in the scorer's dense template."""
@@ -209,19 +204,26 @@ def recalibrated(scorer: Scorer, state: Dict[str, torch.Tensor], mask: Mask) -> 
 
 
 def greedy_soup(scorer: Scorer, states: List[Dict[str, torch.Tensor]], val_accuracies: List[float],
-                mask: Mask) -> List[int]:
+                mask: Mask) -> Tuple[List[int], Dict[str, torch.Tensor]]:
     """The ingredients of the greedy soup (Wortsman et al. 2022; the Sparse Model Soups reference's GreedySoup): in
     order of validation accuracy, each added if the soup with it (averaged, BatchNorm statistics recomputed) scores
-    at least as well on the validation split as the soup without it. Returns their indices, best first."""
+    at least as well on the validation split as the soup without it. Returns their indices, best first, and the
+    soup as it was scored."""
     order = sorted(range(len(states)), key=lambda i: -val_accuracies[i])
     members = [order[0]]
-    best = _val_accuracy(scorer, [states[order[0]]], mask)
+    best, soup = _scored_soup(scorer, [states[order[0]]], mask)
     for i in order[1:]:
-        accuracy = _val_accuracy(scorer, [states[j] for j in members + [i]], mask)
+        accuracy, candidate = _scored_soup(scorer, [states[j] for j in members + [i]], mask)
         if accuracy >= best:
-            members, best = members + [i], accuracy
-    return members
+            members, best, soup = members + [i], accuracy, candidate
+    return members, soup
 
 
-def _val_accuracy(scorer: Scorer, states: List[Dict[str, torch.Tensor]], mask: Mask) -> float:
-    return scorer.accuracy(scorer.materialise(recalibrated(scorer, average(states), mask), mask), scorer.data.val)
+def soup_of(scorer: Scorer, states: List[Dict[str, torch.Tensor]], mask: Mask) -> Dict[str, torch.Tensor]:
+    """The states averaged, the mask applied and BatchNorm statistics recomputed."""
+    return recalibrated(scorer, average(states), mask)
+
+
+def _scored_soup(scorer: Scorer, states: List[Dict[str, torch.Tensor]], mask: Mask):
+    soup = soup_of(scorer, states, mask)
+    return scorer.accuracy(scorer.materialise(soup, mask), scorer.data.val), soup
