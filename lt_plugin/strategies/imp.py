@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..errors import UserError
+from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
 from ..masks import (GRANULARITIES, SCOPES, Mask, classifier_modules, named_tensors, prunable_weight_names,
                      resolve_ignored)
@@ -38,6 +38,15 @@ from .base import Strategy, TicketFiles, start_training_run
 
 CONTROLS = ("random-reinit", "random-mask")
 _REWIND = re.compile(r"^(init|lr|finetune|(\d+)(it|ep))$")
+
+
+def check_finished(run_dir, imp: "IMP") -> None:
+    """A RunFolderError unless every level of the IMP run in `run_dir` (`imp`, its strategy) has its result."""
+    unfinished = [str(level) for level in range(imp.levels + 1)
+                  if not (Path(run_dir) / f"level_{level}" / "result.json").exists()]
+    if unfinished:
+        raise RunFolderError(f"--run {run_dir} is unfinished (level {', '.join(unfinished)} has no result); "
+                             "rerun its lt-plugin imp command first")
 
 
 def parse_rewind(text: str) -> Tuple[str, int]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, List, Sequence
 
 from ..callbacks import Lambda, Snapshots
-from ..errors import RunFolderError, UserError
+from ..errors import UserError
 from ..experiment import Experiment
 from ..masks import Mask, prunable_weight_names, resolve_ignored
 from ..pipeline import train_ticket
@@ -38,7 +38,7 @@ from ..scoring import Scorer
 from ..store import atomic_write_json, load_weights, read_json
 from ..train import TrainConfig, fit, steps_per_epoch
 from .base import Strategy, start_training_run
-from .imp import IMP, parse_rewind
+from .imp import IMP, check_finished, parse_rewind
 
 COPIES = ("a", "b")
 
@@ -97,9 +97,7 @@ class Instability(Strategy, TrainConfig, Experiment):
         if not self.run_dir:
             return self
         imp = IMP.from_run(self.run_dir)
-        for level in range(imp.levels + 1):
-            if not (Path(self.run_dir) / f"level_{level}" / "result.json").exists():
-                raise RunFolderError(f"--run {self.run_dir} is unfinished (level {level} has no result)")
+        check_finished(self.run_dir, imp)
         return imp
 
     def run(self, out_dir) -> List[dict]:
@@ -121,11 +119,10 @@ class Instability(Strategy, TrainConfig, Experiment):
         scorer = Scorer(data, run.accelerator, cfg, run.example,
                         source.create_model(data.num_classes, seed=0, pretrained=False), source.seed, self.bn_batches)
         alphas = [i / (self.points - 1) for i in range(self.points)]
-        results = []
+        results, template = [], scorer.template
         for level in levels:
-            dense = prunable_weight_names(scorer.template, resolve_ignored(scorer.template))
             mask = (Mask.load(Path(self.run_dir) / f"level_{level}" / "mask.safetensors") if self.run_dir else
-                    Mask.ones(scorer.template, dense))
+                    Mask.ones(template, prunable_weight_names(template, resolve_ignored(template))))
             for point, step in steps.items():
                 results.append(self._pair(run, source, scorer, level, point, step, mask, alphas))
         run.folder.write_results(results, columns=_TABLE, plots={"instability.png": lambda path: plot_instability(

@@ -44,7 +44,7 @@ from ..scoring import BN_BATCH_SIZE, Scorer
 from ..structure import ChannelStructure
 from ..train import TrainConfig, make_accelerator, resolve_train_config, train_config_of
 from .base import Strategy, TicketFiles
-from .imp import IMP
+from .imp import IMP, check_finished
 
 PROTOCOLS = ("fast", "reference")
 TOO_COARSE = 0.01  # warn when the validation split cannot resolve gains below this fraction of its images
@@ -65,11 +65,7 @@ def read_imp_run(run_dir: Path) -> IMP:
     imp = IMP.from_run(run_dir)
     if imp.levels < 1:
         raise RunFolderError(f"--run {run_dir} has only the dense level; lottery-pools needs at least 2 levels")
-    unfinished = [str(level) for level in range(imp.levels + 1)
-                  if not (run_dir / f"level_{level}" / "result.json").exists()]
-    if unfinished:
-        raise RunFolderError(f"--run {run_dir} is unfinished (level {', '.join(unfinished)} has no result); "
-                             "rerun its lt-plugin imp command first")
+    check_finished(run_dir, imp)
     return imp
 
 
