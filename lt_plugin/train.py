@@ -674,9 +674,11 @@ class _Training:
         state.step += 1
         self.scheduler.step_update(num_updates=state.step)
         state.lr = self.optimizer.param_groups[0]["lr"]
-        if state.step % DIVERGENCE_CHECK_STEPS == 0:
+        validating = self.early_stop is not None and state.step % self.cfg.eval_every == 0
+        if validating or state.step % DIVERGENCE_CHECK_STEPS == 0:
             self.divergence.check()
-        if self.early_stop is not None and state.step % self.cfg.eval_every == 0:
+        if validating:
+            broadcast(list(self.model.buffers()))  # rank 0's BatchNorm statistics, as DDP's next forward would take
             self._validate_now()
         decisions = [callback.after_optimizer_step(state) for callback in self.callbacks]
         decided = [decision for decision in decisions if decision is not None]
@@ -685,10 +687,8 @@ class _Training:
         return self.stopped
 
     def _validate_now(self) -> Dict[str, float]:
-        """Validation at this step, recorded for early stopping (a new lowest loss keeps its weights). Every rank
-        takes rank 0's BatchNorm statistics first, as DDP's next forward would."""
-        self.divergence.check()
-        broadcast(list(self.model.buffers()))
+        """Validation at this step, recorded for early stopping (a new lowest loss keeps its weights). The caller
+        has checked for divergence and given every rank rank 0's BatchNorm statistics."""
         scores = validate(self.model, self.val_set, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
         self.early_stop.record(self.state, scores)
         self.prepared.train()
