@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch_pruning as tp
@@ -309,20 +309,27 @@ class ChannelStructure:
         group = self.graph.get_pruning_group(module, fn, list(range(n)))
         return group, self.pruner._get_channel_groups(group), n  # the one place that asks the pruner
 
+    def _plan_like(self, target: Mask, choose: Callable[[str, bool, object, int, int, int], List[int]]) -> Mask:
+        """A channel mask removing from every Torch-Pruning group of `target`'s plan as many channels as it does:
+        `choose(root, is_out, group, groups, n, count)` gives the `count` positions removed in the first of the
+        group's `groups` channel groups (of n channels in all), removed at the same place in every channel group."""
+        plan = []
+        for root, is_out, idxs in target.plan:
+            group, groups, n = self._channel_groups(root, is_out)
+            chosen = choose(root, is_out, group, groups, n, len(idxs) // groups)
+            plan.append([root, is_out, sorted(c + g * (n // groups) for c in chosen for g in range(groups))])
+        return self.mask_from_plan(plan)
+
     def ranked_like(self, target: Mask) -> Mask:
         """A channel mask removing from every Torch-Pruning group as many channels as `target` does (so the same
         density and MACs), the least important ones by this structure's importance on its model's current weights
         (what Lottery Pools re-prunes a blend of channel tickets with). Grouped channels are ranked by their mean
         score, as Torch-Pruning ranks them."""
-        plan = []
+        def least_important(root, is_out, group, groups, n, count):
+            scores = self._inner_importance(group).detach().float().cpu().view(groups, -1).mean(dim=0)
+            return torch.argsort(scores, stable=True)[:count].tolist()
         with torch.no_grad():
-            for root, is_out, idxs in target.plan:
-                group, groups, n = self._channel_groups(root, is_out)
-                group_size = n // groups
-                scores = self._inner_importance(group).detach().float().cpu().view(groups, -1).mean(dim=0)
-                chosen = torch.argsort(scores, stable=True)[: len(idxs) // groups].tolist()
-                plan.append([root, is_out, sorted(c + g * group_size for c in chosen for g in range(groups))])
-        return self.mask_from_plan(plan)
+            return self._plan_like(target, least_important)
 
     def random_like(self, mask: Mask, previous: Optional[Mask], seed: int) -> Mask:
         """A random channel mask removing as many channels from every group as `mask` does (so every layer keeps
@@ -330,17 +337,13 @@ class ChannelStructure:
         (grouped convs, attention heads: the same positions in every group)."""
         generator = torch.Generator().manual_seed(seed)
         dead = self._dead_channels(previous.plan if previous is not None else [])
-        plan = []
-        for root, is_out, idxs in mask.plan:
-            _, ch_groups, n = self._channel_groups(root, is_out)
-            group_size = n // ch_groups
-            already = dead.get((root, bool(is_out)), torch.zeros(n, dtype=torch.bool))[:group_size]
+
+        def at_random(root, is_out, group, groups, n, count):
+            already = dead.get((root, bool(is_out)), torch.zeros(n, dtype=torch.bool))[:n // groups]
             free = (~already).nonzero().reshape(-1)
-            extra = len(idxs) // ch_groups - int(already.sum())
             chosen = already.nonzero().reshape(-1).tolist()
-            chosen += free[torch.randperm(len(free), generator=generator)[:max(extra, 0)]].tolist()
-            plan.append([root, is_out, sorted(c + g * group_size for c in chosen for g in range(ch_groups))])
-        return self.mask_from_plan(plan)
+            return chosen + free[torch.randperm(len(free), generator=generator)[:max(count - len(chosen), 0)]].tolist()
+        return self._plan_like(mask, at_random)
 
     def _dead_channels(self, plan: list) -> Dict[Tuple[str, bool], torch.Tensor]:
         """Per plan root, the channels already removed (boolean over the root's channel indices)."""
