@@ -258,16 +258,19 @@ def magnitude_mask(model: nn.Module, density: float, prunable: Sequence[str], sc
             return torch.tensor(-math.inf)
         return kth_smallest(flat, n_prune)
 
+    def layer_keep(s: torch.Tensor, d: float) -> torch.Tensor:  # the tensor's own largest `d` of its entries
+        return s > keep_above(s.reshape(-1), _n_keep(s.numel(), d))
+
     own = dict(layer_densities or {})
     unknown = sorted(set(own) - set(prunable))
     if unknown:
         raise UserError(f"layer densities name tensors that are not prunable: {', '.join(unknown[:3])}")
-    keep = {n: scores[n] > keep_above(scores[n].reshape(-1), _n_keep(scores[n].numel(), d)) for n, d in own.items()}
+    keep = {n: layer_keep(scores[n], d) for n, d in own.items()}
     rest = {n: s for n, s in scores.items() if n not in own}
     if scope == "global" and rest:
         flat = torch.cat([s.reshape(-1) for s in rest.values()])
         threshold = keep_above(flat, _n_keep(flat.numel(), density))
         keep.update({n: s > threshold for n, s in rest.items()})
     else:
-        keep.update({n: s > keep_above(s.reshape(-1), _n_keep(s.numel(), density)) for n, s in rest.items()})
+        keep.update({n: layer_keep(s, density) for n, s in rest.items()})
     return Mask({n: keep[n] for n in prunable}, prunable, "weight")
