@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -42,6 +42,12 @@ def classifier_modules(model: nn.Module) -> List[nn.Module]:
         return []
     head = get_classifier()
     return [head] if isinstance(head, nn.Module) else list(head)
+
+
+def classifier_weight_names(model: nn.Module) -> Set[str]:
+    """The state-dict names of the classifier head's weights (`classifier_modules`)."""
+    heads = {id(m) for m in classifier_modules(model)}
+    return {f"{name}.weight" for name, m in model.named_modules() if id(m) in heads}
 
 
 def resolve_ignored(model: nn.Module, ignored_layers: Optional[Iterable] = None,

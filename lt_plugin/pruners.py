@@ -35,8 +35,8 @@ from torch import nn
 
 from .callbacks import Callback, TrainState
 from .errors import UserError
-from .masks import (GRANULARITIES, Mask, classifier_modules, named_tensors, prunable_weight_names, resolve_ignored,
-                    snapshot)
+from .masks import (GRANULARITIES, Mask, classifier_weight_names, named_tensors, prunable_weight_names,
+                    resolve_ignored, snapshot)
 from .structure import IMPORTANCES, ChannelStructure, create_mask, export
 
 EARLY_BIRD_SCORES = ("auto", "bn-scale", "magnitude")
@@ -204,8 +204,7 @@ class IMPPruner:
         if self.own_ratios and granularity != "weight":
             raise UserError("pruning_ratio_dict applies to weight tickets; channel tickets follow Torch-Pruning's "
                             "groups")
-        heads = {f"{names[id(m)]}.weight" for m in classifier_modules(model) if id(m) in names}
-        self._prune_classifier = bool(heads & set(self.own_ratios))
+        self._prune_classifier = bool(classifier_weight_names(model) & set(self.own_ratios))
         prunable = prunable_weight_names(model, resolve_ignored(model, self.ignored_layers,
                                                                 ignore_classifier=not self._prune_classifier))
         self._total = sum(named_tensors(model)[n].numel() for n in prunable if n not in self.own_ratios)

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
-from ..masks import (GRANULARITIES, SCOPES, Mask, classifier_modules, named_tensors, prunable_weight_names,
+from ..masks import (GRANULARITIES, SCOPES, Mask, classifier_weight_names, named_tensors, prunable_weight_names,
                      resolve_ignored)
 from ..store import load_weights, read_json
 from ..structure import IMPORTANCES, ChannelStructure, check_round_to, create_mask, export
@@ -129,9 +129,7 @@ class PrunedLevels:
 
     def prunes_classifier(self, model) -> bool:
         """Whether a layer rate names the classifier, which is otherwise never pruned."""
-        heads = classifier_modules(model)
-        classifier = {f"{name}.weight" for name, m in model.named_modules() if any(m is head for head in heads)}
-        return bool(classifier & set(self.own_rates(model)))
+        return bool(classifier_weight_names(model) & set(self.own_rates(model)))
 
     def prunable_of(self, model) -> List[str]:
         """The weights this run prunes: Conv/Linear weights but the ignored layers' and, unless a layer rate names
