@@ -18,7 +18,7 @@ import yaml
 
 from . import __version__
 from .errors import LtPluginWarning, UserError, first_line
-from .options import default_of, upgrade
+from .options import default_of, flags_of, upgrade
 from .recipes import RECIPES, recipe_options
 from .strategies import get_strategy_class, list_strategies
 from .tickets import EXPORT_FORMATS, export_run_ticket
@@ -82,7 +82,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     by the dataclass (lt_plugin.options.check_choices), wherever the value came from.
     """
     for field in dataclasses.fields(cls):
-        flags = field.metadata.get("flags", ["--" + field.name.replace("_", "-")])
+        flags = flags_of(field)
         meta = field.metadata
         text = f"{meta.get('help', _TRAIN_HELP.get(field.name, ''))} (default: {default_of(field)})"
         kwargs = {"dest": field.name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}

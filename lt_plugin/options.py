@@ -4,6 +4,7 @@ once, from the fields' metadata (`choices`), whether they come from flags, a con
 from __future__ import annotations
 
 import dataclasses
+from typing import List
 
 from .errors import UserError
 
@@ -11,9 +12,14 @@ from .errors import UserError
 OLD_VALUES = {"augment": {True: "imagenet", False: "none"}}
 
 
+def flags_of(field: dataclasses.Field) -> List[str]:
+    """The command-line flags of an option: its metadata's "flags", else --its-name."""
+    return list(field.metadata.get("flags", ["--" + field.name.replace("_", "-")]))
+
+
 def flag_of(field: dataclasses.Field) -> str:
     """The command-line flag of an option (its first, when it has several)."""
-    return field.metadata.get("flags", ["--" + field.name.replace("_", "-")])[0]
+    return flags_of(field)[0]
 
 
 def default_of(field: dataclasses.Field):
