@@ -62,11 +62,7 @@ def plot_accuracy_curves(curves: Mapping[str, Sequence[Tuple[float, float]]], pa
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_distance_matrices(matrices: Mapping[str, Tuple[Sequence, Sequence[Sequence[float]]]], path,
@@ -87,11 +83,7 @@ def plot_distance_matrices(matrices: Mapping[str, Tuple[Sequence, Sequence[Seque
         ax.set_title(f"ratio {name}")
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_instability(results: Sequence[dict], path) -> Path:
@@ -120,6 +112,13 @@ def plot_instability(results: Sequence[dict], path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Instability analysis (Frankle et al. 2020)")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Lay the figure out, write it as a PNG (atomically) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
