@@ -24,13 +24,14 @@ _LTH = dict(opt="adam", batch_size=60, sched="constant", weight_decay=0.0, warmu
 
 
 def _lth_conv(lr: float, iterations: int, conv_rate: float, name: str) -> dict:
+    epochs = round(iterations * _LTH["batch_size"] / 45_000)
     return {
         "source": f"Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), Figure 2: {name} on CIFAR-10, Adam {lr:g}, "
-                  f"batch 60, {iterations // 1000}K iterations (here {round(iterations * 60 / 45_000)} epochs of 45,000 "
+                  f"batch {_LTH['batch_size']}, {iterations // 1000}K iterations (here {epochs} epochs of 45,000 "
                   f"images, CIFAR-10's 50,000 less 5,000 held out), conv layers pruned {conv_rate:.0%} per round, "
                   "fully connected 20%, the output layer 10%, layer-wise, rewound to init; use --model "
                   f"{name.lower().replace('-', '')}",
-        "options": dict(_LTH, lr=lr, epochs=round(iterations * 60 / 45_000), image_size=32,
+        "options": dict(_LTH, lr=lr, epochs=epochs, image_size=32,
                         layer_prune_fractions={"features.*": conv_rate, "fc": 0.1}),
     }
 
