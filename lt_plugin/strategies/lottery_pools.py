@@ -286,10 +286,11 @@ class _Pool:
                                  load_weights(imp_dir / f"level_{level}" / "weights.safetensors").items()},
                                 Mask.load(imp_dir / f"level_{level}" / "mask.safetensors"))
                         for level in levels}
-        self.reprune = self._magnitude_like if self.granularity == "weight" else None
         if hp.keep_mask:
             self.reprune = keep_target_mask
-        elif self.granularity == "channel":
+        elif self.granularity == "weight":
+            self.reprune = self._magnitude_like
+        else:
             # Traced once; its importance reads the working model's live weights, which each blend is loaded into.
             ignored = resolve_ignored(self.model, imp.ignore)
             structure = ChannelStructure(self.model, self.example, ignored, importance=imp.importance,
