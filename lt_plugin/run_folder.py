@@ -87,16 +87,23 @@ class RunFolder:
             if old.get("strategy") != strategy:
                 raise RunFolderError(f"{self.path} holds a {old.get('strategy')!r} run, not {strategy!r}; "
                                      "choose another --out")
-            for key in sorted(set(hparams) | set(old.get("hparams", {}))):
+            before = json.loads(json.dumps(before or {}))  # as a config.json holds them
+            made_with = old.get("hparams", {})
+            for key in sorted(set(hparams) | set(made_with)):
                 if key in SETTINGS_WITHOUT_EFFECT and not (hparams.get("streaming") and key in ORDER_OF_A_STREAM):
                     continue
-                if key not in old["hparams"] and (hparams.get(key) in (None, False) if key not in (before or {})
-                                                  else json.loads(json.dumps(before[key])) == hparams.get(key)):
-                    continue  # an option newer than the folder, at what the run did before it existed
-                if old["hparams"].get(key, (before or {}).get(key)) != hparams.get(key):
-                    made = old["hparams"].get(key, (before or {}).get(key))
+                value = hparams.get(key)
+                if key in made_with:
+                    made = made_with[key]
+                elif key in before:
+                    made = before[key]  # an option newer than the folder: what the run did before it existed
+                elif value in (None, False):
+                    continue  # an option newer than the folder, and off
+                else:
+                    made = None
+                if made != value:
                     raise RunFolderError(
-                        f"{self.path} was made with {key}={made!r}, not {hparams.get(key)!r}; "
+                        f"{self.path} was made with {key}={made!r}, not {value!r}; "
                         "rerun with the same settings to resume, or choose another --out")
             if hparams.get("streaming") and old.get("world_size") != self.accelerator.num_processes:
                 raise RunFolderError(f"{self.path} streamed its data over {old.get('world_size')} processes, which "
