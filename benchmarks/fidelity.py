@@ -159,6 +159,14 @@ def _density_axis(ax, label: str) -> None:
     ax.legend()
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(report: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -175,9 +183,7 @@ def plot(report: dict, out: Path) -> None:
             _density_axis(ax, "density (kept fraction of weights)")
             ax.set_ylabel(label)
         fig.suptitle("LTH on LeNet-300-100, Fashion-MNIST (cf. LTH Figures 3-4)")
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_lth.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "fidelity_lth.png")
     if "pools" in report:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         rows = report["pools"]["levels"]["paired"]
@@ -193,9 +199,7 @@ def plot(report: dict, out: Path) -> None:
             _density_axis(ax, "density")
             ax.set_title(title)
         fig.suptitle("Lottery Pools on the LeNet-300-100 IMP run")
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_pools.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "fidelity_pools.png")
     if "small" in report:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for rule, rows in report["small"]["levels"].items():
@@ -207,9 +211,7 @@ def plot(report: dict, out: Path) -> None:
         ax.set_title("Lottery Pools on 4,000 images (400 held out)")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_small.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "fidelity_small.png")
     if "eb" in report:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         rows = [r for r in report["eb"]["ratios"] if r["found"]]
@@ -221,9 +223,7 @@ def plot(report: dict, out: Path) -> None:
         ax.set_ylim(min(100 * min(r["test_accuracy"], r["baseline_test_accuracy"]) for r in rows) - 5, None)
         ax.set_title("Early-Bird on cifar_resnet20, Fashion-MNIST (5,000 images)")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_eb.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "fidelity_eb.png")
 
 
 def main():
