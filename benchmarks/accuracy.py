@@ -33,7 +33,7 @@ import lt_plugin
 from lt_plugin.cli import main as cli_main
 from lt_plugin.data import FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_DIR_ENV, FASHION_MNIST_FILES
 from lt_plugin.report import plot_accuracy_curves
-from lt_plugin.tickets import export_run_ticket
+from lt_plugin.branches.export import export_run_ticket
 
 DATA = ["--model", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32", "--max-train-samples", "10000"]
 SCHEDULE = ["--epochs", "4", "--batch-size", "128", "--opt", "sgd", "--lr", "0.1", "--momentum", "0.9",
@@ -208,7 +208,7 @@ def main():
     common = [*DATA, *SCHEDULE]
     run("imp_weight", ["imp", *common, *IMP_WEIGHT, "--out", str(work / "imp_weight")], seconds)
     for control in CONTROLS:
-        run(f"imp_weight_{control}", ["imp", *common, *IMP_WEIGHT, "--control", control,
+        run(f"imp_weight_{control}", ["imp", "--control", control, "--run", str(work / "imp_weight"),
                                       "--out", str(work / f"imp_weight_{control}")], seconds)
     run("lottery_pools", ["lottery-pools", "--run", str(work / "imp_weight"), *POOLS], seconds)
     run("early_bird", ["early-bird", *common, *EARLY_BIRD, "--baseline", "--out", str(work / "early_bird")], seconds)

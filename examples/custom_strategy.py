@@ -1,12 +1,13 @@
-"""A custom strategy in a dozen lines: prune at initialisation (no training before pruning), then train the ticket.
+"""A custom strategy in a dozen lines: magnitude pruning at initialisation (no training before pruning), then
+training the ticket.
 
-Run it:            python examples/custom_strategy.py --out runs/prune-at-init
+Run it:            python examples/custom_strategy.py --out runs/magnitude-at-init
 Ship it as a plugin: put the class in your package and declare, in your pyproject.toml,
 
     [project.entry-points."lt_plugin.strategies"]
-    prune-at-init = "your_package.module:PruneAtInit"
+    magnitude-at-init = "your_package.module:MagnitudeAtInit"
 
-and `lt-plugin strategies` / `lt-plugin prune-at-init --help` pick it up without touching lt_plugin.
+and `lt-plugin strategies` / `lt-plugin magnitude-at-init --help` pick it up without touching lt_plugin.
 """
 
 import dataclasses
@@ -21,9 +22,9 @@ from lt_plugin.strategies.base import start_training_run
 from lt_plugin.train import TrainConfig
 
 
-@lt_plugin.register_strategy("prune-at-init")
+@lt_plugin.register_strategy("magnitude-at-init")
 @dataclasses.dataclass
-class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
+class MagnitudeAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
     description = "magnitude pruning at initialisation, then training (a baseline for lottery tickets)"
 
     density: float = dataclasses.field(default=0.2, metadata={"help": "kept fraction of prunable weights"})
@@ -34,7 +35,7 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
         mask = lt_plugin.create_mask(model, run.example, self.density, granularity="weight")
         self.check_run_folder(run.folder)
         # The pipeline every built-in strategy uses: train with the mask enforced, score, cost, finish the folder.
-        result = train_ticket(run, self, run.folder.path / "ticket", mask, model.state_dict(), desc="ticket",
+        result = train_ticket(run, self, run.folder.layout.level(0), mask, model.state_dict(), desc="ticket",
                               describe=lambda r: {"level": 0, **r})
         run.folder.write_results([result], plots={"accuracy.png": lambda path: plot_accuracy_vs_density(
             [result], path, dense_line=False)})
@@ -43,4 +44,4 @@ class PruneAtInit(lt_plugin.Strategy, TrainConfig, Experiment):
 
 if __name__ == "__main__":
     # The registered strategy gets the same command line as the built-in ones.
-    sys.exit(main(["prune-at-init", *sys.argv[1:]]))
+    sys.exit(main(["magnitude-at-init", *sys.argv[1:]]))

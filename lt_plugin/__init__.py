@@ -5,6 +5,7 @@
     small = lt_plugin.export(model, mask, example_inputs)
     imp = lt_plugin.create_strategy("imp", model="resnet18", dataset="digits", levels=3)
     imp.run("runs/imp")
+    lt_plugin.create_branch("lottery-pools", run_dir="runs/imp").run()   # work on the finished run
 
 Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner` and `lt_plugin.lottery_pool`.
 
@@ -24,7 +25,9 @@ _OWNERS = {
     "structure": ("create_mask", "export", "IMPORTANCES"),
     "tickets": ("Ticket", "save_ticket", "load_ticket"),
     "strategies": ("Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class"),
-    "pruners": ("IMPPruner", "EarlyBirdPruner", "EarlyBirdDetector"),
+    "branches": ("Branch", "FinishedRun", "register_branch", "create_branch", "list_branches", "get_branch_class"),
+    "pruners": ("IMPPruner", "EarlyBirdPruner"),
+    "early_bird_rule": ("EarlyBirdDetector",),
     "pooling": ("lottery_pool",),
 }
 _OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}

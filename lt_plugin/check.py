@@ -17,8 +17,9 @@ from torch import nn
 
 from .experiment import Experiment
 from .masks import classifier_modules, resolve_ignored
+from .model_checks import check_forward, check_round_to
 from .report import format_table
-from .structure import ChannelStructure, check_forward, check_round_to, create_mask, export
+from .structure import ChannelStructure, create_mask, export
 
 DENSITIES = (0.75, 0.5, 0.25)
 NUM_CLASSES = 10  # the classifier is never pruned, so its width does not matter

@@ -1,7 +1,8 @@
-"""The `lt-plugin` command. Each strategy's hyperparameters (dataclass fields) become its flags.
+"""The `lt-plugin` command. Each strategy's and each branch's options (dataclass fields) become its flags.
 
 A strategy's options come in layers: its defaults, then a recipe's values (--recipe), then a YAML or JSON file's
-(--config, which also takes a finished run's config.json), then the flags given on the command line.
+(--config, which also takes a finished run's config.json), then the flags given on the command line. A training
+strategy's `--control NAME --run RUN` runs the control branch NAME on RUN instead.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from . import __version__
 from .errors import LtPluginWarning, UserError, first_line
 from .options import default_of, flags_of, upgrade
 from .recipes import RECIPES, recipe_options
+from .branches import get_branch_class, list_branches
+from .branches.controls import CONTROLS
 from .strategies import get_strategy_class, list_strategies
-from .tickets import EXPORT_FORMATS, export_run_ticket
 
 # Help for training fields that carry none of their own.
 _TRAIN_HELP = {
     "epochs": "training epochs per level", "batch_size": "global batch size (split over processes)",
     "eval_batch_size": "evaluation batch size", "opt": "timm optimizer name", "lr": "peak learning rate",
-    "momentum": "SGD momentum", "weight_decay": "weight decay", "sched": "cosine | step | multistep | constant | linear (to zero)",
+    "momentum": "SGD momentum", "weight_decay": "weight decay",
+    "wd_norm_bias": "weight decay on every parameter, normalisation scales and biases included (open_lth, Early-Bird "
+                    "and Lottery Pools do so; --no-wd-norm-bias: timm's default, which exempts every 1-D parameter)",
+    "sched": "cosine | step | multistep | constant | linear (to zero)",
     "decay_milestones": "fractions of training where the LR decays (multistep, step)",
     "decay_rate": "LR decay factor", "warmup_epochs": "linear LR warm-up epochs",
     "grad_accum_steps": "gradient accumulation steps",
@@ -179,37 +184,36 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def _add_command(sub, name: str, cls, out_help: str) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the options of the strategy or branch `cls` (--out is checked in `main`: a
+    control does without it)."""
+    command = sub.add_parser(name, help=cls.description, description=cls.description)
+    command.add_argument("--out", default=None, help=out_help)
+    command.add_argument("--config", metavar="FILE", help="options from a YAML or JSON file, or a finished run's "
+                         "config.json; flags given here win over it, it wins over --recipe")
+    add_dataclass_flags(command, cls)
+    command.set_defaults(command_class=cls)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lt-plugin", description="Lottery tickets for timm models, on Torch-Pruning.")
     parser.add_argument("--version", action="version", version=f"lt-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("strategies", help="list the registered strategies")
+    sub.add_parser("branches", help="list the registered branches (work on a finished run: lt-plugin NAME --run RUN)")
     for name in list_strategies():
         cls = get_strategy_class(name)
-        strategy_parser = sub.add_parser(name, help=cls.description, description=cls.description)
-        strategy_parser.add_argument("--out", required=cls.out_required, default=None,
-                                     help="run folder (rerun to resume)")
-        strategy_parser.add_argument("--config", metavar="FILE", help="options from a YAML or JSON file, or a "
-                                     "finished run's config.json; flags given here win over it, it wins over "
-                                     "--recipe")
-        add_dataclass_flags(strategy_parser, cls)
-        strategy_parser.set_defaults(strategy_class=cls)
-    export_parser = sub.add_parser("export", help="write one ticket of a run as a loadable file")
-    export_parser.add_argument("--run", required=True, help="the run folder")
-    which = export_parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ticket", help="the ticket: a level (imp, lottery-pools) or a ratio (early-bird)")
-    which.add_argument("--level", dest="ticket", help="the same as --ticket")
-    which.add_argument("--ratio", dest="ticket", help="the same as --ticket")
-    export_parser.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
-    export_parser.add_argument("--format", metavar="{" + ",".join(EXPORT_FORMATS) + "}", default=None,
-                               help="; ".join(f"{name}: {f.description}" for name, f in EXPORT_FORMATS.items())
-                                    + "; default: from the --out suffix")
-    export_parser.add_argument("--benchmark", action="store_true",
-                               help="also measure params, MACs and median latency at batch 1 and 64 against the "
-                                    "dense model (PyTorch, and ONNX Runtime for --format onnx); stored in the file")
-    export_parser.add_argument("--device", default=None,
-                               help="where --benchmark times PyTorch: cpu, cuda or cuda:N (default: cuda when there is "
-                                    "a GPU, else cpu); ONNX Runtime runs on the CPU")
+        command = _add_command(sub, name, cls, "run folder (rerun to resume)")
+        if "run_dir" not in {field.name for field in dataclasses.fields(cls)}:
+            command.add_argument("--control", metavar="{" + ",".join(CONTROLS) + "}", choices=CONTROLS, default=None,
+                                 help="train a control of a finished run's tickets instead (with --run; see "
+                                      "lt-plugin NAME --help)")
+            command.add_argument("--run", dest="control_run", default=None,
+                                 help="with --control: the finished run whose tickets to control")
+    for name in list_branches():
+        cls = get_branch_class(name)
+        _add_command(sub, name, cls, "where to write (default: a folder of the --run; rerun to resume)")
     sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
     check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
                                   description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
@@ -226,11 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_strategies() -> None:
-    names = list_strategies()
+def _print_registered(names: List[str], class_of) -> None:
     width = max(map(len, names), default=0)
     for name in names:
-        print(f"{name.ljust(width)}  {get_strategy_class(name).description}")
+        print(f"{name.ljust(width)}  {class_of(name).description}")
 
 
 def _print_recipes() -> None:
@@ -252,15 +255,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _sh
         _show(message, category, filename, lineno, file, line)
 
 
-def _export(args) -> None:
-    path, details = export_run_ticket(args.run, args.ticket, args.out, fmt=args.format, benchmark=args.benchmark,
-                                      device=args.device)
-    if details["latency"] is not None:
-        from .deploy import format_latency
-        print(format_latency(details["latency"]))
-    if details["max_difference"] is not None:
-        print(f"the file's runtime against PyTorch on random inputs: max |difference| {details['max_difference']:.1e}")
-    print(f"wrote {path}")
+def _control_values(args) -> dict:
+    """`lt-plugin STRATEGY --control NAME --run RUN`: the control branch's options; a training option given with it
+    is a mistake (the control trains with the run's)."""
+    if args.control_run is None:
+        raise UserError(f"--control {args.control} needs --run: the finished run whose tickets to control")
+    branch = get_branch_class(args.control)
+    own = {field.name for field in dataclasses.fields(branch)}
+    stray = sorted(field.name for field in dataclasses.fields(args.command_class)
+                   if hasattr(args, field.name) and field.name not in own)
+    if stray:
+        flags = ", ".join(flags_of(next(f for f in dataclasses.fields(args.command_class) if f.name == name))[0]
+                          for name in stray)
+        raise UserError(f"--control trains with the --run's options: drop {flags}")
+    return {"run_dir": args.control_run, **{name: getattr(args, name) for name in own if hasattr(args, name)}}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -270,15 +278,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             if args.command == "strategies":
-                _print_strategies()
+                _print_registered(list_strategies(), get_strategy_class)
+            elif args.command == "branches":
+                _print_registered(list_branches(), get_branch_class)
             elif args.command == "recipes":
                 _print_recipes()
-            elif args.command == "export":
-                _export(args)
             elif args.command == "check":
                 _check(args)
+            elif getattr(args, "control", None):
+                get_branch_class(args.control)(**_control_values(args)).run(args.out)
             else:
-                cls = args.strategy_class
+                cls = args.command_class
+                if cls.out_required and args.out is None:
+                    raise UserError(f"the following arguments are required: --out (see lt-plugin {args.command} "
+                                    "--help)")
                 cls(**_strategy_values(cls, args)).run(args.out)
     except UserError as exc:
         print(f"lt-plugin: error: {first_line(exc)}", file=sys.stderr)

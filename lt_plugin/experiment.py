@@ -18,8 +18,8 @@ from torch import nn
 from .data.streaming import SHUFFLE_BUFFER  # neither module imports `datasets`, which is slow to import
 from .data.transforms import AUGMENTATIONS
 from .errors import UnsupportedModelError, UserError, first_line
+from .model_checks import check_forward
 from .recipes import RECIPES
-from .structure import check_forward
 
 # An argument no timm model takes, which `takes_img_size` passes beside img_size: the call of timm's builder that
 # carries it is the one the caller's arguments reach, not that of a part built first (a hybrid ViT's ResNet).

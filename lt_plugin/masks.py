@@ -35,8 +35,17 @@ def snapshot(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module a wrapper trains: DataParallel's and DistributedDataParallel's `.module` (also after
+    `accelerator.prepare`), torch.compile's `_orig_mod` (Accelerate's extract_model_from_parallel), so that layer
+    names, the classifier and state-dict names are the model's own."""
+    from accelerate.utils import extract_model_from_parallel  # Accelerate loads only where a model comes in
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True, keep_torch_compile=False)
+
+
 def classifier_modules(model: nn.Module) -> List[nn.Module]:
     """The classifier head of a timm model (ignored by default, as in the reference setups)."""
+    model = unwrap_model(model)
     get_classifier = getattr(model, "get_classifier", None)
     if get_classifier is None:
         return []
@@ -108,6 +117,13 @@ class Mask:
     def num_pruned(self) -> int:
         """Entries the mask removes, over every tensor it covers (weights, biases, norm parameters, buffers)."""
         return sum(m.numel() - int(torch.count_nonzero(m)) for m in self.tensors.values())
+
+    @torch.no_grad()
+    def regrown(self, model: nn.Module) -> int:
+        """Entries of `model` the mask prunes that are not zero (a training that did not keep the mask enforced)."""
+        tensors = named_tensors(model)
+        return sum(int(torch.count_nonzero(tensors[name][~keep.to(tensors[name].device)]))
+                   for name, keep in self.tensors.items() if keep.shape == tensors[name].shape)
 
     def distance(self, other: "Mask") -> float:
         """Normalised Hamming distance over the prunable weights: the fraction of entries the masks disagree on

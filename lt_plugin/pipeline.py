@@ -10,19 +10,21 @@ space and result.json, written last. A finished ticket is read back instead of t
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .callbacks import EnforceMask, Snapshots
+from .callbacks import Callback, EnforceMask, Snapshots
 from .deploy import forward_latency_ms
+from .layout import TicketFolder
 from .masks import Mask
 from .store import load_weights
 from .structure import export
-from .train import TrainConfig, evaluate, fit
+from .train.config import TrainConfig
+from .train.evaluation import evaluate
+from .train.loop import fit
 
 
 def ticket_cost(model: nn.Module, mask: Mask, example: torch.Tensor) -> Tuple[int, int]:
@@ -42,40 +44,44 @@ def measures_latency(mask: Mask) -> bool:
     return mask.num_pruned() == 0 or (mask.granularity == "channel" and bool(mask.plan))
 
 
-def _early_stop_scores(trained, train_dir: Path, run, cfg: TrainConfig) -> dict:
+def _early_stop_scores(trained, ticket: TicketFolder, run, cfg: TrainConfig) -> dict:
     """The early-stopping iteration (the lowest validation loss, LTH's criterion) and the test accuracy there."""
     stopped = copy.deepcopy(trained.model)
-    stopped.load_state_dict(load_weights(train_dir / "early_stop.safetensors"))
+    stopped.load_state_dict(load_weights(ticket.train.early_stop))
     test_accuracy, _ = evaluate(stopped, run.data.test, run.accelerator, cfg.eval_batch_size, cfg.num_workers)
     best = trained.early_stop
     return {"early_stop_step": best["step"], "early_stop_val_loss": best["val_loss"],
             "early_stop_val_accuracy": best["val_accuracy"], "early_stop_test_accuracy": test_accuracy}
 
 
-def train_ticket(run, hparams, where: Path, mask: Mask, start_state: Dict[str, torch.Tensor], *,
+def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: Dict[str, torch.Tensor], *,
                  cfg: Optional[TrainConfig] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
-                 desc: str = "train", describe: Optional[Callable[[dict], dict]] = None) -> dict:
-    """Train the ticket (`start_state`, `mask`) in `where` and return its result (read back when finished).
+                 desc: str = "train", describe: Optional[Callable[[dict], dict]] = None,
+                 callbacks: Optional[Callable[[nn.Module], Sequence[Callback]]] = None) -> dict:
+    """Train the ticket (`start_state`, `mask`) in the ticket folder `ticket` and return its result (read back when
+    finished).
 
     `run` is the strategy's TrainingRun (accelerator, folder, data, example, training config; `cfg` overrides the
-    config, e.g. fine-tuning at a constant rate), `hparams` the strategy (it builds the model). `start_step` rewinds
-    the schedule; `snapshot_steps` keeps the weights at those steps in `where/train`; `describe(result)` adds the
-    strategy's own entries before result.json is written.
+    config, e.g. fine-tuning at a constant rate), `strategy` the strategy (it builds the model). `start_step`
+    rewinds the schedule; `snapshot_steps` keeps the weights at those steps in the ticket's training folder;
+    `describe(result)` adds the strategy's own entries before the result is written; `callbacks(model)` gives more
+    callbacks for the model that trains (the exported one for a channel ticket), e.g. a penalty on its scales.
     """
-    done = run.folder.read_result(where)
+    done = run.folder.read_result(ticket)
     if done is not None:
         return done
     cfg = cfg or run.cfg
-    model = hparams.create_model(run.data.num_classes, seed=hparams.seed, pretrained=False)  # weights come next
+    model = strategy.create_model(run.data.num_classes, seed=strategy.seed, pretrained=False)  # weights come next
     model.load_state_dict(start_state)
     mask.apply(model)
     physical = mask.granularity == "channel"
     trainee = export(model, mask, run.example) if physical else model
-    callbacks = [EnforceMask(mask)] if not physical and mask.num_pruned() else []
+    kept = [EnforceMask(mask)] if not physical and mask.num_pruned() else []
     if snapshot_steps:
-        callbacks.append(Snapshots(snapshot_steps))
-    trained = fit(trainee, run.data.train, run.data.val, cfg, where / "train", accelerator=run.accelerator,
-                  callbacks=callbacks, start_step=start_step, desc=desc)
+        kept.append(Snapshots(snapshot_steps))
+    extra = list(callbacks(trainee)) if callbacks is not None else []
+    trained = fit(trainee, run.data.train, run.data.val, cfg, ticket.train.root, accelerator=run.accelerator,
+                  callbacks=[*extra, *kept], start_step=start_step, desc=desc)
     accelerator = run.accelerator
     test_accuracy, _ = evaluate(trained.model, run.data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
     macs, params = ticket_cost(trained.model, mask, run.example)
@@ -85,8 +91,8 @@ def train_ticket(run, hparams, where: Path, mask: Mask, start_state: Dict[str, t
               "test_accuracy": test_accuracy, "train_seconds": trained.train_seconds, "steps": trained.steps,
               "num_classes": run.data.num_classes, "precision": accelerator.mixed_precision, "latency_ms": latency}
     if trained.early_stop is not None:
-        result.update(_early_stop_scores(trained, where / "train", run, cfg))
+        result.update(_early_stop_scores(trained, ticket, run, cfg))
     if describe is not None:
         result = describe(result)
-    run.folder.finish_level(where, mask.to_dense(trained.model.state_dict(), model.state_dict()), result)
+    run.folder.finish_ticket(ticket, mask.to_dense(trained.model.state_dict(), model.state_dict()), result)
     return result

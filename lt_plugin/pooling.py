@@ -194,8 +194,10 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
     From the target, each candidate (default: the other tickets by adjacency, `adjacency_order`) is blended in at
     every alpha `sweep_order(alphas, patience)` gives; each blend is returned to the target's sparsity by
     `reprune(model, target_mask)` (default for weight tickets: global magnitude to the target's count; a dense target
-    is never re-pruned), its BatchNorm statistics are recomputed by `recalibrate(model, mask)` (None: kept) and it is
-    scored by `evaluate(model, mask)`: your validation accuracy, or a bool tensor of each validation sample's
+    is never re-pruned), its BatchNorm statistics are recomputed by `recalibrate(model, mask)` (None: kept; the
+    target's are recomputed the same way before it is scored, so a blend never wins or loses on the recalibration
+    alone, and a search that accepts nothing returns the target recalibrated) and it is scored by
+    `evaluate(model, mask)`: your validation accuracy, or a bool tensor of each validation sample's
     correctness. A candidate's best alpha (the smallest on a tie) is kept only if it beats the running best, so the
     result never scores below the target on `evaluate`: with `acceptance="paper"` (the paper's rule) by any margin,
     with "paired" (needs the per-sample tensor) only if McNemar's exact test on the samples the two disagree on
@@ -210,11 +212,12 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
     candidates = adjacency_order(target, list(tickets)) if candidates is None else list(candidates)
     tries = len(alphas) * len(candidates)  # the search's family of comparisons, fixed before it starts
     blender.load(target_state, target_mask)
+    blender.finish(target_mask)  # the target's statistics recomputed as every blend's are: one treatment for all
     current = evaluate(model, target_mask)  # the running best's score (per-sample flags for the paired rule)
     if acceptance == "paired" and not torch.is_tensor(current):
         raise UserError("acceptance='paired' needs evaluate(model, mask) to return each sample's correctness (a "
                         "bool tensor), not an accuracy")
-    found = PooledTicket(target_state, target_mask, _accuracy(current), [], [], 1, 0)
+    found = PooledTicket(snapshot(model), target_mask, _accuracy(current), [], [], 1, 0)
     for candidate in candidates:
         best = None  # (accuracy, alpha, state, mask, scored): the highest accuracy, the smallest alpha on a tie
         scores, order, accuracy = [], sweep_order(alphas, patience), None

@@ -6,9 +6,10 @@ Torch-Pruning users build a pruner, call `pruner.step()` between rounds of fine-
     pruner = IMPPruner(model, example_inputs, pruning_ratio=0.8, iterative_steps=3)   # density 0.2 after 3 steps
     train(model)                                  # level 0: dense
     for _ in range(pruner.iterative_steps):
-        model = pruner.step(model)                # prune the trained weights, rewind the survivors (theta_0)
-        pruner.mask_after_steps(optimizer_of(model))  # weight tickets: keep the pruned entries zero
-        train(model)                              # a channel ticket comes back physically small
+        model = pruner.step()                     # prune the trained weights, rewind the survivors (theta_0)
+        optimizer = make_optimizer(model)         # IMP trains each level with a fresh optimizer
+        pruner.mask_after_steps(optimizer)        # weight tickets: keep the pruned entries zero
+        train(model, optimizer)                   # a channel ticket comes back physically small
 
     pruner = EarlyBirdPruner(model, example_inputs, pruning_ratio=0.5)  # draws the initialisation's mask
     for epoch in ...:
@@ -24,139 +25,46 @@ channel masks drawn by `draw_channel_flags`.
 from __future__ import annotations
 
 import copy
-import math
-from collections import deque
+import warnings
+from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from .callbacks import Callback, TrainState
-from .errors import UserError
+from .callbacks import SlimmingPenalty
+from .early_bird_rule import (DISTANCES, EarlyBirdDetector, draw_channel_flags, early_bird_importance, norm_scales,
+                              resolve_score)
+from .errors import LtPluginWarning, UserError
+from .layout import RunLayout
+from .levels import level_density
 from .masks import (GRANULARITIES, Mask, classifier_weight_names, named_tensors, prunable_weight_names,
-                    resolve_ignored, snapshot)
-from .structure import IMPORTANCES, ChannelStructure, create_mask, export
-
-EARLY_BIRD_SCORES = ("auto", "bn-scale", "magnitude")
-
-
-def level_density(level: int, levels: int, total_weights: int, target_density: Optional[float] = None,
-                  prune_fraction: float = 0.2) -> float:
-    """The kept fraction of the prunable weights at IMP level `level` of `levels`: target_density^(level/levels)
-    (a constant fraction of what is left), or, without a target, `prune_fraction` of the remaining weights pruned
-    per level, counted in whole weights as open_lth counts them."""
-    if target_density is not None:
-        return target_density ** (level / levels) if levels else 1.0
-    remaining = total_weights
-    for _ in range(level):
-        remaining -= math.ceil(prune_fraction * remaining)
-    return remaining / total_weights
+                    resolve_ignored, snapshot, unwrap_model)
+from .model_checks import check_same_device
+from .store import atomic_save_safetensors, atomic_write_json
+from .structure import ChannelStructure, create_mask, export
 
 
-# ---------------------------------------------------------------- Early-Bird: the rule, the penalty, the score
-
-def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Normalised Hamming distance of two channel masks: 1 - (agreeing channels / all channels), compared on `a`'s
-    device (the flags of a check read from its file meet those of a check made on a GPU)."""
-    if a.shape != b.shape:
-        raise ValueError(f"masks of {a.numel()} and {b.numel()} channels cannot be compared")
-    return int(torch.count_nonzero(a != b.to(a.device))) / a.numel()  # exact: 1 of 10 channels is 0.1
-
-
-class EarlyBirdDetector:
-    """The Early-Bird rule: a FIFO of the last `window` channel masks; the ticket has emerged when the newest mask's
-    distance to every older mask in it is at most `epsilon` (the reference's boundary: exactly epsilon counts).
-
-    Drive it from any training loop: `if detector.update(mask): ...`, with a `Mask` (its channels are compared) or a
-    bool tensor of channel flags (e.g. `|gamma| > threshold` over all BatchNorm layers).
-    """
-
-    def __init__(self, window: int = 5, epsilon: float = 0.1):
-        if window < 2:
-            raise UserError(f"window must be 2 or more (the newest mask and at least one older), not {window}")
-        if not 0.0 <= epsilon <= 1.0:
-            raise UserError(f"epsilon must be in [0, 1], not {epsilon}")
-        self.window, self.epsilon = window, epsilon
-        self._older: deque = deque(maxlen=window - 1)  # the masks before the newest
-        self.distances: List[List[float]] = []   # per update: the newest mask's distance to each older, oldest first
-        self.found_at: Optional[int] = None       # index of the first update at which the rule held
-
-    def update(self, mask: Union[Mask, torch.Tensor]) -> bool:
-        """Add the newest mask; True if the rule holds now."""
-        flags = mask.channel_flags() if isinstance(mask, Mask) else torch.as_tensor(mask).reshape(-1).bool()
-        distances = [mask_distance(flags, older) for older in self._older]
-        self._older.append(flags)
-        self.distances.append(distances)
-        emerged = len(distances) == self.window - 1 and max(distances) <= self.epsilon
-        if emerged and self.found_at is None:
-            self.found_at = len(self.distances) - 1
-        return emerged
-
-    @property
-    def found(self) -> bool:
-        return self.found_at is not None
+def _innermost_optimizer(optimizer):
+    """The torch optimizer an optimizer wrapper steps (Accelerate's AcceleratedOptimizer keeps it as `.optimizer`)."""
+    while not hasattr(optimizer, "register_step_post_hook") or hasattr(optimizer, "optimizer"):
+        if not hasattr(optimizer, "optimizer"):
+            raise UserError(f"{type(optimizer).__name__} is not a torch optimizer (no register_step_post_hook)")
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
-def norm_scales(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> Dict[str, nn.Parameter]:
-    """The normalisation scales the penalty and the `bn-scale` score act on: every BatchNorm weight, or on a model
-    without BatchNorm every LayerNorm/GroupNorm weight."""
-    ignored_ids = {id(m) for m in ignored}
-    norms = {name: m for name, m in model.named_modules() if id(m) not in ignored_ids}
-    batch_norms = {n: m for n, m in norms.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    chosen = batch_norms or {n: m for n, m in norms.items() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))}
-    return {f"{n}.weight": m.weight for n, m in chosen.items() if isinstance(getattr(m, "weight", None), nn.Parameter)}
+class _Handles:
+    """Several hook handles removed as one (what `mask_gradients` returns)."""
 
+    def __init__(self, handles):
+        self.handles = list(handles)
 
-class SlimmingPenalty(Callback):
-    """Network slimming's L1 penalty: `strength * sign(gamma)` added to each scale's gradient (its subgradient),
-    after backward and before the optimizer step (`fit` calls it on unscaled gradients under fp16)."""
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
-    def __init__(self, scales: Sequence[nn.Parameter], strength: float):
-        self.scales, self.strength = list(scales), strength
-
-    @torch.no_grad()
-    def add_to_gradients(self) -> None:
-        for gamma in self.scales:
-            if gamma.grad is not None:
-                gamma.grad.add_(torch.sign(gamma), alpha=self.strength)
-
-    def before_optimizer_step(self, state: TrainState) -> None:
-        self.add_to_gradients()
-
-
-def resolve_score(score: str, model: nn.Module) -> str:
-    """The channel score of Early-Bird's masks: bn-scale (|gamma| of BatchNorm) for "auto" on a BatchNorm model,
-    else magnitude (a model normalised by LayerNorm has no gamma to rank, You et al.'s score does not apply)."""
-    if score not in EARLY_BIRD_SCORES:
-        raise UserError(f"score must be one of {', '.join(EARLY_BIRD_SCORES)}, not {score!r}")
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if score == "auto":
-        return "bn-scale" if has_bn else "magnitude"
-    if score == "bn-scale" and not has_bn:
-        raise UserError(f"--score bn-scale needs BatchNorm layers; {type(model).__name__} has none (use magnitude)")
-    return score
-
-
-def early_bird_importance(score: str) -> tp.importance.Importance:
-    """The Torch-Pruning importance of a score. The reference ranks raw |gamma| against one global threshold: no
-    per-group normalisation. A channel that several BatchNorm layers share (a residual stream) scores its largest
-    |gamma|: timm starts the last scale of each residual block at zero, which must not make the whole stream look
-    unimportant."""
-    if score == "bn-scale":
-        return tp.importance.BNScaleImportance(group_reduction="max", normalizer=None)
-    return IMPORTANCES["magnitude"]()
-
-
-def draw_channel_flags(structure: ChannelStructure, ratios: Sequence[float]) -> Dict[float, Tuple[list, torch.Tensor]]:
-    """For each ratio, the channel plan removing that fraction of channels by the structure's importance on the
-    model's current weights, and its channel flags (what Early-Bird's rule compares)."""
-    plans = structure.plans_at_ratios(ratios)
-    return {ratio: (plan, structure.mask_from_plan(plan).channel_flags()) for ratio, plan in plans.items()}
-
-
-# ---------------------------------------------------------------- the pruners
 
 class IMPPruner:
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020) for your own loop.
@@ -166,19 +74,26 @@ class IMPPruner:
     channel tickets alike (Torch-Pruning's is a fraction of channels), reached as a constant fraction of what is
     left per step: the density after step k is (1 - pruning_ratio)^(k / iterative_steps), as `lt-plugin imp
     --target-density 1-r --levels n` prunes. Without `pruning_ratio`, each step prunes `prune_fraction` of the
-    remaining weights (IMP's 20%, open_lth's counting). `importance` is any `tp.importance.Importance` or a name in
-    IMPORTANCES (channel tickets; weight tickets rank |w|), `global_pruning` one threshold over all layers,
-    `ignored_layers` modules or names left unpruned (the classifier always is), `round_to` channel counts rounded,
+    remaining weights (IMP's 20%, open_lth's counting). `importance` (any `tp.importance.Importance` or a name in
+    IMPORTANCES) and `round_to` are for channel tickets: weight tickets rank |w|, and refuse them. `global_pruning`
+    is one threshold over all layers, `ignored_layers` modules or names left unpruned (the classifier always is),
     `pruning_ratio_dict` {module or its name: the fraction of that layer's weights removed after all steps} for
     layers pruned at their own rate, each on its own (weight tickets; naming the classifier prunes it).
 
-    The rewind point is the model's weights when the pruner is built (theta_0); `rewind_point()` takes the current
-    weights instead (late rewinding, e.g. at iteration k); `rewind=False` keeps the trained weights (learning-rate
-    rewinding and fine-tuning, whose schedule is your loop's). `step(trained)` prunes the trained weights to the
-    next level, never reviving what earlier levels removed, rewinds the survivors and returns the model to train:
-    the pruner's dense model for weight tickets (keep its pruned entries zero with `apply_mask()` or
-    `mask_after_steps(optimizer)`), a physically smaller copy for channel tickets (pass it back to the next
-    `step`, which maps its weights into the dense space).
+    `model` may be wrapped (DataParallel, DistributedDataParallel, a model from `accelerator.prepare`, torch.compile):
+    the pruner works on the module inside, with its own layer names and classifier. The rewind point is the model's
+    weights when the pruner is built (theta_0); `rewind_point()` takes the current weights instead (late rewinding,
+    e.g. at iteration k); `rewind=False` keeps the trained weights (learning-rate rewinding and fine-tuning, whose
+    schedule is your loop's).
+
+    `step()` prunes the trained weights to the next level, never reviving what earlier levels removed, rewinds the
+    survivors and returns the model to train: for weight tickets the model the pruner was given (keep its pruned
+    entries zero with `mask_after_steps(optimizer)` or `apply_mask()`), for channel tickets a physically smaller
+    copy, which the next `step()` reads back (or the model passed to it). A weight ticket's pruned entries found
+    nonzero at `step()` or `save_level()` (the mask was not enforced) are zeroed again, with a warning. IMP trains
+    every level with a fresh optimizer: build one for the returned model, or pass yours as `step(optimizer=...)`
+    to have its state (momentum, Adam's moments) cleared. A `step()` past `iterative_steps` warns and prunes
+    nothing, as Torch-Pruning's pruners do.
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, importance=None,
@@ -188,18 +103,25 @@ class IMPPruner:
                  pruning_ratio_dict: Optional[Dict[Union[nn.Module, str], float]] = None):
         if granularity not in GRANULARITIES:
             raise UserError(f"granularity must be one of {', '.join(GRANULARITIES)}, not {granularity!r}")
+        if granularity == "weight" and (importance is not None or round_to is not None):
+            raise UserError("importance and round_to choose and round channels: weight tickets rank |w|; drop them "
+                            "or use granularity='channel'")
         if pruning_ratio is not None and not 0.0 <= pruning_ratio < 1.0:
             raise UserError(f"pruning_ratio must be in [0, 1) (the fraction of weights removed), not {pruning_ratio}")
         if not (isinstance(iterative_steps, int) and iterative_steps >= 1):
             raise UserError(f"iterative_steps must be 1 or more, not {iterative_steps}")
-        self.model, self.example_inputs = model, example_inputs
+        self.wrapper, self.model = model, unwrap_model(model)
+        check_same_device(self.model, example_inputs)
+        model = self.model
+        self.example_inputs = example_inputs
         self.importance, self.granularity, self.round_to = importance, granularity, round_to
         self.scope = "global" if global_pruning else "layerwise"
         self.ignored_layers = list(ignored_layers or [])
         self.iterative_steps, self.prune_fraction, self.rewind = iterative_steps, prune_fraction, rewind
+        self.pruning_ratio = pruning_ratio
         self.target_density = None if pruning_ratio is None else 1.0 - pruning_ratio
-        names = {id(m): n for n, m in model.named_modules()}
-        self.own_ratios = {f"{layer if isinstance(layer, str) else names[id(layer)]}.weight": float(ratio)
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self.own_ratios = {f"{self._name_of(layer)}.weight": float(ratio)
                            for layer, ratio in (pruning_ratio_dict or {}).items()}
         if self.own_ratios and granularity != "weight":
             raise UserError("pruning_ratio_dict applies to weight tickets; channel tickets follow Torch-Pruning's "
@@ -213,6 +135,10 @@ class IMPPruner:
         self._history: List[dict] = []
         self._rewind_state = snapshot(model) if rewind else None
         self._enforce, self._enforced_on = None, None
+        self._trainee: nn.Module = model  # the model the current level trains: what `step()` reads back
+
+    def _name_of(self, layer: Union[nn.Module, str]) -> str:
+        return layer if isinstance(layer, str) else self._names[id(unwrap_model(layer))]
 
     def rewind_point(self) -> None:
         """The model's current weights become the point survivors are rewound to (late rewinding)."""
@@ -223,18 +149,30 @@ class IMPPruner:
         return level_density(step, self.iterative_steps, self._total, self.target_density, self.prune_fraction)
 
     def _absorb(self, trained: Optional[nn.Module]) -> None:
-        """The weights of the model trained at the current step, in the pruner's dense model."""
-        if trained is None or trained is self.model:
-            return
-        dense = self.mask.to_dense(trained.state_dict(), self.model.state_dict())
-        self.model.load_state_dict(dense)
+        """The weights of the model trained at the current level (`trained`, else the one the last step handed
+        out) in the pruner's dense model; a weight ticket's regrown pruned entries zeroed again, with a warning."""
+        trained = self._trainee if trained is None else unwrap_model(trained)
+        if trained is not self.model:
+            self.model.load_state_dict(self.mask.to_dense(trained.state_dict(), self.model.state_dict()))
+        regrown = self.mask.regrown(self.model)
+        if regrown:
+            warnings.warn(f"{regrown} weights the ticket prunes are not zero: the mask was not kept during training "
+                          "(pruner.mask_after_steps(optimizer) or pruner.apply_mask() after each step); they are "
+                          "zeroed again", LtPluginWarning, stacklevel=3)
+            self.mask.apply(self.model)
 
-    def step(self, trained: Optional[nn.Module] = None) -> nn.Module:
+    def step(self, trained: Optional[nn.Module] = None, optimizer=None) -> nn.Module:
         """Prune the trained weights to the next level's density and rewind the survivors; returns the model to
-        train at that level. `trained`: the model trained at the current level (what the last step returned;
-        default: the pruner's model)."""
+        train at that level. `trained`: the model trained at the current level (default: the one the last step
+        returned, or the pruner's model at level 0). `optimizer` (weight tickets): its state is cleared, a fresh
+        optimizer as IMP's every level."""
         if self.current_step >= self.iterative_steps:
-            raise UserError(f"the pruner has taken its {self.iterative_steps} iterative steps")
+            warnings.warn(f"the pruner has taken its {self.iterative_steps} iterative steps: nothing is pruned",
+                          LtPluginWarning, stacklevel=2)
+            return self.wrapper if self.granularity == "weight" else self._trainee
+        if optimizer is not None and self.granularity == "channel":
+            raise UserError("a channel ticket comes back as a new, smaller model: build a new optimizer for it "
+                            "instead of passing one to step()")
         self._absorb(trained)
         step = self.current_step + 1
         own = {name: (1.0 - ratio) ** (step / self.iterative_steps) for name, ratio in self.own_ratios.items()}
@@ -249,7 +187,19 @@ class IMPPruner:
         self.current_step += 1
         self._history.append({"step": self.current_step, "density": mask.density, "plan": mask.plan})
         self._enforce = None
-        return export(self.model, mask, self.example_inputs) if self.granularity == "channel" else self.model
+        if optimizer is not None:
+            _innermost_optimizer(optimizer).state = defaultdict(dict)  # what a fresh optimizer starts from
+        if self.granularity == "channel":
+            self._trainee = export(self.model, mask, self.example_inputs)
+            return self._trainee
+        self._trainee = self.model
+        return self.wrapper
+
+    def regularize(self, model: nn.Module, loss=None, reg=None, bias=False) -> None:
+        """Nothing: IMP trains without a penalty (Torch-Pruning's BasePruner.regularize, for generic loops)."""
+
+    def update_regularizer(self) -> None:
+        """Nothing: IMP has no penalty to update (Torch-Pruning's BasePruner.update_regularizer)."""
 
     def apply_mask(self) -> None:
         """Zero the pruned entries of the pruner's model again (after an optimizer step of a weight ticket); bound
@@ -262,9 +212,23 @@ class IMPPruner:
             self._enforce, self._enforced_on = self.mask.enforcer(self.model), device
         self._enforce()
 
-    def mask_after_steps(self, optimizer: torch.optim.Optimizer):
-        """Keep the mask enforced after every `optimizer.step()` (a torch step post-hook); returns its handle."""
-        return optimizer.register_step_post_hook(lambda *_: self.apply_mask())
+    def mask_after_steps(self, optimizer):
+        """Keep the mask enforced after every step of `optimizer` (a torch step post-hook on the optimizer it wraps:
+        a plain one, Accelerate's, one a GradScaler steps); returns its handle."""
+        return _innermost_optimizer(optimizer).register_step_post_hook(lambda *_: self.apply_mask())
+
+    def mask_gradients(self):
+        """Zero the gradients of the pruned weights as backward computes them (tensor hooks), so that an optimizer
+        that scales a layer's step by its norms (LAMB, LARS) counts only the ticket's weights; returns a handle
+        whose `remove()` ends it. Weight tickets; a channel ticket has no pruned weight left."""
+        tensors = named_tensors(self.model)
+        hooks = []
+        for name, keep in self.mask.tensors.items():
+            tensor = tensors[name]
+            if isinstance(tensor, nn.Parameter) and not bool(keep.all()) and keep.shape == tensor.shape:
+                factor = keep.to(device=tensor.device, dtype=tensor.dtype)
+                hooks.append(tensor.register_hook(lambda grad, factor=factor: grad * factor))
+        return _Handles(hooks)
 
     def pruning_history(self) -> list:
         """Torch-Pruning's pruning history of the current channel ticket, [[root module, is_out_channel_fn,
@@ -279,31 +243,35 @@ class IMPPruner:
                    model_name: Optional[str] = None) -> Path:
         """The current ticket as a level of an IMP run folder (config.json, level_K/mask, weights and result.json),
         so that `lt-plugin export --run RUN_DIR --level K` ships it and `lt-plugin lottery-pools` can pool the
-        levels. `metrics` (e.g. {"test_accuracy": ...}) go into its result; `model_name` is the timm name of the
-        model (default: the one timm recorded when it built it)."""
-        from .strategies.imp import IMP  # the run folder's layout is the strategy's
-        from .store import atomic_save_safetensors, atomic_write_json
+        levels. The folder's config records the schedule (`pruning_ratio` or `prune_fraction`,
+        `pruning_ratio_dict`, the ignored layers), so the branches treat each layer as its run did. `metrics`
+        (e.g. {"test_accuracy": ...}) go into its result; `model_name` is the timm name of the model (default: the
+        one timm recorded when it built it)."""
         self._absorb(trained)
-        run_dir = Path(run_dir)
         model_name = model_name or getattr(self.model, "pretrained_cfg", {}).get("architecture")
         if model_name is None:
             raise UserError("save_level needs model_name: the timm name that builds this model")
-        names = {id(m): n for n, m in self.model.named_modules()}
-        ignore = [layer if isinstance(layer, str) else names[id(layer)] for layer in self.ignored_layers]
-        imp = IMP(model=model_name, image_size=int(self.example_inputs.shape[-1]), levels=self.iterative_steps,
-                  granularity=self.granularity, scope=self.scope, ignore=ignore, round_to=self.round_to,
-                  importance=self.importance if isinstance(self.importance, str) else "magnitude")
-        config = {"strategy": "imp", "hparams": imp.hparams(), "world_size": 1, "written_by": "IMPPruner"}
-        atomic_write_json(config, run_dir / "config.json")
-        level_dir = run_dir / f"level_{self.current_step}"
-        self.mask.save(level_dir / "mask.safetensors")
-        atomic_save_safetensors(self.model.state_dict(), level_dir / "weights.safetensors")
+        # The options `lt-plugin imp` would have run with; the others keep their defaults when the run is read.
+        per_level = {name[:-len(".weight")]: 1.0 - (1.0 - ratio) ** (1 / self.iterative_steps)
+                     for name, ratio in self.own_ratios.items()}
+        hparams = {"model": model_name, "image_size": int(self.example_inputs.shape[-1]),
+                   "levels": self.iterative_steps, "granularity": self.granularity, "scope": self.scope,
+                   "ignore": [self._name_of(layer) for layer in self.ignored_layers], "round_to": self.round_to,
+                   "importance": self.importance if isinstance(self.importance, str) else "magnitude",
+                   "target_density": self.target_density, "prune_fraction": self.prune_fraction,
+                   "layer_prune_fractions": per_level}
+        layout = RunLayout(run_dir)
+        atomic_write_json({"strategy": "imp", "hparams": hparams, "world_size": 1, "written_by": "IMPPruner"},
+                          layout.config)
+        ticket = layout.level(self.current_step)
+        self.mask.save(ticket.mask)
+        atomic_save_safetensors(self.model.state_dict(), ticket.weights)
         classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
         result = {"level": self.current_step, "density": self.mask.density,
                   "num_classes": getattr(self.model, "num_classes", getattr(classifier, "out_features", None)),
                   **(metrics or {})}
-        atomic_write_json(result, level_dir / "result.json")
-        return level_dir
+        atomic_write_json(result, ticket.result)
+        return ticket.root
 
     def export(self, trained: Optional[nn.Module] = None) -> nn.Module:
         """The ticket as it ships: physically pruned for channel tickets, a masked dense copy for weight tickets."""
@@ -317,39 +285,53 @@ class EarlyBirdPruner:
     """Early-Bird tickets (You et al., ICLR 2020) for your own loop, in Torch-Pruning's slimming words.
 
     `regularize(model)` after `backward()` adds the network-slimming penalty (`penalty * sign(gamma)` on every
-    BatchNorm scale, or LayerNorm/GroupNorm scale on a model without BatchNorm); `update(epoch_or_step)` draws the
-    channel mask at `pruning_ratio` (a fraction of channels, as Torch-Pruning's) from the current weights and
-    returns whether the ticket has emerged: the newest of the last `window` masks is within `epsilon` of every
-    older one (EarlyBirdDetector). As the reference, the first mask is the initialisation's, drawn when the pruner
-    is built. `step()` returns the ticket physically pruned, with the weights it had when it emerged.
-    `score` "auto" ranks channels by |gamma| on BatchNorm models (one global threshold) and by Torch-Pruning's
-    group magnitude otherwise.
+    BatchNorm scale, or LayerNorm/GroupNorm scale on a model without BatchNorm), as Torch-Pruning's BNScalePruner
+    (`reg` overrides the strength for that call); `update(epoch_or_step)` draws the channel mask at `pruning_ratio`
+    (a fraction of channels, as Torch-Pruning's) from the current weights and returns whether the ticket has
+    emerged: the newest of the last `window` masks is within `epsilon` of every older one (EarlyBirdDetector). As
+    the reference, the first mask is the initialisation's, drawn when the pruner is built. `step()` returns the
+    ticket physically pruned, with the weights it had when it emerged. `model` may be wrapped (DataParallel, DDP,
+    Accelerate, torch.compile). `score` "auto" ranks channels by |gamma| on BatchNorm models (one global threshold)
+    and by Torch-Pruning's group magnitude otherwise. `distance` "norm" compares masks over every
+    normalisation-layer channel (the reference's BatchNorm channels), "outputs" over the prunable layers' output
+    channels.
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, pruning_ratio: float = 0.5,
                  penalty: float = 1e-4, epsilon: float = 0.1, window: int = 5, score: str = "auto",
-                 ignored_layers: Optional[Sequence] = None, round_to: Optional[int] = None):
+                 ignored_layers: Optional[Sequence] = None, round_to: Optional[int] = None, distance: str = "norm"):
         if not 0.0 < pruning_ratio < 1.0:
             raise UserError(f"pruning_ratio must be in (0, 1) (the fraction of channels removed), not {pruning_ratio}")
+        if distance not in DISTANCES:
+            raise UserError(f"distance must be one of {', '.join(DISTANCES)}, not {distance!r}")
+        model = unwrap_model(model)
         self.model, self.example_inputs, self.pruning_ratio = model, example_inputs, pruning_ratio
-        ignored = resolve_ignored(model, ignored_layers)
+        self.ignored = resolve_ignored(model, ignored_layers)
         self.score = resolve_score(score, model)
-        self.structure = ChannelStructure(model, example_inputs, ignored, importance=early_bird_importance(self.score),
-                                          scope="global", round_to=round_to)
-        self.penalty = SlimmingPenalty(norm_scales(model, ignored).values(), penalty)
+        self.structure = ChannelStructure(model, example_inputs, self.ignored,
+                                          importance=early_bird_importance(self.score), scope="global",
+                                          round_to=round_to)
+        self.norms = norm_scales(model, self.ignored) if distance == "norm" else None
+        self.penalty = SlimmingPenalty(norm_scales(model, self.ignored).values(), penalty)
         self.detector = EarlyBirdDetector(window, epsilon)
         self.checks: List[Union[int, float, None]] = []  # what each update was called with (None at the start)
         self.found_at: Union[int, float, None] = None     # ... at the update where the ticket emerged
         self._ticket: Optional[Tuple[list, Dict[str, torch.Tensor]]] = None
         self.update(None)
 
-    def regularize(self, model: Optional[nn.Module] = None) -> None:
-        """Add the slimming penalty to the scales' gradients (call it between `backward()` and `optimizer.step()`)."""
-        self.penalty.add_to_gradients()
+    def regularize(self, model: Optional[nn.Module] = None, reg: Optional[float] = None, bias=False) -> None:
+        """Add the slimming penalty to the scales' gradients of `model` (default: the pruner's; call it between
+        `backward()` and `optimizer.step()`); `reg` is the strength of this call (default: `penalty`)."""
+        model = self.model if model is None else unwrap_model(model)
+        scales = self.penalty.scales if model is self.model else list(norm_scales(model, self.ignored).values())
+        SlimmingPenalty(scales, self.penalty.strength if reg is None else reg).add_to_gradients()
+
+    def update_regularizer(self) -> None:
+        """Nothing: the slimming penalty keeps its scales (Torch-Pruning's update_regularizer, for generic loops)."""
 
     def update(self, epoch_or_step: Union[int, float, None] = None) -> bool:
         """Draw the mask from the current weights; True once the ticket has emerged (and from then on)."""
-        plan, flags = draw_channel_flags(self.structure, [self.pruning_ratio])[self.pruning_ratio]
+        plan, flags = draw_channel_flags(self.structure, [self.pruning_ratio], self.norms)[self.pruning_ratio]
         self.checks.append(epoch_or_step)
         emerged = self.detector.update(flags)
         if emerged and self.found_at is None:

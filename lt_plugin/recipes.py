@@ -12,9 +12,10 @@ import dataclasses
 
 from .errors import UserError
 
-# The schedule the three reference papers share for CIFAR: SGD with momentum, the LR decayed x0.1 at 50% and 75%.
-_CIFAR_SGD = dict(opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="multistep", decay_milestones=(0.5, 0.75),
-                  decay_rate=0.1, warmup_epochs=0.0, augment="crop-flip")
+# The schedule the three reference papers share for CIFAR: SGD with momentum, the LR decayed x0.1 at 50% and 75%, and
+# weight decay on every parameter (open_lth, the Early-Bird and the Lottery Pools code pass model.parameters() whole).
+_CIFAR_SGD = dict(opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, wd_norm_bias=True, sched="multistep",
+                  decay_milestones=(0.5, 0.75), decay_rate=0.1, warmup_epochs=0.0, augment="crop-flip")
 
 # LTH's own networks and training (Frankle & Carbin, ICLR 2019, Figure 2 and Appendices): Adam at a constant rate, batch
 # 60, no augmentation, no weight decay, validation every 100 iterations for the early-stopping iteration, pruned

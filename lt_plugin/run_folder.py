@@ -12,11 +12,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 
 from .errors import RunFolderError
+from .layout import RunLayout, TicketFolder
 from .masks import Mask
 from .report import COLUMNS, LATENCY_NOTE, format_table
 from .store import atomic_save_safetensors, atomic_write_json, read_json
-from .train import ORDER_OF_A_STREAM, SETTINGS_WITHOUT_EFFECT
-
+from .train.config import ORDER_OF_A_STREAM, SETTINGS_WITHOUT_EFFECT
 
 
 def package_versions() -> Dict[str, str]:
@@ -40,7 +40,7 @@ def lock_run_folder(path: Path) -> None:
     if path in _held_locks:
         return
     path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / ".lock", "a+")
+    handle = open(RunLayout(path).lock, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -61,6 +61,7 @@ class RunFolder:
 
     def __init__(self, path, accelerator):
         self.path = Path(path)
+        self.layout = RunLayout(self.path)
         self.accelerator = accelerator
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} exists and is not a folder")
@@ -81,7 +82,7 @@ class RunFolder:
             lock_run_folder(self.path)
         self._sync()
         hparams = json.loads(json.dumps(hparams))
-        config_path = self.path / "config.json"
+        config_path = self.layout.config
         if config_path.exists():
             old = read_json(config_path)
             if old.get("strategy") != strategy:
@@ -113,28 +114,33 @@ class RunFolder:
                                "world_size": self.accelerator.num_processes}, config_path)
         self._sync()
 
-    def save_weights_once(self, name: str, state: Dict[str, torch.Tensor]) -> None:
-        if self.is_main and not (self.path / name).exists():
-            atomic_save_safetensors(state, self.path / name)
+    def save_weights_once(self, path: Path, state: Dict[str, torch.Tensor]) -> None:
+        """`state` written to `path` (e.g. `layout.init`) unless it is there already."""
+        if self.is_main and not path.exists():
+            atomic_save_safetensors(state, path)
         self._sync()
 
     @staticmethod
-    def read_result(level_dir: Path) -> Optional[dict]:
-        path = level_dir / "result.json"
-        return read_json(path) if path.exists() else None
+    def read_result(ticket: TicketFolder) -> Optional[dict]:
+        """A finished ticket's result; None while it is unfinished."""
+        return read_json(ticket.result) if ticket.finished else None
 
-    def load_or_make_mask(self, level_dir: Path, make: Callable[[], Mask]) -> Mask:
-        """The level's mask: decided once by the main process and read back by every process."""
-        path = level_dir / "mask.safetensors"
-        if self.is_main and not path.exists():
-            make().save(path)
+    def load_or_make_mask(self, ticket: TicketFolder, make: Callable[[], Mask]) -> Mask:
+        """The ticket's mask: decided once by the main process and read back by every process."""
+        if self.is_main and not ticket.mask.exists():
+            make().save(ticket.mask)
         self._sync()
-        return Mask.load(path)
+        return Mask.load(ticket.mask)
 
-    def finish_level(self, level_dir: Path, dense_state: Dict[str, torch.Tensor], result: dict) -> None:
+    def finish_ticket(self, ticket: TicketFolder, dense_state: Dict[str, torch.Tensor], result: dict,
+                      mask: Optional[Mask] = None) -> None:
+        """The ticket's dense-space weights (and `mask`, when given), then its result, last: its presence marks the
+        ticket finished."""
         if self.is_main:
-            atomic_save_safetensors(dense_state, level_dir / "weights.safetensors")
-            atomic_write_json(result, level_dir / "result.json")  # last: its presence marks the level done
+            if mask is not None:
+                mask.save(ticket.mask)
+            atomic_save_safetensors(dense_state, ticket.weights)
+            atomic_write_json(result, ticket.result)
         self._sync()
 
     def write_results(self, results: List[dict], plots: Mapping[str, Callable[[Path], object]],
@@ -143,13 +149,13 @@ class RunFolder:
         into that path) and the table (`columns` of `rows`, by default the results) printed, by the main
         process."""
         if self.is_main:
-            atomic_write_json(results, self.path / "results.json")
+            atomic_write_json(results, self.layout.results)
             for name, draw in plots.items():
-                draw(self.path / name)
+                draw(self.layout.plot(name))
             print(format_table(rows if rows is not None else results, columns))
             if any(c[0] == "latency_ms" for c in columns) and any(
                     "latency_ms" in r and r["latency_ms"] is None for r in results):
                 print(LATENCY_NOTE)
-            shown = "  ".join(f"plot: {self.path / name}" for name in plots)
-            print(f"results: {self.path / 'results.json'}  {shown}")
+            shown = "  ".join(f"plot: {self.layout.plot(name)}" for name in plots)
+            print(f"results: {self.layout.results}  {shown}")
         self._sync()

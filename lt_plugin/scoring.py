@@ -16,7 +16,8 @@ from torch import nn
 from .corruptions import corrupted_copies
 from .masks import Mask
 from .structure import export
-from .train import TrainConfig, correctness, evaluate, recalibrate_bn
+from .train.config import TrainConfig
+from .train.evaluation import correctness, evaluate, recalibrate_bn
 
 BN_BATCH_SIZE = 256
 

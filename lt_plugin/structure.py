@@ -19,8 +19,9 @@ from torch import nn
 from torch_pruning.pruner import function as tpf
 
 from .errors import UnsupportedModelError, UserError, first_line
+from .model_checks import check_forward, check_round_to, check_same_device
 from .masks import (SCOPES, Mask, _merge_plans, magnitude_mask, named_tensors, prunable_weight_names,
-                    resolve_ignored)
+                    resolve_ignored, unwrap_model)
 
 # Which tensors, along which dimension, each Torch-Pruning handler removes. Dimensions of None mean "the node's
 # pruning_dim" (LayerNorm, unwrapped parameters).
@@ -93,6 +94,7 @@ class ChannelStructure:
                  importance=None, scope: str = "global", round_to: Optional[int] = None):
         if scope not in SCOPES:
             raise UserError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        check_same_device(model, example_inputs)
         self.model = model
         self.ignored = list(ignored)
         self.prunable = prunable_weight_names(model, self.ignored)
@@ -378,31 +380,6 @@ class ChannelStructure:
         return self.model
 
 
-def check_forward(model: nn.Module, example_inputs: torch.Tensor, what: str) -> None:
-    """Run `model` once; a failure becomes an UnsupportedModelError naming the layer where it happened."""
-    entered: List[str] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.append(name))
-             for name, m in model.named_modules() if name]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_inputs)
-    except Exception as exc:
-        layer = entered[-1] if entered else "(model input)"
-        layer_type = type(dict(model.named_modules()).get(layer, model)).__name__
-        raise UnsupportedModelError(
-            f"{what} breaks at layer {layer} ({layer_type}): {type(exc).__name__}: {first_line(exc)}") from None
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-
-
-def check_round_to(round_to: Optional[int]) -> None:
-    if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
-        raise UserError(f"--round-to must be a whole number of channels, 1 or more, not {round_to!r}")
-
-
 def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, granularity: str = "channel",
                 importance=None, scope: str = "global", ignored_layers: Optional[Iterable] = None,
                 previous: Optional[Mask] = None, ignore_classifier: bool = True, round_to: Optional[int] = None,
@@ -419,6 +396,7 @@ def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, 
     """
     if not 0.0 < density <= 1.0:
         raise UserError(f"density must be in (0, 1], not {density}")
+    model = unwrap_model(model)
     ignored = resolve_ignored(model, ignored_layers, ignore_classifier)
     if granularity == "weight":
         return magnitude_mask(model, density, prunable_weight_names(model, ignored), scope, previous,
@@ -440,7 +418,7 @@ def export(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Mod
     The copy's surviving weights are the masked model's; on BatchNorm networks its outputs equal the masked
     model's, on LayerNorm networks they differ because LayerNorm's statistics count the zeroed channels.
     """
-    small = copy.deepcopy(model)
+    small = copy.deepcopy(unwrap_model(model))
     mask.apply(small)
     ChannelStructure(small, example_inputs, ignored=[]).export(mask)
     check_forward(small, example_inputs, f"the pruned {type(model).__name__}")

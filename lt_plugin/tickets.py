@@ -7,16 +7,16 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import timm
 import torch
 from torch import nn
 
 from ._version import __version__
-from .errors import RunFolderError, UserError
-from .masks import Mask
-from .store import atomic_save_safetensors, load_weights, read_json, read_safetensors
+from .errors import UserError
+from .masks import Mask, unwrap_model
+from .store import atomic_save_safetensors, read_safetensors
 from .structure import ChannelStructure, export
 
 META_KEY = "lt_plugin.ticket"
@@ -37,6 +37,7 @@ def save_ticket(path, model: nn.Module, mask: Mask, *, model_name: str, model_kw
     smaller model; `load_ticket` rebuilds its architecture from the timm name and the mask's plan. No pickle.
     """
     physical = mask.granularity == "channel" if physical is None else physical
+    model = unwrap_model(model)
     example = torch.zeros(1, *input_size)
     weights = export(model, mask, example) if physical else mask.apply(copy.deepcopy(model))
     metadata = {"model": model_name, "model_kwargs": model_kwargs or {}, "input_size": list(input_size),
@@ -61,22 +62,6 @@ def load_ticket(path, map_location: str = "cpu") -> Ticket:
     state = {k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")}
     model.load_state_dict(state, strict=True)
     return Ticket(model.to(map_location).eval(), mask, metadata)
-
-
-def load_run_ticket(run_dir, key):
-    """(model, mask, experiment, result) of the finished ticket `key` of a run (a level, a ratio...: the strategy
-    that made the run says where it is): the dense-space model with the ticket's weights, masked."""
-    from .strategies import get_strategy_class  # strategies import this module
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise RunFolderError(f"--run {run_dir}: not a run folder (no config.json)")
-    config = read_json(run_dir / "config.json")
-    files = get_strategy_class(config.get("strategy", "")).locate_ticket(run_dir, str(key))
-    experiment = files.experiment
-    model = experiment.create_model(files.result["num_classes"], seed=0, pretrained=False)
-    model.load_state_dict(load_weights(files.weights))
-    mask = Mask.load(files.mask)
-    return mask.apply(model).eval(), mask, experiment, files.result
 
 
 @dataclasses.dataclass
@@ -140,7 +125,7 @@ def _write_onnx(job: ExportJob, path: Path) -> float:
         **job.metadata})
 
 
-def _torch_latency(job: ExportJob, dense: nn.Module, device: Optional[str]) -> dict:
+def torch_latency(job: ExportJob, dense: nn.Module, device: Optional[str]) -> dict:
     from .deploy import latency_report
     return latency_report(job.ticket, dense, job.example, device=device)
 
@@ -164,28 +149,3 @@ register_export_format("safetensors", ExportFormat(".safetensors", _write_safete
                                                    "a ticket file for lt_plugin.load_ticket (no pickle)"))
 register_export_format("onnx", ExportFormat(".onnx", _write_onnx, "checked with ONNX Runtime against PyTorch; needs "
                                             "lt-plugin[onnx]", check=_require_onnx, benchmark=_onnx_latency))
-
-
-def export_run_ticket(run_dir, key, out_path, fmt: Optional[str] = None, benchmark: bool = False,
-                      device: Optional[str] = None) -> Tuple[Path, dict]:
-    """Write the finished ticket `key` of a run in format `fmt` (EXPORT_FORMATS; default: by the file's suffix),
-    physically pruned for channel tickets. `benchmark` also measures the ticket's latency against the dense model
-    (the format's `benchmark`: PyTorch timed on `device`, default the GPU when there is one, and the format's own
-    runtime if it has one) and stores the figures in the file's metadata. Returns (path, {"latency": the report,
-    "max_difference": the format's runtime against PyTorch}, each None when not measured)."""
-    export_format = EXPORT_FORMATS[format_of(out_path, fmt)]
-    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: this machine has no CUDA GPU")
-    export_format.check()  # before any work: say what to install
-    model, mask, experiment, result = load_run_ticket(run_dir, key)
-    example = experiment.example_inputs()
-    ticket = export(model, mask, example) if mask.granularity == "channel" else model
-    job = ExportJob(ticket, model, mask, experiment, example, result["num_classes"],
-                    {"run": str(run_dir), "ticket": str(key), "test_accuracy": result.get("test_accuracy")})
-    report = None
-    if benchmark:
-        dense = experiment.create_model(job.num_classes, seed=0, pretrained=False).eval()
-        report = (export_format.benchmark or _torch_latency)(job, dense, device)
-        job.metadata["latency"] = report
-    difference = export_format.write(job, Path(out_path))
-    return Path(out_path), {"latency": report, "max_difference": difference}

@@ -11,7 +11,7 @@ from torch import nn
 from lt_plugin import UserError, export, load_ticket
 from lt_plugin.cli import main as cli_main
 from lt_plugin.deploy import export_onnx, interleaved_medians, latency_report, onnx_session
-from lt_plugin.tickets import load_run_ticket
+from lt_plugin.branches.export import load_run_ticket
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -22,8 +22,9 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.data import load_data
 from lt_plugin.deploy import forward_latency_ms
 from lt_plugin.masks import Mask, magnitude_mask, prunable_weight_names
-from lt_plugin.strategies.early_bird import (EarlyBirdDetector, SlimmingPenalty, mask_distance, norm_scales,
-                                             search_precision)
+from lt_plugin.callbacks import SlimmingPenalty
+from lt_plugin.early_bird_rule import EarlyBirdDetector, mask_distance, norm_scales
+from lt_plugin.strategies.early_bird import search_precision
 from lt_plugin.structure import ChannelStructure
 from lt_plugin.train import TrainConfig, evaluate, fit, make_accelerator, steps_per_epoch
 
@@ -93,7 +94,8 @@ def test_reverting_sync_batchnorm_keeps_the_buffers_a_move_replaced():
 
 
 def test_fit_with_sync_bn_returns_the_trained_statistics_when_prepare_moves_the_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_check_sync_bn", lambda cfg, accelerator: None)  # one CPU process: no sync needed
+    for module in (train.config, train.loop):  # one CPU process: no sync needed
+        monkeypatch.setattr(module, "check_sync_bn", lambda cfg, accelerator: None)
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, sync_bn=True)
     accelerator = make_accelerator(cfg)
     prepare = accelerator.prepare

@@ -107,7 +107,7 @@ def test_every_bad_option_is_one_line_and_exit_2_with_nothing_written(argv, said
 def test_export_mistakes_are_one_line(tmp_path, capsys):
     for argv, said in ((["export", "--run", str(tmp_path / "none"), "--level", "1", "--out", "t"], "config.json"),
                        (["export", "--run", str(tmp_path), "--out", "t"], "--ticket"),
-                       (["export", "--run", str(tmp_path), "--level", "1"], "--out"),
+                       (["export", "--run", str(tmp_path), "--level", "1"], "config.json"),
                        (["export", "--level", "1", "--out", "t"], "--run"),
                        (["export", "--run", str(tmp_path), "--level", "1", "--format", "tflite", "--out", "t"],
                         "--format")):

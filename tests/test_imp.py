@@ -117,17 +117,6 @@ def test_channel_tickets_train_physically_smaller(tmp_path):
     assert accuracy == pytest.approx(results[2]["test_accuracy"])
 
 
-@pytest.mark.parametrize("granularity", ["weight", "channel"])
-def test_random_mask_control_keeps_per_layer_counts(tmp_path, granularity):
-    settings = dict(TINY, granularity=granularity, prune_fraction=0.4)
-    lt_plugin.create_strategy("imp", levels=1, control="random-mask", **settings).run(tmp_path / "ctl")
-    lt_plugin.create_strategy("imp", levels=1, **settings).run(tmp_path / "imp")
-    control = Mask.load(tmp_path / "ctl" / "level_1" / "mask.safetensors")
-    ticket = Mask.load(tmp_path / "imp" / "level_1" / "mask.safetensors")
-    assert control.layer_densities() == ticket.layer_densities()
-    assert control.distance(ticket) > 0.1
-
-
 def test_cli_user_mistakes_exit_2_with_one_line(tmp_path):
     cases = [(["--model", "no_such_model_xyz"], "unknown timm model"),
              (["--rewind", "sometimes"], "--rewind"),

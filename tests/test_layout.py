@@ -1,11 +1,53 @@
-"""The layout a contributor relies on: who may import whom, and strategies that use other modules' public names."""
+"""The layout a contributor relies on: who may import whom (docs/architecture.md's layers), one module that names
+the run folder's files, modules of a readable size, and strategies that use other modules' public names."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lt_plugin"
+
+# docs/architecture.md's layers: a module imports (at its top or inside a function) only modules of lower layers.
+LAYERS = [
+    ["errors", "_version", "loaders", "layout", "networks.base"],
+    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar"],
+    ["masks", "report", "networks", "model_checks", "data.transforms", "data.idx"],
+    ["callbacks", "structure", "pooling", "stats", "train.config", "train.evaluation", "data.sources",
+     "data.images"],
+    ["levels", "early_bird_rule", "train.checkpoint", "data.streaming", "", "train", "data", "pai"],
+    ["train.loop", "data.splits", "tickets", "run_folder"],
+    ["data.load", "pruners", "pipeline", "experiment", "corruptions"],
+    ["check", "scoring", "strategies.base"],
+    ["strategies.registry"],
+    ["strategies.imp", "strategies.early_bird", "strategies.soups"],
+    ["strategies"],
+    ["branches.base"],
+    ["branches.lottery_pools", "branches.instability", "branches.controls", "branches.export"],
+    ["branches"],
+    ["cli", "__main__"],
+]
+LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path):
+    """The lt_plugin modules `path` imports, at its top or inside functions (relative imports)."""
+    package = _module_name(path).split(".") if path.name == "__init__.py" else _module_name(path).split(".")[:-1]
+    package = [p for p in package if p]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            if node.module:
+                yield ".".join(base + [node.module])
+            else:
+                yield from (".".join(base + [alias.name]) for alias in node.names
+                            if ".".join(base + [alias.name]) in LAYER_OF)
 
 
 def _private_uses(path: Path):
@@ -56,5 +98,39 @@ def test_python_dash_m_lt_plugin_is_the_command():
     assert lt_plugin.__version__ in done.stdout
     wrong = subprocess.run([sys.executable, "-m", "lt_plugin", "lottery-pools"], capture_output=True, text=True)
     assert wrong.returncode == 2  # main's return value, from a UserError: --run is required
-    assert wrong.stderr.strip().splitlines() == ["lt-plugin: error: --run DIR is required: the finished IMP run whose "
-                                                 "tickets to pool"]
+    assert wrong.stderr.strip().splitlines() == ["lt-plugin: error: --run DIR is required: the finished run lottery-pools "
+                                                 "works on"]
+
+
+def test_every_module_imports_only_lower_layers():
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    assert sorted(set(modules) - set(LAYER_OF)) == []  # a new module gets its layer here and in the docs
+    upward = [f"{name} imports {target}" for name, path in modules.items() for target in _imports(path)
+              if target != name and target in LAYER_OF and LAYER_OF[target] >= LAYER_OF[name]]
+    assert upward == []
+
+
+# A run folder's file names, and an f-string part that makes one (level_{L}, step_{k}...).
+LAYOUT_NAMES = re.compile(r"(^|/)(mask|weights|init|model|checkpoint|early_stop|emergence)\.safetensors$|"
+                          r"(^|/)(results?|config|path|imp_config|ensemble)\.json$|\.jsonl$|"
+                          r"^(level|ratio|seed|step|ingredient|soup|copy|rewind)_$")
+
+
+def test_no_module_but_the_layout_spells_a_run_folders_file_names():
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "layout.py" or "data" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and LAYOUT_NAMES.search(node.value):
+                found.append(f"{path.name}:{node.lineno} {node.value!r}")
+            if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and path.name not in ("tickets.py",)
+                    and (isinstance(node.right, ast.JoinedStr) or (isinstance(node.right, ast.Constant)
+                                                                   and isinstance(node.right.value, str)))):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")  # a path built from a literal
+    assert found == []
+
+
+def test_no_module_is_too_long_to_read():
+    lengths = {_module_name(path): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > 450} == {}

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 from scipy import ndimage
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
@@ -18,7 +19,7 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.corruptions import CORRUPTIONS, corrupt, corrupt_to_uint8, corrupted_copies
 from lt_plugin.experiment import Experiment
 from lt_plugin.store import load_weights
-from lt_plugin.pooling import DEFAULT_ALPHAS, adjacency_order, sweep_order
+from lt_plugin.pooling import DEFAULT_ALPHAS, adjacency_order, lottery_pool, sweep_order
 
 TINY = dict(model="test_resnet", dataset="digits", image_size=8, max_train_samples=512, batch_size=32, epochs=2,
             lr=0.05)
@@ -43,7 +44,7 @@ def imp_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pools(imp_run):
-    results = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS).run()
+    results = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS).run()
     return imp_run / "pools", results
 
 
@@ -87,7 +88,8 @@ def test_pooled_tickets_keep_the_density_and_never_lose_validation_accuracy(imp_
         pooled = Mask.load(out / f"level_{level}" / "mask.safetensors")
         assert sum(_kept(pooled).values()) == sum(_kept(target).values())  # exactly the target's density
         assert r["density"] == target.density
-        assert r["pooled_val_accuracy"] >= r["ticket_val_accuracy"]
+        # the ticket and every blend are scored with their statistics recomputed the same way
+        assert r["pooled_val_accuracy"] >= r["ticket_bn_val_accuracy"]
         assert r["val_accuracy"] == r["pooled_val_accuracy"]
         imp_result = json.loads((imp_run / f"level_{level}" / "result.json").read_text())
         assert r["ticket_test_accuracy"] == pytest.approx(imp_result["test_accuracy"])  # the ticket, scored as IMP did
@@ -96,17 +98,19 @@ def test_pooled_tickets_keep_the_density_and_never_lose_validation_accuracy(imp_
         for name in pooled.prunable:
             assert not weights[name][~pooled.tensors[name]].any()  # pruned entries are zero
         assert all(candidate in r["candidates"] and alpha in ALPHAS for candidate, alpha in r["accepted"])
-        assert r["recalibrations"] == r["val_passes"] - 1  # one scored blend each, plus the ticket itself
+        assert r["recalibrations"] == r["val_passes"]  # one per scored blend, and the ticket's own
         assert 1 <= r["val_passes"] <= 1 + len(ALPHAS) * len(r["candidates"])
-        if not r["accepted"]:  # nothing beat the ticket: the ticket is kept
+        if not r["accepted"]:  # nothing beat the ticket: the ticket is kept, its statistics recomputed
             assert r["mask_distance"] == 0.0
+            assert r["pooled_test_accuracy"] == r["ticket_bn_test_accuracy"]
             ticket = load_weights(imp_run / f"level_{level}" / "weights.safetensors")
-            assert all(torch.equal(weights[k], ticket[k]) for k in ticket)
+            statistics = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's, recomputed
+            assert all(torch.equal(weights[k], ticket[k]) for k in ticket if not k.endswith(statistics))
         for model in ("ticket", "ticket_bn", "pooled", "ensemble", "swa", "ema"):
             assert 0.0 <= r[f"{model}_test_accuracy"] <= 1.0
     assert results[0]["density"] == 1.0  # the dense target is never pruned
     stamp = (out / "level_1" / "result.json").stat().st_mtime_ns
-    again = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[1], alphas=ALPHAS).run()
+    again = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), targets=[1], alphas=ALPHAS).run()
     assert again == [results[1]] and (out / "level_1" / "result.json").stat().st_mtime_ns == stamp  # no work
     imp_results = json.loads((imp_run / "results.json").read_text())
     assert results[0]["ensemble_macs"] == sum(r["macs"] for r in imp_results)
@@ -114,7 +118,7 @@ def test_pooled_tickets_keep_the_density_and_never_lose_validation_accuracy(imp_
 
 def test_a_fixed_alpha_and_candidate_gives_the_blend_computed_by_hand(imp_run, tmp_path):
     alpha, target_level, candidate_level = 0.3, 2, 1
-    results = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[target_level],
+    results = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), targets=[target_level],
                                         alphas=[alpha], max_candidates=1, protocol="reference",
                                         acceptance="paper").run(tmp_path / "p")
     (r,) = results
@@ -132,39 +136,46 @@ def test_a_fixed_alpha_and_candidate_gives_the_blend_computed_by_hand(imp_run, t
     for name in target_mask.prunable:
         blended[name] = blended[name] * (blended[name].abs() >= threshold)
     assert sum(int(blended[n].count_nonzero()) for n in target_mask.prunable) == count
-    # BatchNorm statistics over the whole training set, as torch.optim.swa_utils.update_bn computes them
+    # BatchNorm statistics over the whole training set, as torch.optim.swa_utils.update_bn computes them, for the
+    # blend and for the target it is compared with
     data = _data()
-    model = Experiment(model="test_resnet", image_size=8).create_model(data.num_classes, seed=0)
-    model.load_state_dict(blended)
-    update_bn(DataLoader(data.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)), model)
-    model.eval()
-    with torch.no_grad():
-        val_accuracy = (model(data.val.images).argmax(1) == data.val.labels).float().mean().item()
+
+    def recalibrated(state):
+        model = Experiment(model="test_resnet", image_size=8).create_model(data.num_classes, seed=0)
+        model.load_state_dict(state)
+        update_bn(DataLoader(data.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)),
+                  model)
+        model.eval()
+        with torch.no_grad():
+            return model, (model(data.val.images).argmax(1) == data.val.labels).float().mean().item()
+    model, val_accuracy = recalibrated(blended)
+    target, target_accuracy = recalibrated(target_state)
+    assert r["ticket_bn_val_accuracy"] == pytest.approx(target_accuracy)
 
     pooled = load_weights(tmp_path / "p" / f"level_{target_level}" / "weights.safetensors")
-    if val_accuracy > r["ticket_val_accuracy"]:
+    if val_accuracy > target_accuracy:
         assert r["accepted"] == [[candidate_level, alpha]]
         assert r["pooled_val_accuracy"] == pytest.approx(val_accuracy)
         expected = model.state_dict()
     else:
         assert r["accepted"] == []
-        expected = target_state
+        expected = target.state_dict()
     assert pooled.keys() == expected.keys()
     for name in expected:
         assert torch.allclose(pooled[name].float(), expected[name].float(), atol=1e-5), name
 
 
 def test_keep_mask_keeps_the_targets_mask(imp_run, tmp_path):
-    (r,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[1], alphas=[0.5],
+    (r,) = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), targets=[1], alphas=[0.5],
                                      keep_mask=True).run(tmp_path / "keep")
     target = Mask.load(imp_run / "level_1" / "mask.safetensors")
     pooled = Mask.load(tmp_path / "keep" / "level_1" / "mask.safetensors")
     assert all(torch.equal(pooled.tensors[n], target.tensors[n]) for n in target.prunable)
-    assert r["mask_distance"] == 0.0 and r["pooled_val_accuracy"] >= r["ticket_val_accuracy"]
+    assert r["mask_distance"] == 0.0 and r["pooled_val_accuracy"] >= r["ticket_bn_val_accuracy"]
 
 
 def test_corruption_accuracies_sit_beside_every_model(imp_run, tmp_path):
-    (r,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), targets=[2], alphas=[0.5],
+    (r,) = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), targets=[2], alphas=[0.5],
                                      max_candidates=1, corruptions=True).run(tmp_path / "c")
     for model in ("ticket", "ticket_bn", "pooled", "ensemble", "swa", "ema"):
         per_corruption = r[f"{model}_corruptions"]
@@ -192,14 +203,14 @@ def test_channel_ticket_keeps_its_channels_per_group_and_exports(tmp_path):
     imp_dir = tmp_path / "imp"
     imp_results = lt_plugin.create_strategy("imp", levels=1, granularity="channel", prune_fraction=0.4,
                                             **TINY).run(imp_dir)
-    (r,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_dir), targets=[1],
+    (r,) = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_dir), targets=[1],
                                      alphas=[0.2, 0.6]).run()
     target = Mask.load(imp_dir / "level_1" / "mask.safetensors")
     pooled = Mask.load(imp_dir / "pools" / "level_1" / "mask.safetensors")
     assert pooled.density == target.density and r["density"] == target.density
     assert {root: len(idxs) for root, _, idxs in pooled.plan} == {root: len(idxs) for root, _, idxs in target.plan}
     assert r["macs"] == imp_results[1]["macs"]  # the same channels per group: the ticket's MACs
-    assert r["pooled_val_accuracy"] >= r["ticket_val_accuracy"]
+    assert r["pooled_val_accuracy"] >= r["ticket_bn_val_accuracy"]
 
     assert cli_main(["export", "--run", str(imp_dir / "pools"), "--level", "1", "--out", str(tmp_path / "t.st")]) == 0
     ticket = load_ticket(tmp_path / "t.st")
@@ -259,13 +270,13 @@ def test_user_mistakes_exit_2_with_one_line_and_write_nothing(imp_run, tmp_path,
     one_level.mkdir()
     (one_level / "config.json").write_text(json.dumps({"strategy": "imp", "hparams": {"levels": 0}}))
     with pytest.raises(lt_plugin.RunFolderError, match="at least 2 levels"):
-        lt_plugin.create_strategy("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
+        lt_plugin.create_branch("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
     (one_level / "config.json").write_text(json.dumps({"strategy": "imp", "hparams": {"levels": 2}}))
     with pytest.raises(lt_plugin.RunFolderError, match="unfinished"):
-        lt_plugin.create_strategy("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
+        lt_plugin.create_branch("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
     (one_level / "config.json").write_text(json.dumps({"strategy": "early-bird", "hparams": {}}))
-    with pytest.raises(lt_plugin.RunFolderError, match="imp run"):
-        lt_plugin.create_strategy("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
+    with pytest.raises(lt_plugin.RunFolderError, match="works on imp or"):
+        lt_plugin.create_branch("lottery-pools", run_dir=str(one_level)).run(tmp_path / "y")
 
 
 # ---------------------------------------------------------------- corruptions
@@ -416,7 +427,7 @@ def test_the_bar_a_run_records_counts_its_alphas_and_candidates(imp_run, pools, 
     n = results[0]["val_images"]
     assert {r["smallest_gain"] for r in results} == {smallest_gain(len(ALPHAS) * 2) / n}
     capsys.readouterr()
-    one = lt_plugin.create_strategy("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS, max_candidates=1,
+    one = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS, max_candidates=1,
                                     targets=[1]).run(tmp_path / "one")
     assert one[0]["candidates"] == [0] and one[0]["smallest_gain"] == smallest_gain(len(ALPHAS)) / n
     assert f"a gain needs at least {smallest_gain(len(ALPHAS)) / n:.2%} of them" in capsys.readouterr().out
@@ -429,3 +440,27 @@ def test_grayscale_images_are_corrupted_as_grayscale():
     gray = corrupt(x, "jpeg_compression", 2)
     rgb = corrupt(x.expand(-1, 3, -1, -1), "jpeg_compression", 2)
     assert (gray - rgb.mean(dim=1, keepdim=True)).abs().max() < 0.05  # a gray image's JPEG, one channel or three
+
+
+def test_the_target_and_every_blend_are_scored_after_the_same_recalibration():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    prunable = ["0.weight"]
+    tickets = {}
+    for key in (0, 1, 2):
+        torch.manual_seed(key)
+        state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        tickets[key] = (state, Mask({"0.weight": torch.ones(3, 3, dtype=torch.bool)}, prunable))
+    seen = []
+
+    def recalibrate(m, mask):
+        m[1].running_mean.fill_(5.0)  # what a recalibration leaves, whatever the state had
+
+    def evaluate(m, mask):
+        seen.append(float(m[1].running_mean[0]))
+        return 0.5
+
+    found = lottery_pool(model, tickets, 1, evaluate=evaluate, recalibrate=recalibrate, alphas=[0.3, 0.6])
+    assert seen == [5.0] * (1 + 2 * 2)  # the target, then two alphas of two candidates
+    assert found.recalibrations == len(seen)
+    assert float(found.state["1.running_mean"][0]) == 5.0  # nothing beat the target: it comes back recalibrated
+    assert torch.equal(found.state["0.weight"], tickets[1][0]["0.weight"])

@@ -84,7 +84,8 @@ def test_sync_bn_converts_and_converts_back_with_the_same_tensors():
 
 
 def test_fit_trains_synced_batchnorm_and_returns_plain_batchnorm(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_check_sync_bn", lambda cfg, accelerator: None)  # one CPU process: no sync needed
+    for module in (train.config, train.loop):  # one CPU process: no sync needed
+        monkeypatch.setattr(module, "check_sync_bn", lambda cfg, accelerator: None)
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, sync_bn=True)
     seen = set()
     synced = fit(conv_bn_model(), image_data(64), image_data(16, seed=1), cfg, tmp_path / "synced",

@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 import lt_plugin
 from lt_plugin import Mask, load_ticket
 from lt_plugin.cli import main as cli_main
-from lt_plugin.data import load_data
 from lt_plugin.experiment import Experiment
-from lt_plugin.pruners import EarlyBirdPruner, IMPPruner, level_density
+from lt_plugin.errors import LtPluginWarning
+from lt_plugin.levels import level_density
+from lt_plugin.pruners import EarlyBirdPruner, IMPPruner
 from lt_plugin.store import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ TINY = dict(model="test_resnet", dataset="digits", image_size=8, max_train_sampl
 
 def test_lottery_pool_on_hand_loaded_tickets_gives_the_strategys_blend(tmp_path):
     lt_plugin.create_strategy("imp", levels=2, **TINY).run(tmp_path / "imp")
-    (strategy,) = lt_plugin.create_strategy("lottery-pools", run_dir=str(tmp_path / "imp"), targets=[2],
+    (strategy,) = lt_plugin.create_branch("lottery-pools", run_dir=str(tmp_path / "imp"), targets=[2],
                                             alphas=[0.3, 0.6], protocol="reference").run(tmp_path / "pools")
     experiment = Experiment(**{k: TINY[k] for k in ("model", "dataset", "image_size", "max_train_samples")})
     data = experiment.load_data()
@@ -158,8 +160,10 @@ def test_the_imp_pruner_prunes_rewinds_and_keeps_its_mask_in_torch_prunings_word
     assert all(torch.all(first.tensors[n] | ~pruner.mask.tensors[n]) for n in first.prunable)  # nothing revived
     assert all(torch.equal(model.state_dict()[n], late[n] * pruner.mask.tensors[n]) for n in pruner.mask.prunable)
     assert pruner.pruning_history() == [] and [s["step"] for s in pruner.levels()] == [1, 2]
-    with pytest.raises(lt_plugin.UserError, match="iterative steps"):
-        pruner.step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(LtPluginWarning, match="iterative steps: nothing is pruned"):  # as Torch-Pruning's step()
+        assert pruner.step() is model
+    assert pruner.current_step == 2 and all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
 def test_a_channel_pruner_hands_out_the_small_model_and_its_torch_pruning_history():
@@ -187,3 +191,163 @@ def test_the_early_bird_pruner_emerges_when_its_masks_stop_moving_and_prunes_phy
     assert pruner.score == "bn-scale"
     vit = timm.create_model("test_vit", num_classes=10, img_size=16, patch_size=4)
     assert EarlyBirdPruner(vit, torch.zeros(1, 3, 16, 16)).score == "magnitude"  # LayerNorm: no gamma to rank
+
+
+# ---------------------------------------------------------------- driven as a Torch-Pruning user drives them
+
+def _resnet(seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model("test_resnet", num_classes=10)
+
+
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+def test_a_wrapped_model_keeps_its_classifier(granularity):
+    example = torch.zeros(1, 3, 16, 16)
+    wrapped = nn.DataParallel(_resnet())
+    pruner = IMPPruner(wrapped, example, pruning_ratio=0.5, granularity=granularity)
+    handed = pruner.step()
+    assert "fc.weight" not in pruner.mask.prunable and all(not n.startswith("module.") for n in pruner.mask.tensors)
+    if granularity == "weight":
+        assert handed is wrapped and bool(wrapped.module.fc.weight.ne(0).all())  # the classes are all there
+    else:
+        assert handed.fc.out_features == 10
+    mask = lt_plugin.create_mask(nn.DataParallel(_resnet()), example, 0.5, "channel")
+    assert lt_plugin.export(nn.DataParallel(_resnet()), mask, example).fc.out_features == 10
+    compiled = torch.compile(_resnet())  # torch.compile's wrapper: its _orig_mod is pruned
+    assert "fc.weight" not in IMPPruner(compiled, example, pruning_ratio=0.5).mask.prunable
+
+
+def test_step_without_an_argument_reads_the_small_model_it_handed_out():
+    example = torch.zeros(1, 3, 16, 16)
+    pruners = [IMPPruner(_resnet(), example, pruning_ratio=0.75, iterative_steps=2, granularity="channel")
+               for _ in range(2)]
+    for pruner in pruners:
+        small = pruner.step()
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for p in small.parameters():  # the level's training, in place on the model step() returned
+                p.mul_(torch.rand_like(p) * 2)
+        pruner.trained = small
+    pruners[0].step()  # as Torch-Pruning users call it
+    pruners[1].step(pruners[1].trained)
+    assert pruners[0].mask.plan == pruners[1].mask.plan and pruners[0].mask.distance(pruners[1].mask) == 0.0
+
+
+def test_weights_that_regrew_are_reported_and_zeroed_at_step_and_save_level(tmp_path):
+    model = _resnet()
+    pruner = IMPPruner(model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.75, iterative_steps=2)
+    pruner.step()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)  # no mask_after_steps: forgotten
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    assert pruner.mask.regrown(model) > 0
+    with pytest.warns(LtPluginWarning, match="not zero: the mask was not kept during training"):
+        pruner.save_level(tmp_path / "run", model_name="test_resnet")
+    saved = load_weights(tmp_path / "run" / "level_1" / "weights.safetensors")
+    assert all(not saved[n][~keep].any() for n, keep in pruner.mask.tensors.items())
+    optimizer.step()
+    with pytest.warns(LtPluginWarning, match="not zero"):
+        pruner.step()
+    assert pruner.mask.regrown(model) == 0
+
+
+def test_mask_after_steps_holds_on_an_accelerate_prepared_optimizer(fresh_accelerate_state):
+    from accelerate import Accelerator
+    model = _resnet()
+    pruner = IMPPruner(model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.5)
+    pruner.step()
+    accelerator = Accelerator(cpu=True)
+    prepared, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    handle = pruner.mask_after_steps(optimizer)
+    for _ in range(2):
+        accelerator.backward(nn.functional.cross_entropy(prepared(torch.randn(4, 3, 16, 16)),
+                                                         torch.tensor([0, 1, 2, 3])))
+        optimizer.step()
+        optimizer.zero_grad()
+    assert pruner.mask.regrown(model) == 0
+    handle.remove()
+
+
+def test_a_generic_torch_pruning_loop_runs_both_pruners():
+    example = torch.zeros(1, 3, 16, 16)
+    for pruner in (IMPPruner(_resnet(), example, pruning_ratio=0.5, iterative_steps=2),
+                   EarlyBirdPruner(_resnet(), example, pruning_ratio=0.5)):
+        model = pruner.model
+        for _ in range(2):  # Torch-Pruning's sparse-training loop, word for word
+            loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
+            loss.backward()
+            pruner.regularize(model)
+            pruner.update_regularizer()
+            model.zero_grad()
+    eb = EarlyBirdPruner(nn.DataParallel(_resnet()), example, pruning_ratio=0.5)
+    nn.functional.cross_entropy(eb.model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+    gamma = eb.model.bn1.weight
+    before = gamma.grad.clone()
+    eb.regularize(nn.DataParallel(eb.model), reg=1e-3)  # Torch-Pruning's BNScalePruner.regularize(model, reg=...)
+    torch.testing.assert_close(gamma.grad, before + 1e-3 * torch.sign(gamma.detach()))
+
+
+def test_options_that_mean_nothing_or_cannot_work_are_one_line():
+    example = torch.zeros(1, 3, 16, 16)
+    for options in (dict(importance="lamp"), dict(round_to=8)):
+        with pytest.raises(lt_plugin.UserError, match="weight tickets rank"):
+            IMPPruner(_resnet(), example, **options)
+    with pytest.raises(lt_plugin.UserError, match="example_inputs are on cpu and the model on meta"):
+        IMPPruner(_resnet().to("meta"), example, granularity="channel")
+    with pytest.raises(lt_plugin.UserError, match="example_inputs are on cpu and the model on meta"):
+        EarlyBirdPruner(_resnet().to("meta"), example)
+
+
+def test_a_fresh_optimizer_and_masked_gradients_at_each_level():
+    model = _resnet()
+    pruner = IMPPruner(model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.75, iterative_steps=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    assert optimizer.state  # the dense level's moments
+    pruner.step(optimizer=optimizer)
+    assert not optimizer.state  # IMP's fresh optimizer for the level
+    optimizer.zero_grad()
+    handle = pruner.mask_gradients()  # LAMB and LARS scale a layer's step by norms: dead weights must not count
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+    for name, keep in pruner.mask.tensors.items():
+        assert not model.get_parameter(name).grad[~keep].any(), name
+    handle.remove()
+    with pytest.raises(lt_plugin.UserError, match="build a new optimizer"):
+        IMPPruner(_resnet(), torch.zeros(1, 3, 16, 16), granularity="channel").step(optimizer=optimizer)
+
+
+def test_save_level_records_the_schedule_and_lottery_pools_keeps_each_layers_rate(tmp_path):
+    model = timm.create_model("lenet_300_100", num_classes=10)
+    example = torch.zeros(1, 1, 28, 28)
+    pruner = IMPPruner(model, example, pruning_ratio=0.5, iterative_steps=2, pruning_ratio_dict={"fc": 0.19})
+    run = tmp_path / "run"
+    for level in range(3):
+        if level:
+            pruner.step()
+            with torch.no_grad():  # a level's "training": the kept weights move, the classifier's grow large
+                for name, keep in pruner.mask.tensors.items():
+                    model.get_parameter(name).add_(torch.randn_like(keep, dtype=torch.float) * 0.05 * keep)
+                model.fc.weight.mul_(10)
+        pruner.save_level(run, model_name="lenet_300_100", metrics={"test_accuracy": 0.5})
+    config = json.loads((run / "config.json").read_text())["hparams"]
+    assert config["target_density"] == 0.5 and config["scope"] == "global"
+    assert config["layer_prune_fractions"] == {"fc": pytest.approx(1 - 0.81 ** 0.5)}
+    lt_plugin.create_branch("lottery-pools", run_dir=str(run), targets=[2], alphas=[0.5],
+                            acceptance="paper").run(tmp_path / "pools")
+    target, pooled = Mask.load(run / "level_2" / "mask.safetensors"), Mask.load(tmp_path / "pools" / "level_2" /
+                                                                                "mask.safetensors")
+    # the classifier, pruned at its own rate, keeps its own count; the global threshold keeps the others' total
+    assert int(pooled.tensors["fc.weight"].sum()) == int(target.tensors["fc.weight"].sum())
+    assert sum(int(t.sum()) for t in pooled.tensors.values()) == sum(int(t.sum()) for t in target.tensors.values())
+
+
+def test_torch_prunings_own_loop_with_the_imp_pruner_dropped_in(tmp_path):
+    out = _example("own_loop_torch_pruning.py", "--model", "test_resnet", "--image-size", 16, "--epochs", 1,
+                   "--steps", 2, "--pruning-ratio", 0.75, "--out", tmp_path / "run", launcher=[sys.executable])
+    assert "step 2: density 0.2500" in out
+    for level in (1, 2):
+        mask = Mask.load(tmp_path / "run" / f"level_{level}" / "mask.safetensors")
+        weights = load_weights(tmp_path / "run" / f"level_{level}" / "weights.safetensors")
+        assert all(not weights[n][~keep].any() for n, keep in mask.tensors.items())  # the mask held in training
+    assert cli_main(["export", "--run", str(tmp_path / "run"), "--level", "2", "--out", str(tmp_path / "t.st")]) == 0

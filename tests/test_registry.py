@@ -10,6 +10,7 @@ import pytest
 
 import lt_plugin
 from lt_plugin import UserError
+from lt_plugin.cli import main as cli_main
 
 
 def test_builtin_imp_is_registered_and_created_with_hparams():
@@ -85,3 +86,35 @@ def test_custom_strategy_example_runs(tmp_path):
     result = json.loads((tmp_path / "run" / "results.json").read_text())[0]
     assert result["density"] == pytest.approx(0.3, abs=1e-3)
     assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_a_branch_a_user_registers_runs_through_the_command(tmp_path, capsys):
+    import dataclasses
+
+    from lt_plugin.branches import base
+    from lt_plugin.store import atomic_write_json
+
+    @lt_plugin.register_branch("layer-densities")
+    @dataclasses.dataclass
+    class LayerDensities(lt_plugin.Branch):
+        description = "each ticket's density per layer, as JSON"
+
+        def run_branch(self, source, out):
+            rows = [{"ticket": key, **source.mask(key).layer_densities()} for key in source.keys()]
+            atomic_write_json(rows, out / "layer_densities.json")
+            return rows
+
+    try:
+        run = tmp_path / "run"
+        lt_plugin.create_strategy("imp", model="test_resnet", image_size=8, max_train_samples=128, batch_size=32,
+                                  epochs=1, levels=1).run(run)
+        assert "layer-densities" in lt_plugin.list_branches()
+        assert cli_main(["layer-densities", "--run", str(run)]) == 0
+        rows = json.loads((run / "layer-densities" / "layer_densities.json").read_text())
+        assert [r["ticket"] for r in rows] == ["0", "1"] and set(rows[0].values()) == {"0", 1.0}
+        assert cli_main(["layer-densities", "--run", str(tmp_path / "nothing")]) == 2
+        assert "not a run folder" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="already the name of a strategy"):
+            lt_plugin.register_branch("imp")(LayerDensities)
+    finally:
+        base._registry.pop("layer-densities", None)

@@ -1,4 +1,4 @@
-"""Tests of the training engine (lt_plugin/train.py), each against an independent path.
+"""Tests of the training engine (lt_plugin/train/), each against an independent path.
 
 Tiny models on 8x8 / 16x16 random images keep every test fast; the two slow ones (a job killed with SIGKILL, two
 forked gloo processes) run as subprocesses from tests/jobs and still belong to the default suite.
@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from lt_plugin import train
 from lt_plugin.callbacks import EnforceMask, Lambda, Snapshots
 from lt_plugin.errors import RunFolderError, UserError
 from lt_plugin.masks import magnitude_mask, prunable_weight_names
 from lt_plugin.store import load_weights
+from lt_plugin.train import checkpoint, loop
+from lt_plugin.train.config import create_optimizer
 from lt_plugin.train import (TrainConfig, evaluate, fit, make_accelerator, recalibrate_bn, steps_per_epoch,
                              total_steps)
 
@@ -225,23 +226,23 @@ def test_recalibrate_bn_recomputes_batch_statistics_by_hand():
 def test_optimizer_state_survives_the_checkpoint_round_trip(tmp_path, opt):
     cfg = TrainConfig(opt=opt, lr=0.01)
     model = conv_bn_model()
-    optimizer = train._create_optimizer(model, cfg)
+    optimizer = create_optimizer(model, cfg)
     images, labels = image_data(16).tensors
     for _ in range(3):
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
         optimizer.zero_grad()
-    settings = train._result_settings(cfg)
+    settings = checkpoint.result_settings(cfg)
     path = tmp_path / "checkpoint.safetensors"
-    train._save_checkpoint(path, model, optimizer, {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5,
+    checkpoint.save_checkpoint(path, model, optimizer, {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5,
                                                     "stopped": False}, settings)
 
-    model_state, optimizer_state, progress = train._read_checkpoint(path, settings)
+    model_state, optimizer_state, progress = checkpoint.read_checkpoint(path, settings)
     assert progress == {"epoch": 1, "step": 3, "history": [], "train_seconds": 1.5, "stopped": False}
     assert_same_weights(model_state, model.state_dict())
     restored_model = conv_bn_model(seed=5)
     restored_model.load_state_dict(model_state)
-    restored = train._create_optimizer(restored_model, cfg)
+    restored = create_optimizer(restored_model, cfg)
     restored.load_state_dict(optimizer_state)
     original_state, restored_state = optimizer.state_dict(), restored.state_dict()
     # JSON keeps every value but turns tuples (Adam's betas) into lists, which the optimizers index the same way.
@@ -298,7 +299,7 @@ def test_on_step_ends_training_at_that_step_and_a_resume_does_not_train_on(tmp_p
         raise KeyboardInterrupt
 
     # The run stops at `stop_at`, then dies before its final file: the checkpoint says it had stopped.
-    monkeypatch.setattr(train, "_save_weights", interrupt_final_save)
+    monkeypatch.setattr(loop, "save_weights", interrupt_final_save)
     with pytest.raises(KeyboardInterrupt):
         fit(conv_bn_model(), train_set, val_set, cfg, tmp_path / "stopped", accelerator=make_accelerator(cfg),
             callbacks=[Lambda(after_optimizer_step=stop)])
@@ -347,7 +348,7 @@ def test_finished_run_folder_is_loaded_not_retrained(tmp_path, monkeypatch):
     def no_training(*_args):
         raise AssertionError("fit trained again")
 
-    monkeypatch.setattr(train, "_create_optimizer", no_training)
+    monkeypatch.setattr(loop, "create_optimizer", no_training)
     fresh = conv_bn_model(seed=3)
     again = fit(fresh, train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg),
                 callbacks=[Lambda(before_optimizer_step=no_training)])
@@ -418,3 +419,26 @@ def test_clear_errors_for_what_cannot_be_trained(tmp_path):
     if importlib.util.find_spec("wandb") is None:  # a tracker whose package is missing is an error, not silence
         with pytest.raises(UserError, match="not installed"):
             make_accelerator(TrainConfig(log_with="wandb"), project_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- 7. weight decay as the papers' code decays
+
+def test_wd_norm_bias_decays_every_parameter_and_timms_default_exempts_norms_and_biases():
+    model = conv_bn_model()
+    one_dim = {id(p) for p in model.parameters() if p.ndim <= 1}  # BatchNorm scales and shifts, biases
+    assert one_dim
+    for every, decayed in ((True, set(map(id, model.parameters()))),
+                           (False, {id(p) for p in model.parameters()} - one_dim)):
+        optimizer = create_optimizer(model, TrainConfig(weight_decay=1e-4, wd_norm_bias=every))
+        got = {id(p) for group in optimizer.param_groups if group["weight_decay"] == 1e-4 for p in group["params"]}
+        assert got == decayed
+        assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_the_papers_recipes_decay_every_parameter_and_earlier_files_still_match():
+    from lt_plugin.recipes import RECIPES
+    for name in ("lth-cifar", "lth-vgg-cifar", "eb-cifar", "lottery-pools-cifar"):
+        assert RECIPES[name]["options"]["wd_norm_bias"] is True, name
+    # a result's settings leave the option out at the value earlier runs trained with
+    assert "wd_norm_bias" not in checkpoint.result_settings(TrainConfig())
+    assert checkpoint.result_settings(TrainConfig(wd_norm_bias=True))["wd_norm_bias"] is True

@@ -14,10 +14,11 @@ from accelerate import Accelerator
 from ..data import DataSplits
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
+from ..layout import RunLayout
 from ..options import check_choices, default_of, upgrade
 from ..run_folder import RunFolder
 from ..store import read_json
-from ..train import TrainConfig, check_training_data, make_accelerator, resolve_train_config, train_config_of
+from ..train.config import TrainConfig, check_training_data, make_accelerator, resolve_train_config, train_config_of
 
 
 @dataclasses.dataclass
@@ -74,10 +75,10 @@ class Strategy(abc.ABC):
     @classmethod
     def from_run(cls, run_dir) -> "Strategy":
         """The strategy that made the run folder `run_dir`, rebuilt from its config.json."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
+        layout = RunLayout(run_dir)
+        if not layout.config.is_file():
             raise RunFolderError(f"--run {run_dir}: not a run folder (no config.json)")
-        config = read_json(run_dir / "config.json")
+        config = read_json(layout.config)
         if config.get("strategy") != cls.name:
             raise RunFolderError(f"--run {run_dir} holds a {config.get('strategy')!r} run, not a {cls.name} run")
         return cls.from_hparams(config["hparams"])
@@ -87,10 +88,32 @@ class Strategy(abc.ABC):
         """Keys of the finished tickets in a run folder of this strategy (none by default)."""
         return []
 
+    def expected_ticket_keys(self) -> List[str]:
+        """Keys of the tickets a finished run of these options holds (what a branch needs before it starts)."""
+        return []
+
     @classmethod
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
         """Where the finished ticket `key` of a run folder of this strategy lies."""
         raise UserError(f"{cls.name or cls.__name__} runs hold no tickets to export")
+
+    def ticket_start(self, run_dir, key: str):
+        """(dense-space weights, global step) that ticket `key` of a run of these options was trained from before
+        its mask was applied: what the controls restart it from. A strategy whose tickets have no such point says
+        so in a UserError."""
+        raise UserError(f"{self.name or type(self).__name__} tickets have no rewind point to train a control from")
+
+
+def level_ticket(run_dir, key: str, experiment: Experiment) -> TicketFiles:
+    """The finished level `key` of a folder laid out in levels (IMP, Sparse Model Soups, a branch that writes levels),
+    whose model `experiment` builds."""
+    layout = RunLayout(run_dir)
+    finished = [str(level) for level in layout.finished_levels()]
+    if key not in finished:
+        raise UserError(f"{run_dir} has no finished level {key}; finished: {', '.join(finished) or 'none'}")
+    ticket = layout.level(int(key))
+    return TicketFiles(weights=ticket.weights, mask=ticket.mask, result=read_json(ticket.result),
+                       experiment=experiment)
 
 
 class TrainingRun(NamedTuple):

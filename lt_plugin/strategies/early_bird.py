@@ -30,22 +30,30 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..callbacks import Lambda, TrainState
+from ..callbacks import Lambda, SlimmingPenalty, TrainState
+from ..early_bird_rule import DISTANCES, EARLY_BIRD_SCORES as SCORES
+from ..early_bird_rule import (EarlyBirdDetector, draw_channel_flags, early_bird_importance, mask_distance,
+                               norm_scales, resolve_score)
 from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
+from ..layout import RunLayout, TicketFolder
 from ..masks import resolve_ignored, snapshot
+from ..model_checks import check_round_to
 from ..pipeline import train_ticket
-from ..pruners import EARLY_BIRD_SCORES as SCORES
-from ..pruners import (EarlyBirdDetector, SlimmingPenalty, draw_channel_flags, early_bird_importance, mask_distance,
-                       norm_scales, resolve_score)
 from ..report import plot_distance_matrices
 from ..run_folder import RunFolder
 from ..store import atomic_save_safetensors, load_weights, read_json, read_safetensors
-from ..structure import ChannelStructure, check_round_to, export
-from ..train import TrainConfig, fit, steps_per_epoch
+from ..structure import ChannelStructure, export
+from ..train.config import TrainConfig, steps_per_epoch
+from ..train.loop import fit
 from .base import Strategy, TicketFiles, start_training_run
+from .registry import register_strategy
 
 RETRAIN = ("inherit", "reinit")
+# full: the ticket trains the whole schedule again from its start (lt_plugin's first release); continue: it trains the
+# rest of the schedule from the emergence step, the learning rate and the penalty going on (the reference's
+# scripts/*/retrain_continue.sh: main_c.py --start-epoch t --sparsity-regularization)
+RETRAIN_SCHEDULES = ("full", "continue")
 SEARCH_PRECISIONS = ("fp32", "bf16", "int8")
 # Forward and backward of a training step cost about three forward passes.
 TRAIN_MACS_PER_FORWARD_MAC = 3
@@ -109,6 +117,7 @@ def _ratio_name(ratio: float) -> str:
     return f"{ratio:g}"
 
 
+@register_strategy("early-bird")
 @dataclasses.dataclass
 class EarlyBird(Strategy, TrainConfig, Experiment):
     """Early-Bird channel tickets found early in training, then trained physically smaller."""
@@ -131,7 +140,16 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
                                    "group magnitude), auto (bn-scale if the model has BatchNorm)"})
     retrain: str = dataclasses.field(default="inherit", metadata={
         "choices": RETRAIN, "help": "inherit (the ticket's weights at emergence, the paper's EB Train) or reinit "
-                                    "(a fresh initialisation of the small model)"})
+                                    "(a fresh initialisation of the small model, what the reference's scripts do)"})
+    retrain_schedule: str = dataclasses.field(default="full", metadata={
+        "choices": RETRAIN_SCHEDULES, "before": "full",
+        "help": "full: the ticket trains the whole schedule (--epochs) again from its start; continue: the rest of the "
+                "schedule from the emergence step, the learning rate and the slimming penalty going on, as the "
+                "reference's retrain_continue scripts (the training cost the paper reports)"})
+    distance: str = dataclasses.field(default="norm", metadata={
+        "choices": DISTANCES, "before": "outputs",
+        "help": "what the mask distance compares: norm (every normalisation-layer channel, the reference's BatchNorm "
+                "channels) or outputs (every output channel of the prunable Conv/Linear weights)"})
     search_precision: str = dataclasses.field(default="fp32", metadata={
         "choices": SEARCH_PRECISIONS, "help": "precision of the search only (int8: 8-bit fake quantisation of "
                                               "weights and activations; bf16: autocast); the retraining runs in "
@@ -170,7 +188,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
     # ---- where the tickets are ----
     @classmethod
     def ticket_keys(cls, run_dir) -> List[str]:
-        return sorted((p.parent.name[len("ratio_"):] for p in Path(run_dir).glob("ratio_*/result.json")), key=float)
+        return RunLayout(run_dir).finished_ratios()
 
     @classmethod
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
@@ -182,9 +200,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         if name not in cls.ticket_keys(run_dir):
             raise UserError(f"{run_dir} has no retrained ticket at ratio {name}; finished: "
                             f"{', '.join(cls.ticket_keys(run_dir)) or 'none'}")
-        where = run_dir / f"ratio_{name}"
-        return TicketFiles(weights=where / "weights.safetensors", mask=where / "mask.safetensors",
-                           result=read_json(where / "result.json"),
+        ticket = RunLayout(run_dir).ratio(name)
+        return TicketFiles(weights=ticket.weights, mask=ticket.mask, result=read_json(ticket.result),
                            experiment=cls.from_run(run_dir))
 
     # ---- the run ----
@@ -202,7 +219,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         export(model, structure.mask_from_plan(deepest), example)  # fails now if the model cannot be pruned
         per_epoch = steps_per_epoch(cfg, len(data.train))
         self.check_run_folder(folder)
-        folder.save_weights_once("init.safetensors", init_state)
+        folder.save_weights_once(folder.layout.init, init_state)
 
         dense_macs, _ = tp.utils.count_ops_and_params(model.eval(), example)
         model.train()
@@ -219,10 +236,11 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
             if found_step is None:
                 results.append(entry)
                 continue
-            where = folder.path / f"ratio_{name}"
-            start = (load_weights(where / "emergence.safetensors") if self.retrain == "inherit"
+            where = folder.layout.ratio(name)
+            start = (load_weights(where.emergence) if self.retrain == "inherit"
                      else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
-            ticket = self._retrain(run, where, search["plans"][name], start, structure, f"ratio {name}")
+            ticket = self._retrain(run, where, search["plans"][name], start, self._retrain_start(found_step),
+                                   structure, f"ratio {name}")
             search_seconds = search["seconds"] * found_step / max(search["steps"], 1)  # pro rata up to emergence
             search_macs = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * found_step * samples_per_step
             entry.update(ticket)
@@ -239,25 +257,26 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
     # ---- the search ----
     def _search(self, folder: RunFolder, accelerator, cfg: TrainConfig, data, model: nn.Module,
                 structure: ChannelStructure, ignored, per_epoch: int) -> dict:
-        search_dir = folder.path / "search"
-        checks_dir = search_dir / "checks"
+        layout = folder.layout
         names = [_ratio_name(r) for r in self.ratios]
-        checks = _read_checks(checks_dir)  # step -> (flags by ratio, plans by ratio); a resume replays them
+        checks = read_checks(layout)  # step -> (flags by ratio, plans by ratio); a resume replays them
         interval = self.check_every or per_epoch
         last_step = (self.search_epochs or self.epochs) * per_epoch
 
+        norms = norm_scales(model, ignored) if self.distance == "norm" else None
+
         def check(step: int) -> Dict[str, int]:
-            drawn = draw_channel_flags(structure, self.ratios)
+            drawn = draw_channel_flags(structure, self.ratios, norms)
             flags = {_ratio_name(r): f for r, (_, f) in drawn.items()}
             plans = {_ratio_name(r): p for r, (p, _) in drawn.items()}
             checks[step] = (flags, plans)
             if accelerator.is_main_process:
                 atomic_save_safetensors({f"flags/{n}": f for n, f in flags.items()},
-                                        checks_dir / f"step_{step}.safetensors",
+                                        layout.check(step),
                                         {"step": json.dumps(step), "plans": json.dumps(plans)})
             return self._detect(checks, names, step, per_epoch)[0]
 
-        model.load_state_dict(load_weights(folder.path / "init.safetensors"))
+        model.load_state_dict(load_weights(layout.init))
         check(0)  # the reference's first mask is the initialisation's
 
         def check_and_stop(state: TrainState) -> Optional[bool]:
@@ -265,21 +284,21 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
                 return None  # no check at this step: nothing decided
             found = check(state.step)  # a resumed run replays the checks before this step, so it decides the same
             for name in (n for n, s in found.items() if s == state.step):
-                state.save_weights(folder.path / f"ratio_{name}" / "emergence.safetensors")
+                state.save_weights(layout.ratio(name).emergence)
             return len(found) == len(names) or state.step >= last_step
 
         callbacks = [Lambda(after_optimizer_step=check_and_stop)]
         if self.penalty:
             callbacks.insert(0, SlimmingPenalty(norm_scales(model, ignored).values(), self.penalty))
         with search_precision(model, self.search_precision, accelerator.device.type):
-            trained = fit(model, data.train, data.val, cfg, search_dir / "train", accelerator=accelerator,
+            trained = fit(model, data.train, data.val, cfg, layout.search.root, accelerator=accelerator,
                           callbacks=callbacks, desc="search")
         accelerator.wait_for_everyone()
-        checks = _read_checks(checks_dir)
+        checks = read_checks(layout)
         found, distances = self._detect(checks, names, trained.steps, per_epoch)
         for name, step in found.items():
-            if not (folder.path / f"ratio_{name}" / "emergence.safetensors").exists():
-                raise RunFolderError(f"{folder.path / f'ratio_{name}'}: the weights at the emergence of ratio {name} "
+            if not layout.ratio(name).emergence.exists():
+                raise RunFolderError(f"{layout.ratio(name).root}: the weights at the emergence of ratio {name} "
                                      "are missing; delete the search folder to search again")
         steps = sorted(s for s in checks if s <= trained.steps)
         matrices = {name: ([_epochs(s, per_epoch) for s in steps],
@@ -304,9 +323,16 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         return found, history
 
     # ---- training a ticket small ----
-    def _retrain(self, run, where: Path, plan: list, start_state, structure: ChannelStructure, desc: str) -> dict:
-        """The ticket of `plan` trained physically small from `start_state` (the shared per-ticket pipeline), with
-        its training cost in MACs."""
+    def _retrain_start(self, emergence_step: Optional[int]) -> int:
+        """The global step a ticket found at `emergence_step` retrains from: 0 (the whole schedule) or, continuing,
+        the emergence step."""
+        return (emergence_step or 0) if self.retrain_schedule == "continue" else 0
+
+    def _retrain(self, run, where: TicketFolder, plan: list, start_state, start_step: int,
+                 structure: ChannelStructure, desc: str) -> dict:
+        """The ticket of `plan` trained physically small from `start_state` at global step `start_step` (the shared
+        per-ticket pipeline; continuing, with the slimming penalty on, as the reference's main_c.py), with its
+        training cost in MACs: the optimizer steps it took."""
         done = run.folder.read_result(where)
         if done is not None:  # a finished ticket: no mask to read, no barrier
             return done
@@ -314,17 +340,26 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
         samples_per_step = run.cfg.batch_size * run.cfg.grad_accum_steps
 
         def describe(result: dict) -> dict:
-            retrain_macs = TRAIN_MACS_PER_FORWARD_MAC * result["macs"] * result["steps"] * samples_per_step
-            return {**result, "retrain_macs": int(retrain_macs), "retrain_seconds": result["train_seconds"]}
-        return train_ticket(run, self, where, mask, start_state, desc=desc, describe=describe)
+            steps = result["steps"] - start_step
+            retrain_macs = TRAIN_MACS_PER_FORWARD_MAC * result["macs"] * steps * samples_per_step
+            return {**result, "retrain_start_step": start_step, "retrain_macs": int(retrain_macs),
+                    "retrain_seconds": result["train_seconds"]}
+
+        def penalty(small: nn.Module) -> list:
+            if self.retrain_schedule != "continue" or not self.penalty:
+                return []
+            return [SlimmingPenalty(norm_scales(small).values(), self.penalty)]
+        return train_ticket(run, self, where, mask, start_state, start_step=start_step, desc=desc, describe=describe,
+                            callbacks=penalty)
 
     def _add_baseline(self, results, run, model, structure, dense_macs, init_state) -> None:
-        """The one-shot baseline on the same budget: dense to the end (same penalty), prune, retrain small."""
+        """The one-shot baseline on the same budget: dense to the end (same penalty), prune, retrain small with the
+        ticket's own retraining (the same start step and length with --retrain-schedule continue)."""
         cfg, folder, data = run.cfg, run.folder, run.data
         model.load_state_dict(init_state)
         scales = norm_scales(model, structure.ignored).values()
         penalty = [SlimmingPenalty(scales, self.penalty)] if self.penalty else []
-        dense = fit(model, data.train, data.val, cfg, folder.path / "baseline" / "dense", accelerator=run.accelerator,
+        dense = fit(model, data.train, data.val, cfg, folder.layout.baseline_dense.root, accelerator=run.accelerator,
                     callbacks=penalty, desc="baseline dense")
         dense_state = snapshot(dense.model)
         plans = structure.plans_at_ratios(self.ratios)
@@ -333,8 +368,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
             name = _ratio_name(entry["ratio"])
             start = (dense_state if self.retrain == "inherit"
                      else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
-            one_shot = self._retrain(run, folder.path / "baseline" / f"ratio_{name}", plans[entry["ratio"]], start,
-                                     structure, f"baseline ratio {name}")
+            one_shot = self._retrain(run, folder.layout.baseline_ratio(name), plans[entry["ratio"]], start,
+                                     self._retrain_start(entry["eb_step"]), structure, f"baseline ratio {name}")
             baseline = {"baseline_test_accuracy": one_shot["test_accuracy"],
                         "baseline_val_accuracy": one_shot["val_accuracy"], "baseline_density": one_shot["density"],
                         "baseline_macs": one_shot["macs"],
@@ -361,9 +396,9 @@ def _epochs(step: Optional[int], per_epoch: int):
     return step // per_epoch if step % per_epoch == 0 else round(step / per_epoch, 3)
 
 
-def _read_checks(checks_dir: Path) -> Dict[int, tuple]:
+def read_checks(layout: RunLayout) -> Dict[int, tuple]:
     checks = {}
-    for path in sorted(checks_dir.glob("step_*.safetensors")):
+    for path in layout.checks():
         tensors, metadata = read_safetensors(path)
         try:
             step, plans = json.loads(metadata["step"]), json.loads(metadata["plans"])

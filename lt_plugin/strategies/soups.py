@@ -23,22 +23,23 @@ Run folder:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..errors import UserError
 from ..experiment import Experiment
+from ..layout import RunLayout, TicketFolder
+from ..levels import PrunedLevels
 from ..masks import Mask, snapshot
 from ..pipeline import ticket_cost, train_ticket
 from ..pooling import average
 from ..report import plot_accuracy_curves
 from ..scoring import BN_BATCH_SIZE, Scorer
 from ..store import load_weights
-from ..train import TrainConfig
-from .base import Strategy, TicketFiles, start_training_run
-from .imp import IMP, PrunedLevels
+from ..train.config import TrainConfig
+from .base import Strategy, TicketFiles, level_ticket, start_training_run
+from .registry import register_strategy
 
 VARY = ("seed", "weight-decay", "epochs")
 SOUPS = ("greedy", "uniform")
@@ -53,6 +54,7 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
           ("greedy_corruption_accuracy", "greedy C", "{:.2%}"))
 
 
+@register_strategy("sparse-model-soups")
 @dataclasses.dataclass
 class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
     """Sparse Model Soups: prune, retrain several copies of the pruned model, average them (Zimmer et al.)."""
@@ -98,11 +100,14 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
     # ---- where the tickets are: a level's soup, laid out as IMP's levels ----
     @classmethod
     def ticket_keys(cls, run_dir) -> List[str]:
-        return IMP.ticket_keys(run_dir)
+        return [str(level) for level in RunLayout(run_dir).finished_levels()]
+
+    def expected_ticket_keys(self) -> List[str]:
+        return [str(level) for level in range(self.levels + 1)]
 
     @classmethod
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
-        return IMP.level_ticket(run_dir, key, cls.from_run(run_dir))
+        return level_ticket(run_dir, key, cls.from_run(run_dir))
 
     # ---- the schedule of the copies ----
     def retrain_config(self, cfg: TrainConfig, ingredient: int) -> TrainConfig:
@@ -125,19 +130,19 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
         prunable = self.prunable_of(dense)
         self.check_prunable(dense, example)
         self.check_run_folder(folder)
-        folder.save_weights_once("init.safetensors", dense.state_dict())
+        folder.save_weights_once(folder.layout.init, dense.state_dict())
         bn_batches = max(1, round(self.bn_fraction * len(data.train) / BN_BATCH_SIZE))
         scorer = Scorer(data, run.accelerator, run.cfg, example,
                         self.create_model(data.num_classes, seed=0, pretrained=False), self.seed, bn_batches)
         results = []
         for level in range(self.levels + 1):
-            level_dir = folder.path / f"level_{level}"
-            done = folder.read_result(level_dir)
+            ticket = folder.layout.level(level)
+            done = folder.read_result(ticket)
             if done is None:
-                mask = folder.load_or_make_mask(level_dir, lambda: self.next_mask(folder, level, dense, example,
-                                                                                  prunable))
-                done = (self._dense_level(run, level_dir, mask) if level == 0 else
-                        self._soup_level(run, scorer, level, level_dir, mask))
+                mask = folder.load_or_make_mask(ticket, lambda: self.next_mask(folder.layout, level, dense, example,
+                                                                               prunable))
+                done = (self._dense_level(run, ticket, mask) if level == 0 else
+                        self._soup_level(run, scorer, level, ticket, mask))
             results.append(done)
         rows = [{**r, "greedy_members_text": " ".join(map(str, r.get("greedy_members", []))) or "-"} for r in results]
         curves = {name: [(r["density"], r[f"{name}_test_accuracy"]) for r in results[1:]]
@@ -146,22 +151,21 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
             curves, path, results[0]["test_accuracy"], title="Sparse Model Soups: test accuracy against density")})
         return results
 
-    def _dense_level(self, run, level_dir: Path, mask: Mask) -> dict:
+    def _dense_level(self, run, level: TicketFolder, mask: Mask) -> dict:
         """Level 0: the dense model trained from theta_0 (what the reference's cycles start from)."""
-        ticket = train_ticket(run, self, level_dir / "ingredient_0", mask,
-                              load_weights(run.folder.path / "init.safetensors"), desc="level 0")
+        ticket = train_ticket(run, self, level.ingredient(0), mask, load_weights(run.folder.layout.init),
+                              desc="level 0")
         result = {"level": 0, **ticket}
-        run.folder.finish_level(level_dir, load_weights(level_dir / "ingredient_0" / "weights.safetensors"), result)
+        run.folder.finish_ticket(level, load_weights(level.ingredient(0).weights), result)
         return result
 
-    def _soup_level(self, run, scorer: Scorer, level: int, level_dir: Path, mask: Mask) -> dict:
+    def _soup_level(self, run, scorer: Scorer, level: int, ticket: TicketFolder, mask: Mask) -> dict:
         """Level L: the previous soup pruned, its copies retrained, averaged; the soups scored and saved."""
-        start = load_weights(run.folder.path / f"level_{level - 1}" / "weights.safetensors")
-        ingredients = [train_ticket(run, self, level_dir / f"ingredient_{i}", mask, start,
+        start = load_weights(run.folder.layout.level(level - 1).weights)
+        ingredients = [train_ticket(run, self, ticket.ingredient(i), mask, start,
                                     cfg=self.retrain_config(run.cfg, i), desc=f"level {level} ingredient {i}")
                        for i in range(self.ingredients)]
-        states = [{k: v.to(run.accelerator.device) for k, v in
-                   load_weights(level_dir / f"ingredient_{i}" / "weights.safetensors").items()}
+        states = [{k: v.to(run.accelerator.device) for k, v in load_weights(ticket.ingredient(i).weights).items()}
                   for i in range(self.ingredients)]
         uniform = soup_of(scorer, states, mask)
         members, greedy = greedy_soup(scorer, states, [r["val_accuracy"] for r in ingredients], mask)
@@ -181,16 +185,13 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
         result["val_accuracy"], result["test_accuracy"] = (result[f"{self.soup}_val_accuracy"],
                                                            result[f"{self.soup}_test_accuracy"])
         for name, state in (("uniform", uniform), ("greedy", greedy)):
-            soup_dir = level_dir / f"soup_{name}"
-            if run.folder.is_main:
-                mask.save(soup_dir / "mask.safetensors")
-            run.folder.finish_level(soup_dir, {k: v.cpu() for k, v in state.items()},
-                                    {"level": level, "soup": name, "density": mask.density,
-                                     "num_classes": run.data.num_classes,
-                                     "val_accuracy": scores[f"{name}_val_accuracy"],
-                                     "test_accuracy": scores[f"{name}_test_accuracy"]})
+            run.folder.finish_ticket(ticket.soup(name), {k: v.cpu() for k, v in state.items()},
+                                     {"level": level, "soup": name, "density": mask.density,
+                                      "num_classes": run.data.num_classes,
+                                      "val_accuracy": scores[f"{name}_val_accuracy"],
+                                      "test_accuracy": scores[f"{name}_test_accuracy"]}, mask=mask)
         chosen = uniform if self.soup == "uniform" else greedy
-        run.folder.finish_level(level_dir, {k: v.cpu() for k, v in chosen.items()}, result)
+        run.folder.finish_ticket(ticket, {k: v.cpu() for k, v in chosen.items()}, result)
         return result
 
 

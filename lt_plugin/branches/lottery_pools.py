@@ -33,24 +33,27 @@ import torch
 from torch import nn
 
 from ..errors import LtPluginWarning, RunFolderError, UserError
+from ..layout import RunLayout
 from ..masks import Mask, resolve_ignored
 from ..pipeline import ticket_cost
 from ..pooling import (ACCEPTANCE, DEFAULT_ALPHAS, SIGNIFICANCE, adjacency_order, keep_target_mask, lottery_pool,
                        magnitude_mask_like, running_blend, smallest_gain)
 from ..report import plot_accuracy_curves
 from ..run_folder import RunFolder
-from ..store import atomic_write_json, load_weights, read_json
 from ..scoring import BN_BATCH_SIZE, Scorer
+from ..store import atomic_write_json, read_json
+from ..strategies.base import TicketFiles, level_ticket
 from ..structure import ChannelStructure
-from ..train import TrainConfig, make_accelerator, resolve_train_config, train_config_of
-from .base import Strategy, TicketFiles
-from .imp import IMP, check_finished
+from ..train.config import TrainConfig, make_accelerator, resolve_train_config, train_config_of
+from .base import Branch, FinishedRun, trainer_of
+from .base import register_branch
 
 PROTOCOLS = ("fast", "reference")
 TOO_COARSE = 0.01  # warn when the validation split cannot resolve gains below this fraction of its images
 
 _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "MACs", "{:,}"),
-          ("ticket_val_accuracy", "ticket val", "{:.2%}"), ("pooled_val_accuracy", "pooled val", "{:.2%}"),
+          ("ticket_val_accuracy", "ticket val", "{:.2%}"), ("ticket_bn_val_accuracy", "ticket+BN val", "{:.2%}"),
+          ("pooled_val_accuracy", "pooled val", "{:.2%}"),
           ("ticket_test_accuracy", "ticket test", "{:.2%}"), ("ticket_bn_test_accuracy", "ticket+BN test", "{:.2%}"),
           ("pooled_test_accuracy", "pooled test", "{:.2%}"),
           ("ensemble_test_accuracy", "ensemble test", "{:.2%}"), ("swa_test_accuracy", "swa test", "{:.2%}"),
@@ -60,24 +63,14 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
           ("val_passes", "val passes", "{}"), ("recalibrations", "BN recals", "{}"), ("seconds", "seconds", "{:.1f}"))
 
 
-def read_imp_run(run_dir: Path) -> IMP:
-    """The finished IMP run with at least two levels, rebuilt as its strategy; anything else is a RunFolderError."""
-    imp = IMP.from_run(run_dir)
-    if imp.levels < 1:
-        raise RunFolderError(f"--run {run_dir} has only the dense level; lottery-pools needs at least 2 levels")
-    check_finished(run_dir, imp)
-    return imp
-
-
+@register_branch("lottery-pools")
 @dataclasses.dataclass
-class LotteryPools(Strategy):
+class LotteryPools(Branch):
     """Greedy interpolation of an IMP run's tickets into a ticket of the same sparsity (no training)."""
 
     description = "stronger tickets from an IMP run by greedy interpolation, no training (Yin, Liu et al.)"
-    out_required = False
+    reads = ("imp", "random-reinit", "random-mask")
 
-    run_dir: str = dataclasses.field(default="", metadata={
-        "flags": ["--run", "--run-dir"], "help": "the finished IMP run folder; results go to its pools/ unless --out"})
     targets: list = dataclasses.field(default_factory=lambda: ["all"], metadata={
         "help": "levels to pool: all, or level numbers (0, the dense level, too)"})
     alphas: list = dataclasses.field(default_factory=lambda: list(DEFAULT_ALPHAS), metadata={
@@ -140,42 +133,40 @@ class LotteryPools(Strategy):
                 raise UserError(f"--targets must be 'all' or level numbers, not {' '.join(targets) or 'nothing'}")
             targets = sorted({int(t) for t in targets})
         self.targets = targets
-        if self.run_dir:
-            self.run_dir = str(Path(self.run_dir).resolve())
 
     # ---- where the tickets are: the layout of an IMP run, the experiment of the IMP run pooled ----
     @classmethod
     def ticket_keys(cls, run_dir) -> List[str]:
-        return IMP.ticket_keys(run_dir)
+        return [str(level) for level in RunLayout(run_dir).finished_levels()]
 
     @classmethod
     def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
-        return IMP.level_ticket(run_dir, key, IMP.from_hparams(read_json(Path(run_dir) / "imp_config.json")["hparams"]))
+        return level_ticket(run_dir, key, trainer_of(read_json(RunLayout(run_dir).source_config)))
 
     # ---- the run ----
-    def run(self, out_dir=None) -> List[dict]:
-        if not self.run_dir:
-            raise UserError("--run DIR is required: the finished IMP run whose tickets to pool")
-        imp_dir = Path(self.run_dir)
-        imp = read_imp_run(imp_dir)
-        levels = list(range(imp.levels + 1))
+    def check_source(self, source: FinishedRun) -> None:
+        if len(source.strategy.expected_ticket_keys() or source.keys()) < 2:
+            raise RunFolderError(f"--run {source.path} has fewer than 2 levels; lottery-pools needs at least 2 levels")
+
+    def run_branch(self, source: FinishedRun, out: Path) -> List[dict]:
+        imp = source.trainer
+        levels = [int(key) for key in source.keys()]
         targets = levels if self.targets == ["all"] else self.targets
         unknown = [str(t) for t in targets if t not in levels]
         if unknown:
-            raise UserError(f"--targets {' '.join(unknown)}: the run has levels 0 to {levels[-1]}")
-        out = Path(out_dir) if out_dir is not None else imp_dir / "pools"
+            raise UserError(f"--targets {' '.join(unknown)}: the run has levels {', '.join(map(str, levels))}")
         # The run's evaluation, precision and Accelerate settings (no trackers: nothing is trained).
         cfg = dataclasses.replace(train_config_of(imp), log_with=None)
         accelerator = make_accelerator(cfg)
         folder = RunFolder(out, accelerator)
-        pool = _Pool(self, imp, imp_dir, levels, accelerator, resolve_train_config(cfg, accelerator))
+        pool = _Pool(self, source, levels, accelerator, resolve_train_config(cfg, accelerator))
         # Which levels are pooled changes no level's result: other --targets may reuse the folder; so may other
         # values of the options only the fast protocol reads.
         unused = {"targets"} | ({"bn_batches", "patience"} if self.protocol == "reference" else set())
         folder.check_config(self.name, {k: v for k, v in self.hparams().items() if k not in unused},
                             self.implicit_values())
-        if folder.is_main and not (out / "imp_config.json").exists():
-            atomic_write_json(read_json(imp_dir / "config.json"), out / "imp_config.json")
+        if folder.is_main and not folder.layout.source_config.exists():
+            atomic_write_json(source.trainer_config, folder.layout.source_config)
 
         ensemble = self._ensemble(folder, pool)
         if self.acceptance == "paired" and pool.smallest_gain > TOO_COARSE:
@@ -185,8 +176,7 @@ class LotteryPools(Strategy):
                           "for Lottery Pools to have a chance", LtPluginWarning, stacklevel=2)
         results = []
         for level in targets:
-            level_dir = out / f"level_{level}"
-            done = folder.read_result(level_dir)
+            done = folder.read_result(folder.layout.level(level))
             if done is None:
                 done = self._pool_target(folder, pool, level, ensemble)
             results.append(done)
@@ -199,17 +189,18 @@ class LotteryPools(Strategy):
         folder.write_results(results, columns=_TABLE, rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
                                                             for r in results],
                              plots={"pools.png": lambda path: plot_accuracy_curves(
-                                 curves, path, pool.results[0]["test_accuracy"],
+                                 curves, path, pool.results[0]["test_accuracy"] if 0 in pool.results else None,
                                  title="Lottery Pools: test accuracy against density")})
         return results
 
     def _ensemble(self, folder: RunFolder, pool: "_Pool") -> dict:
         """The naive output ensemble of every ticket of the run: scored once, the same for every target."""
-        path = folder.path / "ensemble.json"
+        path = folder.layout.ensemble
         if not path.exists():
             members = [pool.materialise(*pool.tickets[level]) for level in pool.levels]
             scores = pool.scores({"ensemble": members}, self.corruptions)
-            entry = {"levels": pool.levels, "macs": sum(pool.results[level]["macs"] for level in pool.levels),
+            macs = [pool.results[level].get("macs") for level in pool.levels]  # an own loop's levels may have none
+            entry = {"levels": pool.levels, "macs": sum(macs) if None not in macs else None,
                      **{key[len("ensemble_"):]: value for key, value in scores.items()}}
             if folder.is_main:
                 atomic_write_json(entry, path)
@@ -246,13 +237,11 @@ class LotteryPools(Strategy):
             "val_passes": search.val_passes, "recalibrations": search.recalibrations,
             "search_seconds": search_seconds, "seconds": time.perf_counter() - started,
         }
-        level_dir = folder.path / f"level_{level}"
-        if folder.is_main:
-            search.mask.save(level_dir / "mask.safetensors")
-        folder.finish_level(level_dir, {k: v.cpu() for k, v in search.state.items()}, result)
+        folder.finish_ticket(folder.layout.level(level), {k: v.cpu() for k, v in search.state.items()}, result,
+                             mask=search.mask)
         pool.accelerator.print(
-            f"[lottery-pools] level {level}: val {result['ticket_val_accuracy']:.2%} -> "
-            f"{result['pooled_val_accuracy']:.2%}, test {result['ticket_test_accuracy']:.2%} -> "
+            f"[lottery-pools] level {level}: val {result['ticket_bn_val_accuracy']:.2%} -> "
+            f"{result['pooled_val_accuracy']:.2%}, test {result['ticket_bn_test_accuracy']:.2%} -> "
             f"{result['pooled_test_accuracy']:.2%}, accepted {_accepted_text(search.accepted)}, "
             f"{search.val_passes} val passes, {result['seconds']:.1f}s")
         return result
@@ -266,27 +255,25 @@ class _Pool:
     sparsity; the working model every blend is loaded into, the BatchNorm recalibration and the scores are the
     shared Scorer's (lt_plugin.scoring)."""
 
-    def __init__(self, hp: LotteryPools, imp: IMP, imp_dir: Path, levels: List[int], accelerator,
-                 cfg: TrainConfig):
-        self.hp, self.levels, self.accelerator = hp, levels, accelerator
+    def __init__(self, pools: LotteryPools, source: FinishedRun, levels: List[int], accelerator, cfg: TrainConfig):
+        imp = source.trainer
+        self.pools, self.levels, self.accelerator = pools, levels, accelerator
         self.granularity, self.scope = imp.granularity, imp.scope
-        if hp.corruptions and imp.streaming:
+        if pools.corruptions and imp.streaming:
             raise UserError("--corruptions corrupts the test images held in memory, but the IMP run streams its data "
                             "(--streaming)")
         self.data = imp.load_data()
         self.num_classes = self.data.num_classes
         device = accelerator.device
         self.scorer = Scorer(self.data, accelerator, cfg, imp.example_inputs(),
-                             imp.create_model(self.num_classes, seed=0, pretrained=False), hp.seed,
-                             hp.bn_batches if hp.protocol == "fast" else None)
+                             imp.create_model(self.num_classes, seed=0, pretrained=False), pools.seed,
+                             pools.bn_batches if pools.protocol == "fast" else None)
         self.model, self.example = self.scorer.template, self.scorer.example
         self.separate = list(imp.own_rates(self.model))  # layers pruned at rates of their own stay so
-        self.results = {level: read_json(imp_dir / f"level_{level}" / "result.json") for level in levels}
-        self.tickets = {level: ({k: v.to(device) for k, v in
-                                 load_weights(imp_dir / f"level_{level}" / "weights.safetensors").items()},
-                                Mask.load(imp_dir / f"level_{level}" / "mask.safetensors"))
+        self.results = {level: source.result(level) for level in levels}
+        self.tickets = {level: ({k: v.to(device) for k, v in source.weights(level).items()}, source.mask(level))
                         for level in levels}
-        if hp.keep_mask:
+        if pools.keep_mask:
             self.reprune = keep_target_mask
         elif self.granularity == "weight":
             self.reprune = self._magnitude_like
@@ -296,9 +283,9 @@ class _Pool:
             structure = ChannelStructure(self.model, self.example, ignored, importance=imp.importance,
                                          scope=self.scope)
             self.reprune = lambda model, target: structure.ranked_like(target)
-        self.patience = hp.patience if hp.protocol == "fast" else None
-        candidates = min(len(levels) - 1, hp.max_candidates or len(levels))  # every target's search tries as many
-        self.smallest_gain = smallest_gain(len(hp.alphas) * max(1, candidates), hp.significance) / len(self.data.val)
+        self.patience = pools.patience if pools.protocol == "fast" else None
+        candidates = min(len(levels) - 1, pools.max_candidates or len(levels))  # every target's search tries as many
+        self.smallest_gain = smallest_gain(len(pools.alphas) * max(1, candidates), pools.significance) / len(self.data.val)
 
     def _magnitude_like(self, model: nn.Module, target: Mask) -> Mask:
         return magnitude_mask_like(model, target, self.scope, self.separate)
@@ -310,7 +297,7 @@ class _Pool:
         """The validation score Lottery Pools compares: each image's correctness for the paired rule, the accuracy
         for the paper's."""
         scored = self.scorer.as_scored(model, mask)
-        if self.hp.acceptance == "paired":
+        if self.pools.acceptance == "paired":
             return self.scorer.correctness(scored, self.data.val)
         return self.scorer.accuracy(scored, self.data.val)
 
@@ -322,4 +309,4 @@ class _Pool:
         return self.scorer.materialise(state, mask)
 
     def scores(self, models: Dict[str, object], corruptions: bool) -> dict:
-        return self.scorer.scores(models, corruptions, self.hp.corruption_samples)
+        return self.scorer.scores(models, corruptions, self.pools.corruption_samples)

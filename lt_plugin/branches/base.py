@@ -1,0 +1,203 @@
+"""Branches: work on a finished run (open_lth's lottery branches), and their registry. A branch reads the run through a read-only view
+(`FinishedRun`) and writes into its own folder, the run's `<branch folder>/` unless told otherwise: Lottery Pools,
+the random-reinit and random-mask controls, instability of the run's tickets, export.
+
+A branch is a dataclass like a strategy (its fields are its options, the command line makes a flag of each), with
+the finished run as `run_dir` (`--run`). It refuses a run it cannot read, a run of a strategy it does not branch, and
+an unfinished run, each in one line that says what is missing.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Callable, ClassVar, Dict, List, Tuple, Type
+
+import torch
+
+from ..errors import RunFolderError, UserError
+from ..layout import RunLayout
+from ..masks import Mask
+from ..store import load_weights, read_json
+from ..strategies import registry as strategies
+from ..strategies.base import Strategy, TicketFiles
+
+ENTRY_POINT_GROUP = "lt_plugin.branches"
+
+_registry: Dict[str, Type["Branch"]] = {}
+_entry_points_loaded = False
+
+
+class FinishedRun:
+    """A read-only view of a run folder: its config and the strategy that made it (its model, data and training
+    options), its tickets' masks, weights and results, the weights its dense training kept (theta_k), its
+    rewind points. Every read goes through the run's layout (lt_plugin.layout)."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir)
+        self.layout = RunLayout(self.path)
+        if not self.layout.config.is_file():
+            raise RunFolderError(f"--run {run_dir}: not a run folder (no config.json)")
+        self.config = read_json(self.layout.config)
+        self.name = self.config.get("strategy")
+        self.maker = command_class(self.name)
+        self.strategy: Strategy = self.maker.from_hparams(self.config.get("hparams", {}))
+        # What trained the tickets (their model, data, training): the strategy, or for a branch's folder (a
+        # control, Lottery Pools) the strategy of the run it branched, whose config it keeps.
+        self.trainer_config = (read_json(self.layout.source_config) if self.layout.source_config.exists() else
+                               self.config)
+        self.trainer = trainer_of(self.trainer_config)
+
+    def __repr__(self):
+        return f"FinishedRun({str(self.path)!r}, {self.name})"
+
+    def keys(self) -> List[str]:
+        """The keys of its finished tickets (levels, ratios...)."""
+        return self.maker.ticket_keys(self.path)
+
+    def require_finished(self) -> None:
+        """A RunFolderError naming every ticket the run's options promise and the folder does not hold yet."""
+        missing = [key for key in self.strategy.expected_ticket_keys() if key not in self.keys()]
+        if missing:
+            raise RunFolderError(f"--run {self.path} is unfinished ({', '.join(missing)} of its tickets "
+                                 f"{'has' if len(missing) == 1 else 'have'} no result); rerun its lt-plugin "
+                                 f"{self.name} command first")
+
+    def ticket(self, key) -> TicketFiles:
+        return self.maker.locate_ticket(self.path, str(key))
+
+    def mask(self, key) -> Mask:
+        return Mask.load(self.ticket(key).mask)
+
+    def weights(self, key) -> Dict[str, torch.Tensor]:
+        return load_weights(self.ticket(key).weights)
+
+    def result(self, key) -> dict:
+        return self.ticket(key).result
+
+    def start(self, key) -> Tuple[Dict[str, torch.Tensor], int]:
+        """(dense weights, global step) ticket `key` was trained from before its mask: its rewind point."""
+        return self.strategy.ticket_start(self.path, str(key))
+
+    def kept_steps(self) -> List[int]:
+        """The steps of the dense training (level 0) whose weights the run kept."""
+        return self.layout.level(0).train.steps()
+
+    def weights_at_step(self, step: int) -> Dict[str, torch.Tensor]:
+        """The dense training's weights after `step` optimizer steps; a RunFolderError when the run did not keep
+        them."""
+        if step not in self.kept_steps():
+            raise RunFolderError(f"--run {self.path} kept the dense training's weights at steps "
+                                 f"{', '.join(map(str, self.kept_steps())) or 'none'}, not at step {step} (rerun "
+                                 "its lt-plugin imp command with --keep-steps in a new folder to keep more)")
+        return load_weights(self.layout.level(0).train.step(step))
+
+
+@dataclasses.dataclass
+class Branch(Strategy):
+    """Work on the finished run `run_dir`. Subclasses set `reads` (the strategies whose runs they branch; empty: any)
+    and implement `run_branch(source, out)`; `run(out_dir)` opens the run, checks it, and calls it with the branch's
+    folder (`out_dir`, else the run's folder for the branch)."""
+
+    reads: ClassVar[Tuple[str, ...]] = ("imp",)
+    out_required = False
+
+    run_dir: str = dataclasses.field(default="", metadata={
+        "flags": ["--run", "--run-dir"], "help": "the finished run to branch; results go into a folder of it "
+                                                 "unless --out"})
+
+    def hparams(self) -> dict:
+        """The options, the run as an absolute path (a folder's config.json names the run it branched)."""
+        return {**super().hparams(), "run_dir": str(Path(self.run_dir).resolve()) if self.run_dir else ""}
+
+    def source(self) -> FinishedRun:
+        """The run to branch, checked: a run folder, of a strategy this branch reads, that can be branched
+        (`check_source`), finished."""
+        if not self.run_dir:
+            raise UserError(f"--run DIR is required: the finished run {self.name} works on")
+        source = FinishedRun(self.run_dir)
+        if self.reads and source.name not in self.reads:
+            raise RunFolderError(f"--run {self.run_dir} holds a {source.name!r} run; {self.name} works on "
+                                 f"{' or '.join(self.reads)} runs")
+        self.check_source(source)
+        source.require_finished()
+        return source
+
+    def check_source(self, source: FinishedRun) -> None:
+        """A RunFolderError or UserError if the options of `source` rule this branch out (none by default)."""
+
+    def default_out(self, source: FinishedRun) -> Path:
+        return source.layout.branch(self.name)
+
+    def run(self, out_dir=None) -> List[dict]:
+        source = self.source()
+        return self.run_branch(source, Path(out_dir) if out_dir is not None else self.default_out(source))
+
+    @abc.abstractmethod
+    def run_branch(self, source: FinishedRun, out: Path) -> List[dict]:
+        """Do the branch's work on `source`, writing into `out`; one result dict per ticket it produced."""
+
+
+def trainer_of(config: dict) -> Strategy:
+    """The strategy a config.json (a run's, or the copy a branch's folder keeps of its run's) was written by."""
+    return command_class(config.get("strategy")).from_hparams(config.get("hparams", {}))
+
+
+def command_class(name: str):
+    """The strategy or branch class registered under `name` (what a config.json's "strategy" names)."""
+    if name in list_branches():
+        return get_branch_class(name)
+    if name in strategies.list_strategies():
+        return strategies.get_strategy_class(name)
+    raise RunFolderError(f"{name!r} is neither a registered strategy nor a branch (registered: "
+                         f"{', '.join(strategies.list_strategies() + list_branches())})")
+
+
+def register_branch(name: str) -> Callable[[Type["Branch"]], Type["Branch"]]:
+    """Class decorator that registers a Branch subclass under `name`."""
+    def decorator(cls: Type["Branch"]) -> Type["Branch"]:
+        if not (isinstance(cls, type) and issubclass(cls, Branch)):
+            raise TypeError(f"{cls!r} is not a subclass of lt_plugin.Branch")
+        if name in _registry and _registry[name] is not cls:
+            raise ValueError(f"a branch named {name!r} is already registered ({_registry[name].__module__})")
+        if name in strategies.list_strategies():
+            raise ValueError(f"{name!r} is already the name of a strategy")
+        cls.name = name
+        _registry[name] = cls
+        strategies.reserved[name] = "branch"
+        return cls
+    return decorator
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registry:
+            continue
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Branch)):
+            raise UserError(f"entry point {ep.name!r} ({ep.value}) is not an lt_plugin.Branch subclass")
+        register_branch(ep.name)(cls)
+
+
+def list_branches() -> List[str]:
+    """Names of every registered branch, built-in and installed through entry points, sorted."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def get_branch_class(name: str) -> Type["Branch"]:
+    _load_entry_points()
+    if name not in _registry:
+        raise UserError(f"unknown branch {name!r}; registered: {', '.join(sorted(_registry)) or 'none'}")
+    return _registry[name]
+
+
+def create_branch(name: str, **hparams) -> "Branch":
+    """Build a registered branch from its options, e.g. create_branch("lottery-pools", run_dir="runs/x")."""
+    return get_branch_class(name)(**hparams)
