@@ -13,7 +13,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import yaml
 
@@ -214,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name in list_branches():
         cls = get_branch_class(name)
         _add_command(sub, name, cls, "where to write (default: a folder of the --run; rerun to resume)")
+    compare_parser = sub.add_parser("compare", help="finished runs side by side: accuracy by density with 95%% "
+                                    "intervals over seeds, and paired differences over shared seeds",
+                                    description="Match the runs' tickets by density (the first run's), give each "
+                                                "run's mean accuracy with its interval and, for runs made with the "
+                                                "first run's seeds, the paired difference; writes compare.json and "
+                                                "compare.png.")
+    compare_parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (any strategy or branch)")
+    compare_parser.add_argument("--out", default=None, help="where to write (default: the first run's compare/)")
+    compare_parser.add_argument("--tolerance", type=float, default=0.02,
+                                help="largest relative density difference of matched tickets (default: 0.02)")
+    compare_parser.add_argument("--allow-different", action="store_true",
+                                help="compare runs of other models or data too")
     sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
     check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
                                   description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
@@ -271,28 +283,13 @@ def _control_values(args) -> dict:
     return {"run_dir": args.control_run, **{name: getattr(args, name) for name in own if hasattr(args, name)}}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def guarded(work: Callable[[], None]) -> int:
+    """Run `work` as the command runs: a user's mistake is one line on stderr and exit code 2, a warning of
+    lt_plugin's one line, an interruption says how to resume."""
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            if args.command == "strategies":
-                _print_registered(list_strategies(), get_strategy_class)
-            elif args.command == "branches":
-                _print_registered(list_branches(), get_branch_class)
-            elif args.command == "recipes":
-                _print_recipes()
-            elif args.command == "check":
-                _check(args)
-            elif getattr(args, "control", None):
-                get_branch_class(args.control)(**_control_values(args)).run(args.out)
-            else:
-                cls = args.command_class
-                if cls.out_required and args.out is None:
-                    raise UserError(f"the following arguments are required: --out (see lt-plugin {args.command} "
-                                    "--help)")
-                cls(**_strategy_values(cls, args)).run(args.out)
+            work()
     except UserError as exc:
         print(f"lt-plugin: error: {first_line(exc)}", file=sys.stderr)
         return 2
@@ -300,6 +297,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("lt-plugin: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _run(argv: Optional[List[str]]) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "strategies":
+        _print_registered(list_strategies(), get_strategy_class)
+    elif args.command == "branches":
+        _print_registered(list_branches(), get_branch_class)
+    elif args.command == "recipes":
+        _print_recipes()
+    elif args.command == "check":
+        _check(args)
+    elif args.command == "compare":
+        from .compare import compare  # reads runs of every strategy and branch
+        compare(args.runs, args.out, args.tolerance, args.allow_different)
+    elif getattr(args, "control", None):
+        get_branch_class(args.control)(**_control_values(args)).run(args.out)
+    else:
+        cls = args.command_class
+        if cls.out_required and args.out is None:
+            raise UserError(f"the following arguments are required: --out (see lt-plugin {args.command} --help)")
+        cls(**_strategy_values(cls, args)).run(args.out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return guarded(lambda: _run(argv))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import pickle
 import textwrap
 from pathlib import Path
@@ -119,6 +121,21 @@ def takes_img_size(model_name: str) -> bool:
     return _reaches_parameter(type(model), "img_size")
 
 
+_shared_data: Optional[dict] = None  # data loaded inside data_loaded_once(), by its options
+
+
+@contextlib.contextmanager
+def data_loaded_once():
+    """Inside the block, `Experiment.load_data` loads the data of the same options once: a replicated run's seeds
+    pay for it once, not once per seed."""
+    global _shared_data
+    outer, _shared_data = _shared_data, ({} if _shared_data is None else _shared_data)
+    try:
+        yield
+    finally:
+        _shared_data = outer
+
+
 @dataclasses.dataclass
 class Experiment:
     """The model and data half of a strategy's hyperparameters."""
@@ -163,13 +180,21 @@ class Experiment:
         "type": int, "help": "use at most this many training images"})
 
     def load_data(self):
+        """The experiment's splits; inside `data_loaded_once()`, loaded once for every experiment with the same data
+        options (the seeds of a replicated run share them)."""
         from .data import load_data  # `datasets` is slow to import; masks and export do without it
         mean, std = self._norm_stats()
-        return load_data(self.dataset, image_size=self.image_size, in_chans=self.in_chans, mean=mean, std=std,
-                         val_fraction=self.val_fraction, split_seed=0, augment=self.augment,
-                         augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples,
-                         in_memory=self.data_in_memory, streaming=self.streaming,
-                         shuffle_buffer=self.shuffle_buffer)
+        options = dict(image_size=self.image_size, in_chans=self.in_chans, mean=mean, std=std,
+                       val_fraction=self.val_fraction, split_seed=0, augment=self.augment,
+                       augment_kwargs=self.augment_kwargs, max_train_samples=self.max_train_samples,
+                       in_memory=self.data_in_memory, streaming=self.streaming, shuffle_buffer=self.shuffle_buffer)
+        key = json.dumps([self.dataset, options], sort_keys=True, default=str)
+        if _shared_data is not None and key in _shared_data:
+            return _shared_data[key]
+        data = load_data(self.dataset, **options)
+        if _shared_data is not None:
+            _shared_data[key] = data
+        return data
 
     def _norm_stats(self):
         self._check_model_name()

@@ -112,6 +112,7 @@ class RunLayout:
     logs = property(lambda self: self.root / "logs")
     source_config = property(lambda self: self.root / "imp_config.json")  # a branch's copy of its run's config
     ensemble = property(lambda self: self.root / "ensemble.json")
+    compare = property(lambda self: self.root / "compare.json")  # lt-plugin compare's report
     search = property(lambda self: FitFolder(self.root / "search" / "train"))
     baseline_dense = property(lambda self: FitFolder(self.root / "baseline" / "dense"))
     parent = property(lambda self: FitFolder(self.root / "parent"))

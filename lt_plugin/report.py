@@ -65,6 +65,46 @@ def plot_accuracy_curves(curves: Mapping[str, Sequence[Tuple[float, float]]], pa
     return _save(fig, path)
 
 
+# (density, mean, interval low, interval high) of one curve; the interval may be None (one seed)
+Point = Tuple[float, float, Optional[float], Optional[float]]
+
+
+def plot_with_intervals(curves: Mapping[str, Sequence[Point]], path, title: str = "Test accuracy against density",
+                        steps: Optional[Mapping[str, Sequence[Point]]] = None,
+                        dense_accuracy: Optional[float] = None) -> Path:
+    """Mean accuracy against density on a log axis, one line per label with its interval as a band; with `steps`,
+    the early-stopping iteration against density beside it, with its bands too."""
+    import matplotlib  # only runs that plot pay for importing it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    panels = [("test accuracy (%)", curves, 100.0)] + ([("early-stopping iteration", steps, 1.0)] if steps else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), dpi=120, squeeze=False)
+    densities = sorted({p[0] for points in curves.values() for p in points}, reverse=True)
+    for ax, (ylabel, lines, scale) in zip(axes[0], panels):
+        for label, points in lines.items():
+            ordered = sorted((p for p in points if p[1] is not None), key=lambda p: -p[0])
+            x = [p[0] for p in ordered]
+            line, = ax.plot(x, [scale * p[1] for p in ordered], "o-", label=label)
+            banded = [p for p in ordered if p[2] is not None]
+            if banded:
+                ax.fill_between([p[0] for p in banded], [scale * p[2] for p in banded],
+                                [scale * p[3] for p in banded], color=line.get_color(), alpha=0.2, linewidth=0)
+        if scale == 100.0 and dense_accuracy is not None:
+            ax.axhline(100 * dense_accuracy, color="gray", linestyle="--", label="dense")
+        ax.set_xscale("log")
+        ax.set_xticks(densities, [f"{d:.3g}" for d in densities])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.invert_xaxis()
+        ax.set_xlabel("density (kept fraction of prunable weights)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title + " (bands: 95% confidence intervals over seeds)")
+    return _save(fig, path)
+
+
 def plot_distance_matrices(matrices: Mapping[str, Tuple[Sequence, Sequence[Sequence[float]]]], path,
                            title: str = "Mask distance") -> Path:
     """One heatmap per entry: {name: (tick labels, square matrix of distances)}, side by side."""

@@ -90,6 +90,9 @@ class RunFolder:
                                      "choose another --out")
             before = json.loads(json.dumps(before or {}))  # as a config.json holds them
             made_with = old.get("hparams", {})
+            if bool(made_with.get("seeds")) != bool(hparams.get("seeds")):  # more seeds may join a replicated run
+                held = "replicates (seed_S folders)" if made_with.get("seeds") else "a run of one seed"
+                raise RunFolderError(f"{self.path} holds {held}; rerun it as it was made, or choose another --out")
             for key in sorted(set(hparams) | set(made_with)):
                 if key in SETTINGS_WITHOUT_EFFECT and not (hparams.get("streaming") and key in ORDER_OF_A_STREAM):
                     continue

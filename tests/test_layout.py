@@ -19,14 +19,15 @@ LAYERS = [
     ["levels", "early_bird_rule", "train.checkpoint", "data.streaming", "", "train", "data", "pai"],
     ["train.loop", "data.splits", "tickets", "run_folder"],
     ["data.load", "pruners", "pipeline", "experiment", "corruptions"],
-    ["check", "scoring", "strategies.base"],
+    ["check", "scoring", "strategies.base", "replicates"],
     ["strategies.registry"],
     ["strategies.imp", "strategies.early_bird", "strategies.soups"],
     ["strategies"],
     ["branches.base"],
-    ["branches.lottery_pools", "branches.instability", "branches.controls", "branches.export"],
+    ["branches.lottery_pools", "branches.instability", "branches.controls", "branches.export", "compare"],
     ["branches"],
     ["cli", "__main__"],
+    ["seed_worker"],
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -20,9 +20,12 @@ import torch
 from ..errors import RunFolderError, UserError
 from ..layout import RunLayout
 from ..masks import Mask
-from ..store import load_weights, read_json
+from ..replicates import aggregate, write_aggregate
+from ..run_folder import RunFolder
+from ..store import atomic_write_json, load_weights, read_json
 from ..strategies import registry as strategies
 from ..strategies.base import Strategy, TicketFiles
+from ..train.config import make_accelerator, train_config_of
 
 ENTRY_POINT_GROUP = "lt_plugin.branches"
 
@@ -49,6 +52,12 @@ class FinishedRun:
         self.trainer_config = (read_json(self.layout.source_config) if self.layout.source_config.exists() else
                                self.config)
         self.trainer = trainer_of(self.trainer_config)
+        # a replicated run: its seeds, each a run folder of its own (lt_plugin.replicates)
+        self.replicates: List[int] = self.layout.seeds()
+
+    def replicate(self, seed: int) -> "FinishedRun":
+        """The run of one seed of a replicated run."""
+        return FinishedRun(self.layout.seed(seed).root)
 
     def __repr__(self):
         return f"FinishedRun({str(self.path)!r}, {self.name})"
@@ -58,7 +67,16 @@ class FinishedRun:
         return self.maker.ticket_keys(self.path)
 
     def require_finished(self) -> None:
-        """A RunFolderError naming every ticket the run's options promise and the folder does not hold yet."""
+        """A RunFolderError naming every ticket the run's options promise and the folder does not hold yet (for a
+        replicated run: every seed it names, each finished)."""
+        if self.config.get("hparams", {}).get("seeds"):
+            absent = [str(s) for s in self.config["hparams"]["seeds"] if s not in self.replicates]
+            if absent:
+                raise RunFolderError(f"--run {self.path} is unfinished (seed {', '.join(absent)} has no run); rerun "
+                                     f"its lt-plugin {self.name} command first")
+            for seed in self.replicates:
+                self.replicate(seed).require_finished()
+            return
         missing = [key for key in self.strategy.expected_ticket_keys() if key not in self.keys()]
         if missing:
             raise RunFolderError(f"--run {self.path} is unfinished ({', '.join(missing)} of its tickets "
@@ -133,7 +151,28 @@ class Branch(Strategy):
 
     def run(self, out_dir=None) -> List[dict]:
         source = self.source()
-        return self.run_branch(source, Path(out_dir) if out_dir is not None else self.default_out(source))
+        out = Path(out_dir) if out_dir is not None else self.default_out(source)
+        if source.replicates:
+            return self.run_replicates(source, out)
+        return self.run_branch(source, out)
+
+    def seed_out(self, out: Path, seed: int) -> Path:
+        """Where the branch of one seed of a replicated run writes: `out/seed_S`."""
+        return RunLayout(out).seed(seed).root
+
+    def run_replicates(self, source: FinishedRun, out: Path) -> List[dict]:
+        """The branch of every seed of a replicated run, each into `seed_out`, and the aggregate over the seeds in
+        `out` (lt_plugin.replicates): the mean, 95% interval and per-seed values of every number per ticket."""
+        folder = RunFolder(out, make_accelerator(dataclasses.replace(train_config_of(source.trainer), log_with=None)))
+        self.check_run_folder(folder)
+        if folder.is_main and not folder.layout.source_config.exists():  # what trained the tickets, for its readers
+            atomic_write_json(source.trainer_config, folder.layout.source_config)
+        results = {seed: self.run_branch(source.replicate(seed), self.seed_out(out, seed))
+                   for seed in source.replicates}
+        rows = aggregate(results)
+        write_aggregate(folder, rows, f"{self.name} of {source.path.name}, seeds "
+                                      f"{', '.join(map(str, source.replicates))}")
+        return rows
 
     @abc.abstractmethod
     def run_branch(self, source: FinishedRun, out: Path) -> List[dict]:

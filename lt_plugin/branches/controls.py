@@ -2,12 +2,13 @@
 `randomly_reinitialize` and `randomly_prune` lottery branches), as branches of a finished run: each trains, level by
 level, a network that differs from the run's ticket in one thing only.
 
-- `random-reinit`: the ticket's own mask, a fresh initialisation (drawn with --seed; the ticket's was the run's
-  --seed), started at the run's rewind step;
+- `random-reinit`: the ticket's own mask, a fresh initialisation, started at the run's rewind step;
 - `random-mask`: the ticket's exact count of kept weights in every tensor (weight tickets) or of kept channels in
-  every Torch-Pruning group (channel tickets), at positions drawn at random (with --seed and the level), on the
-  run's own rewind-point weights (theta_0, or theta_k of its dense training); each level's mask is drawn on its
-  own, as open_lth's branch draws it.
+  every Torch-Pruning group (channel tickets), at positions drawn at random, on the run's own rewind-point weights
+  (theta_0, or theta_k of its dense training); each level's mask is drawn on its own, as open_lth's branch draws it.
+
+What is drawn at random comes from the control's --seed and the run's seed together (`draw_seed`), never the run's
+seed alone, so every replicate of a run gets its own control and the ticket's initialisation is never drawn again.
 
 Both train with the run's training options, data order included (its --seed), so the ticket and its control form a
 pair that `lt-plugin compare` can difference. They read IMP runs and runs of any strategy whose tickets have a
@@ -56,9 +57,9 @@ class Control(Branch):
 
     reads = ()  # any run whose tickets have a rewind point
 
-    seed: int = dataclasses.field(default=1, metadata={
-        "help": "seed of the control's random draw (a fresh initialisation, or the masks' positions); the run's own "
-                "--seed still sets the data order"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "help": "seed of the control's random draw (a fresh initialisation, or the masks' positions), drawn with "
+                "the run's own seed; the run's seed still sets the data order"})
     targets: list = dataclasses.field(default_factory=lambda: ["pruned"], metadata={
         "help": "the run's levels to control: pruned (every level but the dense one), all, or level numbers"})
 
@@ -105,7 +106,7 @@ class Control(Branch):
                 done = train_ticket(run, trainer, ticket, mask, start_state, start_step=start_step,
                                     snapshot_steps=[start_step], desc=f"{self.name} level {level}",
                                     describe=lambda r, level=level: {"level": level, "control": self.name,
-                                                                     "control_seed": self.seed, **r})
+                                                                     "control_seed": self.draw_seed(source), **r})
             results.append(done)
         run.folder.write_results(results, plots={"accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(
             results, path, title=f"{self.name} control: test accuracy against density")})
@@ -115,6 +116,11 @@ class Control(Branch):
         """A UserError, before anything is written, if the run's tickets cannot have this control."""
         if levels:
             source.start(levels[0])  # a run whose tickets have no rewind point says so
+
+    def draw_seed(self, source: FinishedRun) -> int:
+        """The seed of the control's draws for the run `source`: --seed and the run's seed together, never a seed
+        a run of seeds under 100,003 draws its own initialisation with."""
+        return (self.seed + 1) * 100_003 + source.trainer.seed
 
     @abc.abstractmethod
     def start(self, source: FinishedRun, level: int, run) -> Tuple[Dict[str, torch.Tensor], int]:
@@ -132,15 +138,9 @@ class RandomReinit(Control):
 
     description = "control: each level's ticket mask with a fresh random initialisation (Frankle & Carbin)"
 
-    def check_levels(self, source: FinishedRun, levels: List[int]) -> None:
-        super().check_levels(source, levels)
-        if self.seed == source.trainer.seed:
-            raise UserError(f"--seed {self.seed} is the run's own seed, which draws the ticket's initialisation; "
-                            "give another --seed")
-
     def start(self, source: FinishedRun, level: int, run):
         _, step = source.start(level)  # the run's rewind step: the schedule continues from there
-        fresh = source.trainer.create_model(run.data.num_classes, seed=self.seed, pretrained=False)
+        fresh = source.trainer.create_model(run.data.num_classes, seed=self.draw_seed(source), pretrained=False)
         return fresh.state_dict(), step
 
     def mask_of(self, source: FinishedRun, level: int, run) -> Mask:
@@ -159,7 +159,7 @@ class RandomMask(Control):
 
     def mask_of(self, source: FinishedRun, level: int, run) -> Mask:
         ticket = source.mask(level)
-        seed = self.seed * 1000 + level
+        seed = self.draw_seed(source) * 1000 + level
         if ticket.granularity == "weight":
             return shuffled_like(ticket, seed)
         model = source.trainer.create_model(run.data.num_classes, seed=0, pretrained=False)  # the architecture

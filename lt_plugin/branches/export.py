@@ -94,6 +94,15 @@ class Export(Branch):
     def default_out(self, source: FinishedRun) -> Path:
         return source.layout.export(self.ticket, EXPORT_FORMATS[self.format or "safetensors"].suffix)
 
+    def seed_out(self, out: Path, seed: int) -> Path:
+        """A replicated run's ticket of one seed: `ticket_K_seedS.safetensors` beside `out`."""
+        return out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
+
+    def run_replicates(self, source: FinishedRun, out: Path) -> List[dict]:
+        """One file per seed: there is no aggregate of files."""
+        return [row for seed in source.replicates
+                for row in self.run_branch(source.replicate(seed), self.seed_out(out, seed))]
+
     def run_branch(self, source: FinishedRun, out: Path) -> List[dict]:
         path, details = export_run_ticket(source.path, self.ticket, out, fmt=self.format, benchmark=self.benchmark,
                                           device=self.device)

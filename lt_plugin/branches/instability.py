@@ -41,6 +41,7 @@ from ..levels import parse_rewind, rewind_point_step
 from ..masks import Mask, prunable_weight_names, resolve_ignored
 from ..pipeline import train_ticket
 from ..pooling import blend
+from ..replicates import Replicates, run_replicates
 from ..report import plot_instability
 from ..scoring import Scorer
 from ..store import atomic_write_json, load_weights, read_json
@@ -67,7 +68,7 @@ def error_path(a: dict, b: dict, alphas: Sequence[float], error: Callable[[dict]
 
 @register_branch("instability")
 @dataclasses.dataclass
-class Instability(Branch, TrainConfig, Experiment):
+class Instability(Branch, Replicates, TrainConfig, Experiment):
     """The error barrier between two copies trained from each rewind point (Frankle et al. 2020)."""
 
     description = "instability analysis: the error barrier between copies trained from each rewind point, of a " \
@@ -90,6 +91,9 @@ class Instability(Branch, TrainConfig, Experiment):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_replicates()
+        if self.seeds and self.run_dir:
+            raise UserError("--seeds trains dense networks; with --run the run's own seeds are analysed")
         if not self.rewind_points and not self.run_dir:
             self.rewind_points = list(DENSE_REWIND_POINTS)
         for point in self.rewind_points:
@@ -108,6 +112,8 @@ class Instability(Branch, TrainConfig, Experiment):
             return super().run(out_dir)
         if out_dir is None:
             raise UserError("--out is required without --run: the folder of the dense network's analysis")
+        if self.seeds:
+            return run_replicates(self, out_dir)
         if self.targets not in (["all"], [0]):
             raise UserError("--targets names levels of an IMP run: add --run")
         return self._analyse(None, self, Path(out_dir), [0])

@@ -40,6 +40,7 @@ from ..layout import RunLayout, TicketFolder
 from ..masks import resolve_ignored, snapshot
 from ..model_checks import check_round_to
 from ..pipeline import train_ticket
+from ..replicates import Replicates, run_replicates
 from ..report import plot_distance_matrices
 from ..run_folder import RunFolder
 from ..store import atomic_save_safetensors, load_weights, read_json, read_safetensors
@@ -119,7 +120,7 @@ def _ratio_name(ratio: float) -> str:
 
 @register_strategy("early-bird")
 @dataclasses.dataclass
-class EarlyBird(Strategy, TrainConfig, Experiment):
+class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
     """Early-Bird channel tickets found early in training, then trained physically smaller."""
 
     description = "Early-Bird channel tickets: found early from normalisation scales, retrained small (You et al.)"
@@ -166,6 +167,7 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_replicates()
         if not self.ratios:
             raise UserError("--ratios needs at least one ratio")
         if any(not 0.0 < r < 1.0 for r in self.ratios):
@@ -206,6 +208,8 @@ class EarlyBird(Strategy, TrainConfig, Experiment):
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
+        if self.seeds:
+            return run_replicates(self, out_dir)
         # Everything a user can get wrong is checked before the run folder gets its first file.
         run = start_training_run(self, out_dir)
         cfg, accelerator, folder, data, example = run.cfg, run.accelerator, run.folder, run.data, run.example

@@ -28,6 +28,7 @@ from ..experiment import Experiment
 from ..layout import RunLayout
 from ..levels import PrunedLevels, parse_rewind, rewind_point_step
 from ..pipeline import train_ticket
+from ..replicates import Replicates, run_replicates
 from ..report import plot_accuracy_vs_density
 from ..store import load_weights, read_json
 from ..train.config import TrainConfig, final_lr, steps_per_epoch
@@ -37,7 +38,7 @@ from .registry import register_strategy
 
 @register_strategy("imp")
 @dataclasses.dataclass
-class IMP(Strategy, PrunedLevels, TrainConfig, Experiment):
+class IMP(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """Iterative magnitude pruning with rewinding; one level is one-shot pruning."""
 
     description = "iterative magnitude pruning with rewinding (Frankle & Carbin; Frankle et al.)"
@@ -52,6 +53,7 @@ class IMP(Strategy, PrunedLevels, TrainConfig, Experiment):
     def __post_init__(self):
         super().__post_init__()
         self.check_pruning_options()
+        self.check_replicates()
         parse_rewind(self.rewind)
         for point in self.keep_steps:
             if parse_rewind(str(point))[0] not in ("init", "it", "ep"):
@@ -93,6 +95,8 @@ class IMP(Strategy, PrunedLevels, TrainConfig, Experiment):
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
+        if self.seeds:
+            return run_replicates(self, out_dir)
         # Everything a user can get wrong is checked before the run folder gets its first file.
         run = start_training_run(self, out_dir)
         cfg, folder, data, example = run.cfg, run.folder, run.data, run.example

@@ -34,6 +34,7 @@ from ..levels import PrunedLevels
 from ..masks import Mask, snapshot
 from ..pipeline import ticket_cost, train_ticket
 from ..pooling import average
+from ..replicates import Replicates, run_replicates
 from ..report import plot_accuracy_curves
 from ..scoring import BN_BATCH_SIZE, Scorer
 from ..store import load_weights
@@ -56,7 +57,7 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
 
 @register_strategy("sparse-model-soups")
 @dataclasses.dataclass
-class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
+class SparseModelSoups(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """Sparse Model Soups: prune, retrain several copies of the pruned model, average them (Zimmer et al.)."""
 
     description = "Sparse Model Soups: each level's retrained copies averaged into its soup (Zimmer et al.)"
@@ -81,6 +82,7 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_replicates()
         if self.ingredients < 2:
             raise UserError(f"--ingredients must be 2 or more (a soup averages several), not {self.ingredients}")
         if self.vary == "seed" and self.vary_values:
@@ -124,6 +126,8 @@ class SparseModelSoups(Strategy, PrunedLevels, TrainConfig, Experiment):
 
     # ---- the run ----
     def run(self, out_dir) -> List[dict]:
+        if self.seeds:
+            return run_replicates(self, out_dir)
         run = start_training_run(self, out_dir)
         folder, data, example = run.folder, run.data, run.example
         dense = self.create_model(data.num_classes, seed=self.seed)

@@ -34,7 +34,7 @@ CHANNELS_LAST = ("auto", "yes", "no")
 # Settings that cannot change the trained weights of indexable data: a run folder may be resumed or reused with
 # other values. ORDER_OF_A_STREAM among them set the order in which a stream is read, so a streamed run keeps them.
 SETTINGS_WITHOUT_EFFECT = ("eval_batch_size", "log_with", "num_workers", "recipe", "data_in_memory", "shuffle_buffer",
-                           "channels_last", "deterministic", "tf32", "eval_every")
+                           "channels_last", "deterministic", "tf32", "eval_every", "seeds", "parallel")
 ORDER_OF_A_STREAM = ("num_workers", "shuffle_buffer")
 # Settings added after run folders were written, with the value those runs trained with: a result's settings leave
 # them out at that value, so the files of earlier runs still match.

@@ -1,0 +1,159 @@
+"""`lt-plugin compare RUN...`: any finished run folders (any strategy or branch, one seed or replicated) side by side.
+
+Their tickets are matched by density: the first run's densities are the reference, and every other run's ticket of
+the nearest density is taken when it is within `tolerance` (relative); the largest mismatch is printed. Per density,
+each run's mean accuracy with its 95% interval over seeds (one seed: the accuracy alone) and, for runs made with the
+same seeds as the first (a ticket and its control, an IMP run and its Lottery Pools), the paired difference over
+those seeds with its interval and p-value (lt_plugin.stats.paired_difference): the question a lottery-ticket result
+asks, answered with the seeds' own spread. Runs on other data or another model are refused unless asked.
+
+Writes compare.json, compare.png (accuracy against density with bands, the early-stopping iteration beside it
+where the runs have one) and prints the table, into `--out` (default: the first run's `compare/`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .branches.base import FinishedRun
+from .errors import RunFolderError, UserError
+from .layout import RunLayout
+from .report import format_table, plot_with_intervals
+from .stats import paired_difference, summarize
+from .store import atomic_write_json, read_json
+
+# What makes two runs comparable: the same model on the same data.
+SAME = ("model", "model_kwargs", "dataset", "image_size", "max_train_samples", "val_fraction")
+METRICS = ("test_accuracy", "early_stop_step", "early_stop_test_accuracy", "val_accuracy")
+
+
+class Compared:
+    """One run as `compare` reads it: its rows (one per ticket, with density), the seeds of each value, its label."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        run = FinishedRun(self.path)  # a folder that is not a run is refused here, in one line
+        layout = RunLayout(self.path)
+        if not layout.results.exists():
+            raise RunFolderError(f"{self.path} has no results.json: rerun its command to finish it first")
+        self.name, self.trainer = run.name, run.trainer
+        self.rows = [r for r in read_json(layout.results) if r.get("density") is not None]
+        self.seeds = run.replicates or [run.trainer.seed]
+        self.label = str(self.path)
+
+    def identity(self) -> dict:
+        return {key: getattr(self.trainer, key, None) for key in SAME}
+
+    def values(self, row: dict, metric: str) -> Dict[int, Optional[float]]:
+        """{seed: value} of one metric of one row (a replicated run's per-seed values, else its one value)."""
+        if f"{metric}_values" in row:
+            return dict(zip(row["seeds"], row[f"{metric}_values"]))
+        return {self.seeds[0]: row.get(metric)}
+
+
+def nearest(rows: Sequence[dict], density: float) -> dict:
+    return min(rows, key=lambda r: abs(r["density"] - density))
+
+
+def compare(paths: Sequence, out: Optional[Path] = None, tolerance: float = 0.02,
+            allow_different: bool = False) -> dict:
+    """Read, match, difference and write; returns what compare.json holds."""
+    if len(paths) < 2:
+        raise UserError("compare needs two run folders or more")
+    if not 0 <= tolerance < 1:
+        raise UserError(f"--tolerance must be a fraction of the density in [0, 1), not {tolerance}")
+    runs = [Compared(path) for path in paths]
+    common = Path(os.path.commonpath([run.path.resolve() for run in runs]))
+    base = common.parent if any(run.path.resolve() == common for run in runs) else common
+    for run in runs:  # each run named by its path below the folder they share
+        run.label = str(run.path.resolve().relative_to(base))
+    reference = runs[0]
+    for run in runs[1:]:
+        differ = [key for key in SAME if run.identity()[key] != reference.identity()[key]]
+        if differ and not allow_different:
+            raise UserError(f"{run.path} differs from {reference.path} in {', '.join(differ)}; compare runs of the "
+                            "same model on the same data, or add --allow-different")
+    rows, worst = [], 0.0
+    for ref_row in sorted(reference.rows, key=lambda r: -r["density"]):
+        density = ref_row["density"]
+        matched = {reference.label: ref_row}
+        for run in runs[1:]:
+            if not run.rows:
+                continue
+            row = nearest(run.rows, density)
+            mismatch = abs(row["density"] - density) / density
+            if mismatch <= tolerance:
+                matched[run.label] = row
+                worst = max(worst, mismatch)
+        entry = {"density": density, "runs": {}, "differences": {}}
+        for run in runs:
+            row = matched.get(run.label)
+            if row is None:
+                continue
+            entry["runs"][run.label] = {"density": row["density"], **{
+                metric: summarize(list(run.values(row, metric).values())) for metric in METRICS
+                if row.get(metric) is not None}}
+            if run is reference:
+                continue
+            shared = sorted(set(run.values(row, "test_accuracy")) & set(reference.values(ref_row, "test_accuracy")))
+            if shared:
+                a, b = run.values(row, "test_accuracy"), reference.values(ref_row, "test_accuracy")
+                entry["differences"][run.label] = {"seeds": shared, **paired_difference(
+                    [a[s] for s in shared], [b[s] for s in shared])}
+        rows.append(entry)
+    report = {"runs": [{"path": str(run.path), "strategy": run.name, "seeds": run.seeds, **run.identity()}
+                       for run in runs],
+              "reference": reference.label, "tolerance": tolerance, "largest_density_mismatch": worst, "rows": rows}
+    out = Path(out) if out is not None else RunLayout(reference.path).branch("compare")
+    atomic_write_json(report, RunLayout(out).compare)
+    _plot(report, runs, RunLayout(out).plot("compare.png"))
+    _print(report, runs, out)
+    return report
+
+
+def _plot(report: dict, runs: List[Compared], path: Path) -> None:
+    def points(metric):
+        return {run.label: [(e["density"], e["runs"][run.label][metric]["mean"], e["runs"][run.label][metric]["ci_low"],
+                             e["runs"][run.label][metric]["ci_high"]) for e in report["rows"]
+                            if metric in e["runs"].get(run.label, {})] for run in runs}
+    steps = points("early_stop_step")
+    plot_with_intervals(points("test_accuracy"), path, "compare: test accuracy against density",
+                        steps if any(steps.values()) else None)
+
+
+def _accuracy_text(summary: Optional[dict]) -> str:
+    """'mean [low, high]' of an accuracy, in percent."""
+    if not summary or summary.get("mean") is None:
+        return "-"
+    low, high = summary.get("ci_low"), summary.get("ci_high")
+    return f"{summary['mean']:.2%}" + (f" [{low:.2%}, {high:.2%}]" if low is not None else "")
+
+
+def _difference_text(summary: Optional[dict]) -> str:
+    """'+mean [low, high] p=...' of a paired difference, in percentage points."""
+    if not summary or summary.get("mean") is None:
+        return "-"
+    low, high, p = summary.get("ci_low"), summary.get("ci_high"), summary.get("p_value")
+    return (f"{100 * summary['mean']:+.2f}" + (f" [{100 * low:+.2f}, {100 * high:+.2f}]" if low is not None else "")
+            + (f" p={p:.3g}" if p is not None else ""))
+
+
+def _print(report: dict, runs: List[Compared], out: Path) -> None:
+    columns, table = [("density", "density", "{:.4f}")], []
+    for i, run in enumerate(runs):
+        columns.append((f"run{i}", f"{run.label} test acc", "{}"))
+        if i:
+            columns.append((f"diff{i}", f"minus {runs[0].label} (points, 95% CI)", "{}"))
+    for entry in report["rows"]:
+        row = {"density": entry["density"]}
+        for i, run in enumerate(runs):
+            row[f"run{i}"] = _accuracy_text(entry["runs"].get(run.label, {}).get("test_accuracy"))
+            if i:
+                row[f"diff{i}"] = _difference_text(entry["differences"].get(run.label))
+        table.append(row)
+    print(format_table(table, columns))
+    print(f"densities matched within {report['tolerance']:.0%} of the first run's (largest mismatch "
+          f"{report['largest_density_mismatch']:.2%}); differences are paired over the seeds both runs share")
+    print(f"results: {RunLayout(out).compare}  plot: {RunLayout(out).plot('compare.png')}")
