@@ -1,35 +1,41 @@
-"""Do the papers' effects show? LTH on LeNet-300-100, Lottery Pools and Early-Bird, on the full Fashion-MNIST.
+"""Do the papers' effects show, beyond the noise of seeds? LTH on LeNet-300-100, Lottery Pools and Early-Bird, on the
+full Fashion-MNIST, every claim with a 95% interval over seeds.
 
-Parts (each runs alone with --parts; every run is a strategy's run folder under --work, so a rerun resumes):
-  lth    LTH Figures 3/4: LeNet-300-100 (recipe lth-lenet: Adam 1.2e-3, batch 60, layer-wise, 20% of each hidden
-         layer and 10% of the output layer per level, rewound to init, early stopping at the lowest validation loss)
-         to density ~2% in 17 levels, against random reinitialisation and random masks (9 levels of 40%: the same
-         per-level rule at fewer densities): test accuracy and early-stopping iteration against density.
-  pools  Lottery Pools on the lth ticket run: pooled against ticket (and ticket+BN) at every level, in distribution
-         and under CIFAR-10-C style corruptions, with the paired acceptance rule (the default) and the paper's.
+Parts (each runs alone with --parts; every run is a run folder under --work, so a rerun resumes):
+  lth    LTH Figures 3/4 over --seeds seeds: LeNet-300-100 (recipe lth-lenet: Adam 1.2e-3, batch 60, layer-wise,
+         rewound to init, early stopping at the lowest validation loss), 40% of each hidden layer and 20% of the
+         output layer per level for --levels levels (the paper's per-level rule at fewer, coarser densities), and
+         its two controls as the paper defines them, branches of each seed's run (random-reinit: the ticket's masks,
+         a fresh initialisation; random-mask: the ticket's per-layer counts at random positions). The test accuracy
+         at the early-stopping iteration and the iteration itself, per density, with intervals; the paired
+         differences ticket - dense, random-reinit - ticket and random-mask - ticket over the seeds.
+  pools  Lottery Pools (the default acceptance rule) on each seed of the lth run: pooled minus ticket, with its
+         interval, in distribution and under CIFAR-10-C style corruptions.
   small  Lottery Pools as a new user meets it: 4,000 training images with 400 held out, a LeNet-300-100 IMP run of 8
-         levels; the paper's rule against the paired rule: does test accuracy fall where validation accuracy rises?
-  eb     Early-Bird on cifar_resnet20 with --baseline (5,000 training images, crop-flip, 10 epochs): accuracy and
-         training MACs of the Early-Bird tickets against the one-shot tickets of the same budget.
-Fashion-MNIST is split as LTH splits MNIST: 55,000 training, 5,000 validation, the 10,000 test images. Every test
-accuracy comes with its binomial standard error (the noise of a 10,000-image test set). Writes
+         levels over 3 seeds; every acceptance rule: does the pooled ticket differ from the ticket, and does test
+         accuracy fall where validation accuracy rises?
+  eb     Early-Bird on cifar_resnet20 with --baseline over 3 seeds (3,000 training images, crop-flip, 8 epochs,
+         ratios 0.3 and 0.5), with both retraining schedules (full, continue): accuracy against the one-shot ticket
+         of the same retraining, paired over seeds, and the training MACs saved.
+Fashion-MNIST is split as LTH splits MNIST: 55,000 training, 5,000 validation, the 10,000 test images. Writes
 benchmarks/results/fidelity.json and fidelity_*.png; needs Debian's dataset-fashion-mnist.
 
-    python benchmarks/fidelity.py [--parts lth pools small eb] [--epochs 15] [--work runs/fidelity]
+    python benchmarks/fidelity.py [--parts lth pools small eb] [--seeds 5] [--epochs 10] [--work runs/fidelity]
 """
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
 
 import lt_plugin
+from lt_plugin.compare import compare
+from lt_plugin.layout import RunLayout
+from lt_plugin.stats import paired_difference, summarize
 from lt_plugin.store import read_json
 
 VAL_FRACTION = 5_000 / 60_000
-TEST_IMAGES = 10_000
 # What the papers report (shared REFERENCE.md, read off their figures where so marked).
 PAPER = {
     "lth": "LeNet-300-100 on MNIST (LTH Figures 3-4, approximate): tickets beat the dense test accuracy from ~50% down "
@@ -38,133 +44,174 @@ PAPER = {
     "pools": "Lottery Pools (AAAI 2023): pooled tickets beat the tickets at the same sparsity, up to +1.88 points on "
              "CIFAR-100 and +2.36 on CIFAR-100-C, and the pooled dense network beats dense by up to +2.22; gains "
              "shrink at the highest sparsities (ResNet-18/CIFAR-10: ticket ~94.5, pooled ~95.1).",
-    "eb": "Early-Bird (ICLR 2020), VGG-16/CIFAR-100 at p = 30/50%: EB 72.17/71.28 vs one-shot 71.31/70.96, training "
-          "FLOPs 243/197 vs 605 (x0.05 P), i.e. 2.5-3.1x less; the ticket is found within the first ~10-20% of "
-          "training.",
+    "eb": "Early-Bird (ICLR 2020), VGG-16/CIFAR-100 at p = 30/50%: EB 72.17/71.28 vs one-shot 71.31/70.96; training "
+          "FLOPs 2.2-2.4x fewer (search to the emergence epoch, then the rest of the schedule on the small network); "
+          "the ticket is found within the first ~10-20% of training.",
 }
+ACCEPTANCE = ("paper", "paired", "loss", "confirm")
 
 
-def binomial_error(accuracy: float, n: int = TEST_IMAGES) -> float:
-    return math.sqrt(accuracy * (1 - accuracy) / n)
+def log(name: str, started: float) -> None:
+    print(f"{name}: {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def run(strategy: str, out: Path, **options) -> list:
-    started = time.perf_counter()
-    results = lt_plugin.create_strategy(strategy, **options).run(out)
-    print(f"{strategy} {out.name}: {time.perf_counter() - started:.0f}s")
-    return results
+def per_density(rows, metric):
+    """{density: summary of `metric` over seeds} of an aggregated results.json."""
+    return {r["density"]: summarize(r.get(f"{metric}_values", [r.get(metric)])) for r in rows}
 
 
-def _sweeps(result: dict) -> list:
-    """Each candidate's best validation accuracy and, under the paired rule, its images gained and lost and p."""
-    return [{"candidate": s["candidate"], "best_val_accuracy": max((a for _, a in s["scores"]), default=None),
-             **{k: s[k] for k in ("gained", "lost", "p_value") if k in s}} for s in result.get("sweeps", [])]
+def paired(a_row: dict, b_row: dict, metric: str) -> dict:
+    """a - b on the seeds both rows have (replicated rows: `metric_values` in `seeds` order)."""
+    a = dict(zip(a_row["seeds"], a_row[f"{metric}_values"]))
+    b = dict(zip(b_row["seeds"], b_row[f"{metric}_values"]))
+    shared = [s for s in a if s in b and a[s] is not None and b[s] is not None]
+    return paired_difference([a[s] for s in shared], [b[s] for s in shared])
+
+
+def significant(difference: dict) -> str:
+    """'above', 'below' or 'within noise': where the 95% interval of a difference lies."""
+    low, high = difference.get("ci_low"), difference.get("ci_high")
+    if low is None:
+        return "one seed"
+    return "above" if low > 0 else "below" if high < 0 else "within noise"
 
 
 def lth_part(args, work: Path) -> dict:
-    common = dict(model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
-                  epochs=args.epochs, seed=0)
-    runs = {"ticket": run("imp", work / "lth_ticket", levels=17, **common),
-            "random-reinit": run("imp", work / "lth_reinit", levels=8, prune_fraction=0.4, control="random-reinit",
-                                 layer_prune_fractions={"fc": 0.2}, **common),
-            "random-mask": run("imp", work / "lth_random_mask", levels=8, prune_fraction=0.4, control="random-mask",
-                               layer_prune_fractions={"fc": 0.2}, **common)}
-    curves = {name: [{"density": r["density"], "test_accuracy": r["test_accuracy"],
-                      "test_error": binomial_error(r["test_accuracy"]),
-                      "early_stop_step": r["early_stop_step"],
-                      "early_stop_test_accuracy": r["early_stop_test_accuracy"]}
-                     for r in results] for name, results in runs.items()}
-    dense = curves["ticket"][0]
-    tickets = curves["ticket"][1:]
-    # "matching": within one standard error of the dense test accuracy at the early-stopping iteration (LTH's measure)
-    matching = [t["density"] for t in tickets if t["early_stop_test_accuracy"] >= dense["early_stop_test_accuracy"]
-                - binomial_error(dense["early_stop_test_accuracy"])]
-    beating = [t["density"] for t in tickets if t["early_stop_test_accuracy"] > dense["early_stop_test_accuracy"]
-               + binomial_error(dense["early_stop_test_accuracy"])]
-    sooner = [t["density"] for t in tickets if t["early_stop_step"] < dense["early_stop_step"]]
-    reinit = curves["random-reinit"][1:]
-    bar = dense["early_stop_test_accuracy"] - binomial_error(dense["early_stop_test_accuracy"])
-    reinit_matching = [r["density"] for r in reinit if r["early_stop_test_accuracy"] >= bar]
-    return {"curves": curves, "epochs": args.epochs, "paper": PAPER["lth"],
-            "findings": {"dense_early_stop_test_accuracy": dense["early_stop_test_accuracy"],
-                         "dense_early_stop_step": dense["early_stop_step"],
-                         "tickets_match_dense_down_to": min(matching, default=None),
-                         "tickets_beat_dense_at": beating,
-                         "tickets_stop_early_sooner_at": sooner,
-                         "random_reinit_matches_down_to": min(reinit_matching, default=None)}}
+    run = work / "lth"
+    started = time.perf_counter()
+    lt_plugin.create_strategy("imp", model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist",
+                              val_fraction=VAL_FRACTION, epochs=args.epochs, levels=args.levels, prune_fraction=0.4,
+                              layer_prune_fractions={"fc": 0.2}, seeds=list(range(args.seeds))).run(run)
+    log("lth tickets", started)
+    for control in ("random-reinit", "random-mask"):
+        started = time.perf_counter()
+        lt_plugin.create_branch(control, run_dir=str(run)).run()
+        log(f"lth {control}", started)
+    controls = {name: RunLayout(run).branch(name) for name in ("random-reinit", "random-mask")}
+    compare([run, *controls.values()], out=work / "lth_compare", metric="early_stop_test_accuracy")
+    tickets = read_json(RunLayout(run).results)
+    rows = {"ticket": tickets, **{name: read_json(RunLayout(path).results) for name, path in controls.items()}}
+    dense = tickets[0]
+    findings = {"densities": [], "seeds": args.seeds}
+    for i, ticket in enumerate(tickets[1:], start=1):
+        entry = {"density": ticket["density"],
+                 "ticket_minus_dense": paired(ticket, dense, "early_stop_test_accuracy"),
+                 "ticket_minus_dense_early_stop_step": paired(ticket, dense, "early_stop_step")}
+        for name in controls:
+            control = next(r for r in rows[name] if r["level"] == ticket["level"])
+            entry[f"{name}_minus_ticket"] = paired(control, ticket, "early_stop_test_accuracy")
+            entry[f"{name}_minus_ticket_early_stop_step"] = paired(control, ticket, "early_stop_step")
+        findings["densities"].append(entry)
+    by = {key: [e["density"] for e in findings["densities"] if significant(e[key]) == side]
+          for key, side in (("ticket_minus_dense", "above"), ("random-reinit_minus_ticket", "below"),
+                            ("random-mask_minus_ticket", "below"))}
+    not_below = [e["density"] for e in findings["densities"] if significant(e["ticket_minus_dense"]) != "below"]
+    sooner = [e["density"] for e in findings["densities"]
+              if significant(e["ticket_minus_dense_early_stop_step"]) == "below"]
+    findings.update({"tickets_above_dense_at": by["ticket_minus_dense"],
+                     "tickets_not_below_dense_down_to": min(not_below, default=None),
+                     "tickets_stop_early_sooner_at": sooner,
+                     "random_reinit_below_ticket_at": by["random-reinit_minus_ticket"],
+                     "random_mask_below_ticket_at": by["random-mask_minus_ticket"]})
+    curves = {name: {"density": [r["density"] for r in result],
+                     **{metric: per_density(result, metric) for metric in ("early_stop_test_accuracy",
+                                                                          "early_stop_step")}}
+              for name, result in rows.items()}
+    return {"epochs": args.epochs, "levels": args.levels, "paper": PAPER["lth"], "curves": _jsonable(curves),
+            "findings": findings}
+
+
+def pooled_at(folder: Path, level: int) -> int:
+    """At how many seeds of a replicated Lottery Pools folder the pooled ticket of `level` is not the ticket."""
+    layout = RunLayout(folder)
+    return sum(1 for seed in layout.seeds() for r in read_json(layout.seed(seed).results)
+               if r["level"] == level and r["accepted"])
 
 
 def pools_part(args, work: Path) -> dict:
-    out = {}
-    for acceptance in ("paired", "paper"):
-        results = run("lottery-pools", work / f"pools_{acceptance}", run_dir=str(work / "lth_ticket"),
-                      acceptance=acceptance, corruptions=True, corruption_samples=2_000)
-        out[acceptance] = [{k: r[k] for k in ("level", "density", "ticket_val_accuracy", "pooled_val_accuracy",
-                                              "ticket_test_accuracy", "ticket_bn_test_accuracy", "pooled_test_accuracy",
-                                              "ticket_corruption_accuracy", "pooled_corruption_accuracy",
-                                              "ensemble_test_accuracy", "accepted")}
-                           | {"sweeps": _sweeps(r)} for r in results]
-    paired = out["paired"]
-    gains = [r["pooled_test_accuracy"] - r["ticket_test_accuracy"] for r in paired]
-    corruption_gains = [r["pooled_corruption_accuracy"] - r["ticket_corruption_accuracy"] for r in paired]
-    return {"levels": out, "paper": PAPER["pools"],
-            "findings": {"largest_test_gain": max(gains), "mean_test_gain": sum(gains) / len(gains),
-                         "largest_corruption_gain": max(corruption_gains),
-                         "levels_with_an_accepted_blend": sum(bool(r["accepted"]) for r in paired),
-                         "test_error": binomial_error(paired[0]["ticket_test_accuracy"])}}
+    started = time.perf_counter()
+    out = work / "lth_pools"
+    rows = lt_plugin.create_branch("lottery-pools", run_dir=str(work / "lth"), corruptions=True,
+                                   corruption_samples=2_000).run(out)
+    log("pools", started)
+    levels = [{"level": r["level"], "density": r["density"], "acceptance": r["acceptance"],
+               "pooled_minus_ticket": paired_difference(r["pooled_test_accuracy_values"],
+                                                        r["ticket_bn_test_accuracy_values"]),
+               "pooled_minus_ticket_corrupted": paired_difference(r["pooled_corruption_accuracy_values"],
+                                                                  r["ticket_corruption_accuracy_values"]),
+               "pooled_at_seeds": pooled_at(out, r["level"])} for r in rows]
+    gains = [e["pooled_minus_ticket"]["mean"] for e in levels]
+    return {"paper": PAPER["pools"], "levels": levels,
+            "findings": {"acceptance": levels[0]["acceptance"], "mean_test_gain": sum(gains) / len(gains),
+                         "largest_test_gain": max(gains),
+                         "levels_pooled_at_some_seed": [e["level"] for e in levels if e["pooled_at_seeds"]],
+                         "levels_above_ticket": [e["level"] for e in levels
+                                                 if significant(e["pooled_minus_ticket"]) == "above"],
+                         "levels_below_ticket": [e["level"] for e in levels
+                                                 if significant(e["pooled_minus_ticket"]) == "below"]}}
 
 
 def small_part(args, work: Path) -> dict:
-    common = dict(model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist", val_fraction=400 / 60_000,
-                  max_train_samples=4_000, levels=8, seed=0)
-    run("imp", work / "small_imp", **common)
+    run = work / "small_imp"
+    started = time.perf_counter()
+    lt_plugin.create_strategy("imp", model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist",
+                              val_fraction=400 / 60_000, max_train_samples=4_000, levels=8,
+                              seeds=[0, 1, 2]).run(run)
     out = {}
-    for acceptance in ("paper", "paired"):
-        results = run("lottery-pools", work / f"small_pools_{acceptance}", run_dir=str(work / "small_imp"),
-                      acceptance=acceptance)
+    for acceptance in ACCEPTANCE:
+        folder = work / f"small_pools_{acceptance}"
+        rows = lt_plugin.create_branch("lottery-pools", run_dir=str(run), acceptance=acceptance).run(folder)
         out[acceptance] = [{"level": r["level"], "density": r["density"],
-                            "val_gain": r["pooled_val_accuracy"] - r["ticket_val_accuracy"],
-                            "test_gain": r["pooled_test_accuracy"] - r["ticket_test_accuracy"],
-                            "accepted": r["accepted"], "sweeps": _sweeps(r)} for r in results]
-    falls = {rule: [r["level"] for r in rows if r["test_gain"] < 0] for rule, rows in out.items()}
-    return {"levels": out, "val_images": 400, "train_images": 4_000,
-            "findings": {"levels_where_test_falls": falls,
-                         "worst_test_gain": {rule: min(r["test_gain"] for r in rows) for rule, rows in out.items()}}}
+                            "test_gain": paired_difference(r["pooled_test_accuracy_values"],
+                                                           r["ticket_bn_test_accuracy_values"]),
+                            "val_gain": paired_difference(r["pooled_val_accuracy_values"],
+                                                          r["ticket_bn_val_accuracy_values"]),
+                            "pooled_at_seeds": pooled_at(folder, r["level"]),
+                            "smallest_gain": r.get("smallest_gain")} for r in rows]
+    log("small", started)
+    return {"levels": out, "val_images": 400, "train_images": 4_000, "seeds": 3,
+            "findings": {rule: {"levels_pooled_at_some_seed": [e["level"] for e in rows if e["pooled_at_seeds"]],
+                                "mean_test_gain": sum(e["test_gain"]["mean"] for e in rows) / len(rows),
+                                "levels_where_test_falls": [e["level"] for e in rows
+                                                            if significant(e["test_gain"]) == "below"],
+                                "smallest_detectable_gain": rows[0]["smallest_gain"]}
+                         for rule, rows in out.items()}}
 
 
 def eb_part(args, work: Path) -> dict:
-    results = run("early-bird", work / "eb_resnet20", model="cifar_resnet20", dataset="fashion-mnist",
-                  val_fraction=VAL_FRACTION, max_train_samples=5_000, epochs=10, batch_size=128, lr=0.1,
-                  sched="multistep", augment="crop-flip", ratios=[0.3, 0.5, 0.7], baseline=True, seed=0)
-    rows = [{k: r.get(k) for k in ("ratio", "found", "eb_epoch", "density", "test_accuracy", "baseline_test_accuracy",
-                                   "train_macs", "baseline_train_macs", "train_macs_saved", "train_seconds_saved")}
-            for r in results]
-    for row in rows:
-        row["test_error"] = None if row["test_accuracy"] is None else binomial_error(row["test_accuracy"])
-    return {"ratios": rows, "paper": PAPER["eb"],
-            "findings": {"macs_saved": [r["train_macs_saved"] for r in rows],
-                         "accuracy_minus_one_shot": [None if r["test_accuracy"] is None else
-                                                     r["test_accuracy"] - r["baseline_test_accuracy"] for r in rows]}}
+    out = {}
+    for schedule in ("full", "continue"):
+        started = time.perf_counter()
+        rows = lt_plugin.create_strategy(
+            "early-bird", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
+            max_train_samples=3_000, epochs=8, batch_size=128, lr=0.1, sched="multistep", augment="crop-flip",
+            wd_norm_bias=True, ratios=[0.3, 0.5], baseline=True, retrain_schedule=schedule,
+            seeds=[0, 1, 2]).run(work / f"eb_{schedule}")
+        log(f"eb {schedule}", started)
+        out[schedule] = [{"ratio": r["ratio"], "found_at_seeds": sum(1 for f in r.get("eb_step_values", []) if f),
+                          "eb_epoch": summarize(r.get("eb_epoch_values", [])),
+                          "test_accuracy": summarize(r.get("test_accuracy_values", [])),
+                          "eb_minus_one_shot": paired_difference(r.get("test_accuracy_values", []),
+                                                                 r.get("baseline_test_accuracy_values", [])),
+                          "train_macs_saved": summarize(r.get("train_macs_saved_values", [])),
+                          "train_seconds_saved": summarize(r.get("train_seconds_saved_values", []))}
+                         for r in rows]
+    return {"paper": PAPER["eb"], "schedules": out,
+            "findings": {schedule: {"macs_saved": [e["train_macs_saved"]["mean"] for e in rows],
+                                    "eb_minus_one_shot": [e["eb_minus_one_shot"]["mean"] for e in rows],
+                                    "eb_against_one_shot": [significant(e["eb_minus_one_shot"]) for e in rows]}
+                         for schedule, rows in out.items()}}
 
 
 PARTS = {"lth": lth_part, "pools": pools_part, "small": small_part, "eb": eb_part}
 
 
-def _density_axis(ax, label: str) -> None:
-    """Log density, densest on the left, with a grid and the legend."""
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel(label)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def plot(report: dict, out: Path) -> None:
@@ -172,65 +219,58 @@ def plot(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def band(ax, x, summaries, scale, label):
+        means = [scale * s["mean"] for s in summaries]
+        line, = ax.plot(x, means, "o-", label=label)
+        lows = [scale * (s["ci_low"] if s["ci_low"] is not None else s["mean"]) for s in summaries]
+        highs = [scale * (s["ci_high"] if s["ci_high"] is not None else s["mean"]) for s in summaries]
+        ax.fill_between(x, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+
     if "lth" in report:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         for name, curve in report["lth"]["curves"].items():
-            d = [p["density"] for p in curve]
-            left.errorbar(d, [100 * p["early_stop_test_accuracy"] for p in curve],
-                          yerr=[100 * p["test_error"] for p in curve], marker="o", capsize=2, label=name)
-            right.plot(d, [p["early_stop_step"] for p in curve], "o-", label=name)
+            x = curve["density"]
+            band(left, x, [curve["early_stop_test_accuracy"][str(d)] for d in x], 100, name)
+            band(right, x, [curve["early_stop_step"][str(d)] for d in x], 1, name)
         for ax, label in ((left, "test accuracy at early stopping (%)"), (right, "early-stopping iteration")):
-            _density_axis(ax, "density (kept fraction of weights)")
+            ax.set_xscale("log")
+            ax.invert_xaxis()
+            ax.set_xlabel("density (kept fraction of weights)")
             ax.set_ylabel(label)
-        fig.suptitle("LTH on LeNet-300-100, Fashion-MNIST (cf. LTH Figures 3-4)")
-        _save(fig, out / "fidelity_lth.png")
-    if "pools" in report:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-        rows = report["pools"]["levels"]["paired"]
-        d = [r["density"] for r in rows]
-        for key, label in (("ticket_test_accuracy", "ticket"), ("ticket_bn_test_accuracy", "ticket+BN"),
-                           ("pooled_test_accuracy", "pooled (paired rule)")):
-            left.plot(d, [100 * r[key] for r in rows], "o-", label=label)
-        left.plot(d, [100 * r["pooled_test_accuracy"] for r in report["pools"]["levels"]["paper"]], "x--",
-                  label="pooled (paper's rule)")
-        for key, label in (("ticket_corruption_accuracy", "ticket"), ("pooled_corruption_accuracy", "pooled")):
-            right.plot(d, [100 * r[key] for r in rows], "o-", label=label)
-        for ax, title in ((left, "test accuracy (%)"), (right, "corrupted test accuracy (%)")):
-            _density_axis(ax, "density")
-            ax.set_title(title)
-        fig.suptitle("Lottery Pools on the LeNet-300-100 IMP run")
-        _save(fig, out / "fidelity_pools.png")
-    if "small" in report:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for rule, rows in report["small"]["levels"].items():
-            ax.plot([r["level"] for r in rows], [100 * r["val_gain"] for r in rows], "o--", label=f"{rule}: validation")
-            ax.plot([r["level"] for r in rows], [100 * r["test_gain"] for r in rows], "s-", label=f"{rule}: test")
-        ax.axhline(0, color="gray")
-        ax.set_xlabel("IMP level")
-        ax.set_ylabel("pooled minus ticket (points)")
-        ax.set_title("Lottery Pools on 4,000 images (400 held out)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        _save(fig, out / "fidelity_small.png")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"LTH on LeNet-300-100, Fashion-MNIST, {report['lth']['findings']['seeds']} seeds (bands: 95% "
+                     "intervals; cf. LTH Figures 3-4)")
+        fig.tight_layout()
+        fig.savefig(out / "fidelity_lth.png", dpi=120)
+        plt.close(fig)
     if "eb" in report:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        rows = [r for r in report["eb"]["ratios"] if r["found"]]
-        x = range(len(rows))
-        ax.bar([i - 0.2 for i in x], [100 * r["test_accuracy"] for r in rows], 0.4, label="Early-Bird ticket")
-        ax.bar([i + 0.2 for i in x], [100 * r["baseline_test_accuracy"] for r in rows], 0.4, label="one-shot ticket")
-        ax.set_xticks(list(x), [f"ratio {r['ratio']:g}\nMACs saved x{r['train_macs_saved']:.2f}" for r in rows])
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(min(100 * min(r["test_accuracy"], r["baseline_test_accuracy"]) for r in rows) - 5, None)
-        ax.set_title("Early-Bird on cifar_resnet20, Fashion-MNIST (5,000 images)")
-        ax.legend()
-        _save(fig, out / "fidelity_eb.png")
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        labels, means, lows, highs = [], [], [], []
+        for schedule, rows in report["eb"]["schedules"].items():
+            for e in rows:
+                d = e["eb_minus_one_shot"]
+                labels.append(f"{schedule}\nratio {e['ratio']:g}\nMACs x{e['train_macs_saved']['mean']:.2f}")
+                means.append(100 * d["mean"])
+                lows.append(100 * (d["mean"] - (d["ci_low"] if d["ci_low"] is not None else d["mean"])))
+                highs.append(100 * ((d["ci_high"] if d["ci_high"] is not None else d["mean"]) - d["mean"]))
+        ax.bar(range(len(labels)), means, yerr=[lows, highs], capsize=4)
+        ax.axhline(0, color="gray")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel("Early-Bird minus one-shot test accuracy (points)")
+        ax.set_title("Early-Bird on cifar_resnet20, Fashion-MNIST, 3 seeds (95% intervals)")
+        fig.tight_layout()
+        fig.savefig(out / "fidelity_eb.png", dpi=120)
+        plt.close(fig)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per IMP level in the lth part (the recipe's "
-                        "55 is 50K iterations; LeNet stops early within ~15)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the lth part (the paper's five trials)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per IMP level in the lth part (the recipe's "
+                        "55 is 50K iterations; LeNet stops early within ~10)")
+    parser.add_argument("--levels", type=int, default=8, help="IMP levels of the lth part (to density ~2%%)")
     parser.add_argument("--work", default="runs/fidelity", help="the run folders (a rerun resumes them)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -246,7 +286,7 @@ def main():
         report["machine"] = {"python": platform.python_version(),
                              "processor": platform.processor() or platform.machine()}
         path.write_text(json.dumps(report, indent=2) + "\n")  # after each part: the others stay as they were
-        print(json.dumps(report[name]["findings"] if "findings" in report[name] else {}, indent=2))
+        print(json.dumps(report[name]["findings"], indent=2))
     plot(report, out)
     print(f"wrote {path}")
 

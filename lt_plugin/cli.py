@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="largest relative density difference of matched tickets (default: 0.02)")
     compare_parser.add_argument("--allow-different", action="store_true",
                                 help="compare runs of other models or data too")
+    compare_parser.add_argument("--metric", default="test_accuracy",
+                                help="what is compared: test_accuracy (default), early_stop_test_accuracy (LTH's "
+                                     "measure), val_accuracy or early_stop_step")
     sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
     check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
                                   description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
@@ -311,7 +314,7 @@ def _run(argv: Optional[List[str]]) -> None:
         _check(args)
     elif args.command == "compare":
         from .compare import compare  # reads runs of every strategy and branch
-        compare(args.runs, args.out, args.tolerance, args.allow_different)
+        compare(args.runs, args.out, args.tolerance, args.allow_different, args.metric)
     elif getattr(args, "control", None):
         get_branch_class(args.control)(**_control_values(args)).run(args.out)
     else:

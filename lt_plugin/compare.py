@@ -57,9 +57,12 @@ def nearest(rows: Sequence[dict], density: float) -> dict:
     return min(rows, key=lambda r: abs(r["density"] - density))
 
 
-def compare(paths: Sequence, out: Optional[Path] = None, tolerance: float = 0.02,
-            allow_different: bool = False) -> dict:
-    """Read, match, difference and write; returns what compare.json holds."""
+def compare(paths: Sequence, out: Optional[Path] = None, tolerance: float = 0.02, allow_different: bool = False,
+            metric: str = "test_accuracy") -> dict:
+    """Read, match, difference (on `metric`, e.g. early_stop_test_accuracy, LTH's measure) and write; returns what
+    compare.json holds."""
+    if metric not in METRICS:
+        raise UserError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     if len(paths) < 2:
         raise UserError("compare needs two run folders or more")
     if not 0 <= tolerance < 1:
@@ -97,29 +100,30 @@ def compare(paths: Sequence, out: Optional[Path] = None, tolerance: float = 0.02
                 if row.get(metric) is not None}}
             if run is reference:
                 continue
-            shared = sorted(set(run.values(row, "test_accuracy")) & set(reference.values(ref_row, "test_accuracy")))
+            a, b = run.values(row, metric), reference.values(ref_row, metric)
+            shared = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
             if shared:
-                a, b = run.values(row, "test_accuracy"), reference.values(ref_row, "test_accuracy")
                 entry["differences"][run.label] = {"seeds": shared, **paired_difference(
                     [a[s] for s in shared], [b[s] for s in shared])}
         rows.append(entry)
     report = {"runs": [{"path": str(run.path), "strategy": run.name, "seeds": run.seeds, **run.identity()}
                        for run in runs],
-              "reference": reference.label, "tolerance": tolerance, "largest_density_mismatch": worst, "rows": rows}
+              "reference": reference.label, "metric": metric, "tolerance": tolerance,
+              "largest_density_mismatch": worst, "rows": rows}
     out = Path(out) if out is not None else RunLayout(reference.path).branch("compare")
     atomic_write_json(report, RunLayout(out).compare)
-    _plot(report, runs, RunLayout(out).plot("compare.png"))
+    _plot(report, runs, RunLayout(out).plot("compare.png"), metric)
     _print(report, runs, out)
     return report
 
 
-def _plot(report: dict, runs: List[Compared], path: Path) -> None:
+def _plot(report: dict, runs: List[Compared], path: Path, metric: str) -> None:
     def points(metric):
         return {run.label: [(e["density"], e["runs"][run.label][metric]["mean"], e["runs"][run.label][metric]["ci_low"],
                              e["runs"][run.label][metric]["ci_high"]) for e in report["rows"]
                             if metric in e["runs"].get(run.label, {})] for run in runs}
     steps = points("early_stop_step")
-    plot_with_intervals(points("test_accuracy"), path, "compare: test accuracy against density",
+    plot_with_intervals(points(metric), path, f"compare: {metric.replace('_', ' ')} against density",
                         steps if any(steps.values()) else None)
 
 
@@ -143,13 +147,13 @@ def _difference_text(summary: Optional[dict]) -> str:
 def _print(report: dict, runs: List[Compared], out: Path) -> None:
     columns, table = [("density", "density", "{:.4f}")], []
     for i, run in enumerate(runs):
-        columns.append((f"run{i}", f"{run.label} test acc", "{}"))
+        columns.append((f"run{i}", f"{run.label} {report['metric'].replace('_', ' ')}", "{}"))
         if i:
             columns.append((f"diff{i}", f"minus {runs[0].label} (points, 95% CI)", "{}"))
     for entry in report["rows"]:
         row = {"density": entry["density"]}
         for i, run in enumerate(runs):
-            row[f"run{i}"] = _accuracy_text(entry["runs"].get(run.label, {}).get("test_accuracy"))
+            row[f"run{i}"] = _accuracy_text(entry["runs"].get(run.label, {}).get(report["metric"]))
             if i:
                 row[f"diff{i}"] = _difference_text(entry["differences"].get(run.label))
         table.append(row)

@@ -10,35 +10,17 @@ a user with an own training loop passes their own.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .acceptance import SIGNIFICANCE, Rule, as_scores
 from .errors import UserError
 from .masks import Mask, magnitude_mask, named_tensors, snapshot
 
 State = Dict[str, torch.Tensor]
 DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the paper's grid
-ACCEPTANCE = ("paired", "paper")
-SIGNIFICANCE = 0.05
-
-
-def paired_p_value(gained: int, lost: int) -> float:
-    """McNemar's exact one-sided test on the samples two models disagree on: the chance of `gained` or more of the
-    `gained + lost` disagreements going the new model's way if neither model were better (a fair coin each)."""
-    n = gained + lost
-    if n == 0:
-        return 1.0
-    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n
-
-
-def smallest_gain(tries: int, significance: float = SIGNIFICANCE) -> int:
-    """The fewest samples a blend must gain, losing none, to pass the paired test in a search of `tries` blends
-    (alphas x candidates; significance / tries, Bonferroni): what a validation split of n samples can resolve is
-    this / n."""
-    return max(1, math.ceil(math.log2(tries / significance)))
 
 
 def adjacency_order(target, keys: Sequence) -> List:
@@ -134,10 +116,12 @@ class PooledTicket:
     mask: Mask
     val_accuracy: float
     accepted: list        # [candidate, alpha] of each accepted blend, in order
-    sweeps: list          # per candidate: {"candidate", "scores": [[alpha, accuracy], ...], and with the paired
-                          # rule "gained", "lost" (validation samples the best blend fixes and breaks) and "p_value"}
+    sweeps: list          # per candidate: {"candidate", "scores": [[alpha, accuracy], ...], and what the rule's
+                          # decision rests on: "gained", "lost" and "p_value" (paired), "loss_difference" and
+                          # "p_value" (loss)}
     val_passes: int
     recalibrations: int
+    confirmation: Optional[dict] = None  # the confirm rule's test of the final blend on its held-out half
 
 
 class _Blender:
@@ -177,16 +161,13 @@ def _default_reprune(mask: Mask):
                     "blend returns to the target's channel counts) or reprune=keep_target_mask")
 
 
-def _accuracy(scored) -> float:
-    return int(scored.sum()) / scored.numel() if torch.is_tensor(scored) else float(scored)
-
-
 def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]], target: Hashable, *,
                  evaluate: Callable[[nn.Module, Mask], object],
                  recalibrate: Optional[Callable[[nn.Module, Mask], None]] = None,
                  reprune: Optional[Callable[[nn.Module, Mask], Mask]] = None, candidates: Optional[Sequence] = None,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, patience: Optional[int] = None,
-                 acceptance: str = "paper", significance: float = SIGNIFICANCE) -> PooledTicket:
+                 acceptance: str = "paper", significance: float = SIGNIFICANCE,
+                 selection: Optional[torch.Tensor] = None) -> PooledTicket:
     """Lottery Pools' greedy search (Yin, Liu et al., AAAI 2023, Algorithm 2) over tickets you hold.
 
     `model` is a model of the tickets' architecture, the working copy every blend is loaded into (its weights are
@@ -197,29 +178,28 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
     is never re-pruned), its BatchNorm statistics are recomputed by `recalibrate(model, mask)` (None: kept; the
     target's are recomputed the same way before it is scored, so a blend never wins or loses on the recalibration
     alone, and a search that accepts nothing returns the target recalibrated) and it is scored by
-    `evaluate(model, mask)`: your validation accuracy, or a bool tensor of each validation sample's
-    correctness. A candidate's best alpha (the smallest on a tie) is kept only if it beats the running best, so the
-    result never scores below the target on `evaluate`: with `acceptance="paper"` (the paper's rule) by any margin,
-    with "paired" (needs the per-sample tensor) only if McNemar's exact test on the samples the two disagree on
-    gives p < significance / (alphas x candidates), Bonferroni over every blend the search may compare, so the
-    chance that it accepts any blend that is no better is at most `significance`: many blends compared on a few
-    hundred samples pick noise otherwise.
+    `evaluate(model, mask)`: your validation accuracy, a bool tensor of each validation image's correctness, or
+    (correctness, per-image cross-entropy). A candidate's best alpha (the highest accuracy, the smallest alpha on a
+    tie) replaces the running best only if the `acceptance` rule (lt_plugin.acceptance) says so, over the search's
+    `tries` = alphas x candidates comparisons: "paper" (the paper's rule) for any gain, "paired" (needs the
+    correctness) if McNemar's exact test gives p < significance / tries, "loss" (needs the cross-entropy too) if a
+    paired t test on the per-image losses does, the accuracy not lower, "confirm" (needs `selection`, the images the
+    search selects on: `acceptance.confirmation_split`) searching on the selection images with the paper's rule and
+    keeping the final blend only if one McNemar test on the others gives p < significance. Under "paired", "loss"
+    and "confirm" the chance of keeping a blend no better than the target is at most `significance`; many blends
+    compared on a few hundred images pick noise otherwise.
     """
-    if acceptance not in ACCEPTANCE:
-        raise UserError(f"acceptance must be one of {', '.join(ACCEPTANCE)}, not {acceptance!r}")
     target_state, target_mask = tickets[target]
     blender = _Blender(model, tickets, target, reprune or _default_reprune(target_mask), recalibrate)
     candidates = adjacency_order(target, list(tickets)) if candidates is None else list(candidates)
-    tries = len(alphas) * len(candidates)  # the search's family of comparisons, fixed before it starts
+    rule = Rule(acceptance, len(alphas) * len(candidates), significance, selection)  # the family, fixed first
     blender.load(target_state, target_mask)
     blender.finish(target_mask)  # the target's statistics recomputed as every blend's are: one treatment for all
-    current = evaluate(model, target_mask)  # the running best's score (per-sample flags for the paired rule)
-    if acceptance == "paired" and not torch.is_tensor(current):
-        raise UserError("acceptance='paired' needs evaluate(model, mask) to return each sample's correctness (a "
-                        "bool tensor), not an accuracy")
-    found = PooledTicket(snapshot(model), target_mask, _accuracy(current), [], [], 1, 0)
+    current = target_scores = as_scores(evaluate(model, target_mask), acceptance)  # the running best's
+    found = PooledTicket(snapshot(model), target_mask, rule.accuracy(current), [], [], 1, 0)
+    target_state = found.state
     for candidate in candidates:
-        best = None  # (accuracy, alpha, state, mask, scored): the highest accuracy, the smallest alpha on a tie
+        best = None  # (accuracy, alpha, state, mask, scores): the highest accuracy, the smallest alpha on a tie
         scores, order, accuracy = [], sweep_order(alphas, patience), None
         while True:
             try:
@@ -228,22 +208,26 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
                 break
             mask = blender.load_blend(found.state, candidate, alpha)
             blender.finish(mask)
-            scored = evaluate(model, mask)
-            accuracy = _accuracy(scored)
+            scored = as_scores(evaluate(model, mask), acceptance)
+            accuracy = rule.accuracy(scored)
             scores.append([alpha, accuracy])
             if best is None or (accuracy, -alpha) > (best[0], -best[1]):
                 best = (accuracy, alpha, snapshot(model), mask, scored)
         found.val_passes += len(scores)
         sweep = {"candidate": candidate, "scores": scores}
-        accept = best is not None and best[0] > found.val_accuracy
-        if accept and acceptance == "paired":
-            gained, lost = int((best[4] & ~current).sum()), int((~best[4] & current).sum())
-            sweep.update(gained=gained, lost=lost, p_value=paired_p_value(gained, lost))
-            accept = sweep["p_value"] < significance / tries
+        accept = False
+        if best is not None:
+            accept, reasons = rule.accepts(best[4], current)
+            sweep.update(reasons)
         found.sweeps.append(sweep)
         if accept:
             found.val_accuracy, _, found.state, found.mask, current = best
             found.accepted.append([candidate, best[1]])
+    if found.accepted:
+        kept, found.confirmation = rule.confirms(current, target_scores)
+        if not kept:  # the held-out half does not confirm the search: the target stands
+            found.state, found.mask, found.val_accuracy = target_state, target_mask, rule.accuracy(target_scores)
+            found.accepted = []
     found.recalibrations = blender.recalibrations
     return found
 

@@ -75,9 +75,11 @@ RECIPES = {
         "source": "You et al., ICLR 2020 (arXiv:1909.11957), VGG/PreResNet on CIFAR as the reference code trains "
                   "them (github.com/GATECH-EIC/Early-Bird-Tickets: main.py, scripts/standard-train/search.sh): "
                   "batch 256, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, BatchNorm-scale L1 "
-                  "penalty 1e-4, prune ratios 0.3/0.5/0.7, mask distance 0.1 over the last 5 masks",
+                  "penalty 1e-4, prune ratios 0.3/0.5/0.7, mask distance 0.1 over the last 5 masks of BatchNorm "
+                  "channels; the ticket trains the rest of the schedule from its emergence epoch "
+                  "(scripts/retrain_continue, main_c.py), the cost the paper's savings count",
         "options": dict(_CIFAR_SGD, epochs=160, batch_size=256, penalty=1e-4, ratios=[0.3, 0.5, 0.7], epsilon=0.1,
-                        window=5),
+                        window=5, distance="norm", retrain_schedule="continue"),
     },
     "lottery-pools-cifar": {
         "source": "Yin, Liu et al., AAAI 2023 (arXiv:2208.10842), the IMP runs whose tickets are pooled "

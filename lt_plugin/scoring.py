@@ -17,7 +17,7 @@ from .corruptions import corrupted_copies
 from .masks import Mask
 from .structure import export
 from .train.config import TrainConfig
-from .train.evaluation import correctness, evaluate, recalibrate_bn
+from .train.evaluation import evaluate, recalibrate_bn, sample_scores
 
 BN_BATCH_SIZE = 256
 
@@ -59,9 +59,9 @@ class Scorer:
         """Top-1 accuracy of a model (or the mean softmax of a list of models) on a dataset."""
         return evaluate(model, dataset, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)[0]
 
-    def correctness(self, model, dataset) -> torch.Tensor:
-        """Each sample right or wrong (for paired comparisons on the same samples)."""
-        return correctness(model, dataset, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
+    def sample_scores(self, model, dataset):
+        """(each sample right or wrong, each sample's cross-entropy), for paired comparisons on the same samples."""
+        return sample_scores(model, dataset, self.accelerator, self.cfg.eval_batch_size, self.cfg.num_workers)
 
     def scores(self, models: Dict[str, object], corruptions: bool = False, corruption_samples: Optional[int] = None
                ) -> dict:

@@ -4,7 +4,7 @@ between two settings run on the same seeds, and paired tests between two models 
 Everything is built on scipy.stats; this module only fixes the conventions (None skipped, degenerate cases made
 defined instead of nan) and returns plain Python floats so the results go straight into JSON.
 
-The smallest gain a paired (McNemar) test can resolve is `lt_plugin.pooling.smallest_gain`.
+The smallest gain a paired (McNemar) test can resolve is `lt_plugin.acceptance.smallest_gain`.
 """
 
 from __future__ import annotations

@@ -12,11 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lt_plugin"
 # docs/architecture.md's layers: a module imports (at its top or inside a function) only modules of lower layers.
 LAYERS = [
     ["errors", "_version", "loaders", "layout", "networks.base"],
-    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar"],
-    ["masks", "report", "networks", "model_checks", "data.transforms", "data.idx"],
-    ["callbacks", "structure", "pooling", "stats", "train.config", "train.evaluation", "data.sources",
-     "data.images"],
-    ["levels", "early_bird_rule", "train.checkpoint", "data.streaming", "", "train", "data", "pai"],
+    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats"],
+    ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx"],
+    ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images"],
+    ["levels", "early_bird_rule", "train.checkpoint", "train.batches", "data.streaming", "", "train", "data", "pai"],
     ["train.loop", "data.splits", "tickets", "run_folder"],
     ["data.load", "pruners", "pipeline", "experiment", "corruptions"],
     ["check", "scoring", "strategies.base", "replicates"],

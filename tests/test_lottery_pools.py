@@ -359,12 +359,13 @@ def test_a_reference_run_folder_takes_other_values_of_the_fast_protocols_options
 def test_the_paired_test_is_mcnemars_exact_one_sided_test():
     from scipy.stats import binomtest
 
-    from lt_plugin.pooling import paired_p_value, smallest_gain
+    from lt_plugin.acceptance import smallest_gain
+    from lt_plugin.stats import mcnemar_exact
     for gained, lost in [(0, 0), (3, 0), (8, 0), (12, 5), (30, 18), (5, 9)]:
         expected = binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue if gained + lost else 1.0
-        assert paired_p_value(gained, lost) == pytest.approx(expected, rel=1e-9)
+        assert mcnemar_exact(gained, lost) == pytest.approx(expected, rel=1e-9)
     assert smallest_gain(11) == 8  # 0.5**8 < 0.05 / 11 < 0.5**7: 8 images gained, none lost
-    assert paired_p_value(8, 0) < 0.05 / 11 < paired_p_value(7, 0)
+    assert mcnemar_exact(8, 0) < 0.05 / 11 < mcnemar_exact(7, 0)
 
 
 def test_the_paired_rule_rejects_a_blend_whose_gain_the_validation_split_cannot_resolve():
@@ -400,8 +401,8 @@ def test_the_paired_rules_bar_counts_every_blend_of_the_search():
     alphas and one candidate (bar 0.05 / 2) and fails one of 2 alphas and two candidates (bar 0.05 / 4), though the
     second candidate gains nothing: with a bar per candidate, more candidates would mean more chances to accept
     noise."""
-    from lt_plugin.pooling import lottery_pool, smallest_gain
-    from torch import nn
+    from lt_plugin.acceptance import smallest_gain
+    from lt_plugin.pooling import lottery_pool
     model = nn.Linear(2, 2, bias=False)
     mask = Mask({"weight": torch.ones(2, 2, dtype=torch.bool)}, ["weight"])
     tickets = {level: ({"weight": torch.full((2, 2), float(level))}, mask) for level in range(3)}
@@ -422,7 +423,7 @@ def test_the_paired_rules_bar_counts_every_blend_of_the_search():
 
 
 def test_the_bar_a_run_records_counts_its_alphas_and_candidates(imp_run, pools, tmp_path, capsys):
-    from lt_plugin.pooling import smallest_gain
+    from lt_plugin.acceptance import smallest_gain
     _, results = pools  # 3 levels: 2 candidates a target
     n = results[0]["val_images"]
     assert {r["smallest_gain"] for r in results} == {smallest_gain(len(ALPHAS) * 2) / n}
@@ -430,7 +431,7 @@ def test_the_bar_a_run_records_counts_its_alphas_and_candidates(imp_run, pools, 
     one = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS, max_candidates=1,
                                     targets=[1]).run(tmp_path / "one")
     assert one[0]["candidates"] == [0] and one[0]["smallest_gain"] == smallest_gain(len(ALPHAS)) / n
-    assert f"a gain needs at least {smallest_gain(len(ALPHAS)) / n:.2%} of them" in capsys.readouterr().out
+    assert f"kept only if it gains {smallest_gain(len(ALPHAS)) / n:.2%} of them" in capsys.readouterr().out
 
 
 def test_grayscale_images_are_corrupted_as_grayscale():

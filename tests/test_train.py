@@ -328,7 +328,9 @@ def test_a_loss_that_becomes_nan_stops_with_one_line_and_keeps_the_last_good_epo
             with torch.no_grad():
                 next(state.model.parameters()).fill_(float("nan"))
 
-    with pytest.raises(DivergedError, match=f"step {poison_at + 1} \\(epoch 2\\).*learning rate") as info:
+    # the epoch's first step and its last: the steps since the last check (the end of epoch 1) hold the bad loss
+    with pytest.raises(DivergedError, match=f"between steps {per_epoch + 1} and {2 * per_epoch} \\(epoch 2\\).*"
+                                            "learning rate") as info:
         fit(conv_bn_model(), train_set, val_set, cfg, tmp_path, accelerator=make_accelerator(cfg),
             callbacks=[Lambda(before_optimizer_step=poison)])
     assert "\n" not in str(info.value)

@@ -36,8 +36,9 @@ from ..errors import LtPluginWarning, RunFolderError, UserError
 from ..layout import RunLayout
 from ..masks import Mask, resolve_ignored
 from ..pipeline import ticket_cost
-from ..pooling import (ACCEPTANCE, DEFAULT_ALPHAS, SIGNIFICANCE, adjacency_order, keep_target_mask, lottery_pool,
-                       magnitude_mask_like, running_blend, smallest_gain)
+from ..acceptance import ACCEPTANCE, SIGNIFICANCE, Rule, confirmation_split
+from ..pooling import (DEFAULT_ALPHAS, adjacency_order, keep_target_mask, lottery_pool, magnitude_mask_like,
+                       running_blend)
 from ..report import plot_accuracy_curves
 from ..run_folder import RunFolder
 from ..scoring import BN_BATCH_SIZE, Scorer
@@ -78,15 +79,15 @@ class LotteryPools(Branch):
     max_candidates: Optional[int] = dataclasses.field(default=None, metadata={
         "type": int, "help": "try at most this many candidates per target, in adjacency order; None: all"})
     acceptance: str = dataclasses.field(default="paired", metadata={
-        "before": "paper", "choices": ACCEPTANCE, "help": "paired: a candidate's best blend is accepted only if it beats the running best "
-                                       "on McNemar's exact test over the validation images the two disagree on, at "
-                                       "p < --significance / (alphas x candidates), Bonferroni over the search (a "
-                                       "split of n images resolves gains of about log2(alphas x candidates / "
-                                       "significance) / n and more); paper: by any margin, the "
-                                       "paper's rule, which on a few hundred images picks noise"})
+        "before": "paper", "choices": ACCEPTANCE,
+        "help": "when a candidate's best blend is kept (lt_plugin.acceptance): paired, McNemar's exact test on the "
+                "images it and the running best disagree on at p < --significance / (alphas x candidates); loss, a "
+                "paired t test on the per-image cross-entropy at that level, the accuracy not lower; confirm, the "
+                "paper's search on half the validation images and one McNemar test of its result on the other half; "
+                "paper, any gain (which on a few hundred images picks noise)"})
     significance: float = dataclasses.field(default=SIGNIFICANCE, metadata={
-        "help": "with --acceptance paired: the chance that a target's search accepts any blend that is no "
-                "better"})
+        "help": "with --acceptance paired, loss or confirm: the chance that a target's search keeps a blend that "
+                "is no better"})
     keep_mask: bool = dataclasses.field(default=False, metadata={
         "help": "keep the target's own mask instead of re-pruning the blend"})
     protocol: str = dataclasses.field(default="fast", metadata={
@@ -169,11 +170,17 @@ class LotteryPools(Branch):
             atomic_write_json(source.trainer_config, folder.layout.source_config)
 
         ensemble = self._ensemble(folder, pool)
-        if self.acceptance == "paired" and pool.smallest_gain > TOO_COARSE:
-            warnings.warn(f"the validation split has {len(pool.data.val)} images: a blend is accepted only if it gains "
-                          f"{pool.smallest_gain:.1%} or more of them (fewer are noise at --significance "
-                          f"{self.significance}), so few will be; hold out more images (--val-fraction of the IMP run) "
-                          "for Lottery Pools to have a chance", LtPluginWarning, stacklevel=2)
+        gain = pool.rule.detectable_gain(len(pool.data.val))
+        if folder.is_main:
+            print(f"[lottery-pools] validation split: {len(pool.data.val)} images; acceptance {self.acceptance}: "
+                  + (f"a blend is kept only if it gains {gain:.2%} of them or more (none lost)" if gain is not None
+                     else "a blend is kept only if its per-image losses are lower by more than their spread allows"
+                          " at this significance"))
+        if gain is not None and gain > TOO_COARSE and self.acceptance != "paper":
+            warnings.warn(f"the validation split has {len(pool.data.val)} images: a blend is kept only if it gains "
+                          f"{gain:.1%} or more of them (fewer are noise at --significance {self.significance}), so few "
+                          "will be; hold out more images (--val-fraction of the IMP run) for Lottery Pools to have "
+                          "a chance", LtPluginWarning, stacklevel=2)
         results = []
         for level in targets:
             done = folder.read_result(folder.layout.level(level))
@@ -183,9 +190,11 @@ class LotteryPools(Branch):
         curves = {model: [(r["density"], r[f"{model}_test_accuracy"]) for r in results]
                   for model in ("ticket", "pooled")}
         if folder.is_main:
-            rule = (f"paired (McNemar, p < {self.significance:g} / (alphas x candidates)): a gain needs at least "
-                    f"{pool.smallest_gain:.2%} of them" if self.acceptance == "paired" else "the paper's (any gain)")
-            print(f"validation split: {len(pool.data.val)} images; acceptance {rule}")
+            changed = [r["level"] for r in results if r["accepted"]]
+            print(f"[lottery-pools] the pooled ticket differs from the ticket at level "
+                  f"{', '.join(map(str, changed))}" if changed else
+                  "[lottery-pools] no blend was kept: every pooled ticket is its ticket (BatchNorm statistics "
+                  "recomputed)")
         folder.write_results(results, columns=_TABLE, rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
                                                             for r in results],
                              plots={"pools.png": lambda path: plot_accuracy_curves(
@@ -213,7 +222,7 @@ class LotteryPools(Branch):
         candidates = adjacency_order(level, pool.levels)[: self.max_candidates]
         search = lottery_pool(pool.model, pool.tickets, level, evaluate=pool.val_scores, recalibrate=pool.recalibrate,
                               reprune=pool.reprune, candidates=candidates, alphas=self.alphas, patience=pool.patience,
-                              acceptance=self.acceptance, significance=self.significance)
+                              acceptance=self.acceptance, significance=self.significance, selection=pool.selection)
         search_seconds = time.perf_counter() - started
         ticket_bn = pool.running_blend(level, [], [])  # the ticket with statistics recomputed as the blends' are
         swa = pool.running_blend(level, candidates, [1 / (i + 2) for i in range(len(candidates))])
@@ -233,7 +242,7 @@ class LotteryPools(Branch):
             "accepted": search.accepted, "candidates": candidates, "sweeps": search.sweeps,
             "mask_distance": search.mask.distance(pool.tickets[level][1]),
             "protocol": self.protocol, "acceptance": self.acceptance, "val_images": len(pool.data.val),
-            "smallest_gain": pool.smallest_gain if self.acceptance == "paired" else None,
+            "smallest_gain": pool.rule.detectable_gain(len(pool.data.val)), "confirmation": search.confirmation,
             "val_passes": search.val_passes, "recalibrations": search.recalibrations,
             "search_seconds": search_seconds, "seconds": time.perf_counter() - started,
         }
@@ -242,8 +251,9 @@ class LotteryPools(Branch):
         pool.accelerator.print(
             f"[lottery-pools] level {level}: val {result['ticket_bn_val_accuracy']:.2%} -> "
             f"{result['pooled_val_accuracy']:.2%}, test {result['ticket_bn_test_accuracy']:.2%} -> "
-            f"{result['pooled_test_accuracy']:.2%}, accepted {_accepted_text(search.accepted)}, "
-            f"{search.val_passes} val passes, {result['seconds']:.1f}s")
+            f"{result['pooled_test_accuracy']:.2%}, accepted {_accepted_text(search.accepted)}"
+            + (" (the pooled ticket is the ticket)" if not search.accepted else "")
+            + f", {search.val_passes} val passes, {result['seconds']:.1f}s")
         return result
 
 def _accepted_text(accepted: Sequence) -> str:
@@ -285,7 +295,10 @@ class _Pool:
             self.reprune = lambda model, target: structure.ranked_like(target)
         self.patience = pools.patience if pools.protocol == "fast" else None
         candidates = min(len(levels) - 1, pools.max_candidates or len(levels))  # every target's search tries as many
-        self.smallest_gain = smallest_gain(len(pools.alphas) * max(1, candidates), pools.significance) / len(self.data.val)
+        labels = getattr(self.data.val, "labels", None)  # a stream has none: its halves are drawn without them
+        self.selection = (confirmation_split(labels if labels is not None else torch.zeros(len(self.data.val)),
+                                             pools.seed) if pools.acceptance == "confirm" else None)
+        self.rule = Rule(pools.acceptance, len(pools.alphas) * max(1, candidates), pools.significance, self.selection)
 
     def _magnitude_like(self, model: nn.Module, target: Mask) -> Mask:
         return magnitude_mask_like(model, target, self.scope, self.separate)
@@ -294,12 +307,9 @@ class _Pool:
         self.scorer.recalibrate(model)
 
     def val_scores(self, model: nn.Module, mask: Mask):
-        """The validation score Lottery Pools compares: each image's correctness for the paired rule, the accuracy
-        for the paper's."""
-        scored = self.scorer.as_scored(model, mask)
-        if self.pools.acceptance == "paired":
-            return self.scorer.correctness(scored, self.data.val)
-        return self.scorer.accuracy(scored, self.data.val)
+        """The validation scores Lottery Pools compares: each image's correctness and cross-entropy (the paper's
+        rule reads the accuracy of them)."""
+        return self.scorer.sample_scores(self.scorer.as_scored(model, mask), self.data.val)
 
     def running_blend(self, level: int, candidates: Sequence[int], alphas: Sequence[float]):
         return running_blend(self.model, self.tickets, level, candidates, alphas, reprune=self.reprune,

@@ -47,19 +47,33 @@ def correctness(model: nn.Module, dataset, accelerator: Accelerator, batch_size:
     """Whether each sample of `dataset` is predicted right, a bool tensor on the CPU in the dataset's order (a
     stream's: each process's share in turn), the same on every process: what a paired comparison of two models
     on the same samples needs."""
-    flags = torch.cat([outputs.argmax(dim=1) == targets for outputs, targets, _ in
-                       _predictions(model, dataset, accelerator, batch_size, num_workers)] or
-                      [torch.zeros(0, dtype=torch.bool, device=accelerator.device)])
+    return sample_scores(model, dataset, accelerator, batch_size, num_workers)[0]
+
+
+def sample_scores(model, dataset, accelerator: Accelerator, batch_size: int = 256,
+                  num_workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(each sample right or wrong, each sample's cross-entropy): a bool and a float64 tensor on the CPU, in the
+    dataset's order (a stream's: each process's share in turn), the same on every process."""
+    shares = [(outputs.argmax(dim=1) == targets, losses.double()) for outputs, targets, losses in
+              _predictions(model, dataset, accelerator, batch_size, num_workers)]
+    device = accelerator.device
+    flags = torch.cat([f for f, _ in shares] or [torch.zeros(0, dtype=torch.bool, device=device)])
+    losses = torch.cat([l for _, l in shares] or [torch.zeros(0, dtype=torch.float64, device=device)])
     if accelerator.num_processes == 1:
-        return flags.cpu()
+        return flags.cpu(), losses.cpu()
+    return _in_dataset_order(flags, dataset, accelerator), _in_dataset_order(losses, dataset, accelerator)
+
+
+def _in_dataset_order(values: torch.Tensor, dataset, accelerator: Accelerator) -> torch.Tensor:
+    """Every process's per-sample values (its share: samples i, i + P, ...) gathered back in the dataset's order."""
     processes, width = accelerator.num_processes, math.ceil(len(dataset) / accelerator.num_processes)
-    padded = torch.zeros(width, dtype=torch.bool, device=flags.device)
-    padded[:len(flags)] = flags
+    padded = torch.zeros(width, dtype=values.dtype, device=values.device)
+    padded[:len(values)] = values
     rows = accelerator.gather(padded[None]).reshape(processes, width).cpu()
     lengths = [len(range(i, len(dataset), processes)) for i in range(processes)]
     if is_stream(dataset):
         return torch.cat([row[:n] for row, n in zip(rows, lengths)])
-    everything = torch.zeros(len(dataset), dtype=torch.bool)
+    everything = torch.zeros(len(dataset), dtype=values.dtype)
     for i, (row, n) in enumerate(zip(rows, lengths)):
         everything[i::processes] = row[:n]
     return everything
@@ -67,7 +81,7 @@ def correctness(model: nn.Module, dataset, accelerator: Accelerator, batch_size:
 
 @torch.no_grad()
 def _predictions(model, dataset, accelerator: Accelerator, batch_size: int, num_workers: int):
-    """(outputs, targets, summed cross-entropy) of this process's share of `dataset`, batch by batch, in the
+    """(outputs, targets, each sample's cross-entropy) of this process's share of `dataset`, batch by batch, in the
     Accelerator's precision; a list of models predicts their mean softmax."""
     if len(dataset) == 0:
         raise UserError("cannot evaluate on an empty dataset")
@@ -75,10 +89,10 @@ def _predictions(model, dataset, accelerator: Accelerator, batch_size: int, num_
     if isinstance(model, (list, tuple)):
         members = [accelerator.unwrap_model(m).to(device).eval() for m in model]
         predict = lambda inputs: torch.stack([m(inputs).softmax(dim=1) for m in members]).mean(dim=0)  # noqa: E731
-        loss = lambda probs, targets: F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum")  # noqa: E731
+        loss = lambda probs, targets: F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="none")  # noqa: E731
     else:
         predict = accelerator.unwrap_model(model).to(device).eval()
-        loss = lambda logits, targets: F.cross_entropy(logits.float(), targets, reduction="sum")  # noqa: E731
+        loss = lambda logits, targets: F.cross_entropy(logits.float(), targets, reduction="none")  # noqa: E731
     batches = process_share(dataset, math.ceil(batch_size / accelerator.num_processes), device,
                             accelerator.process_index, accelerator.num_processes, num_workers)
     with accelerator.autocast():
@@ -93,7 +107,7 @@ def _score(model, dataset, accelerator: Accelerator, batch_size: int, num_worker
     for outputs, targets, loss in _predictions(model, dataset, accelerator, batch_size, num_workers):
         sums[0] += (outputs.argmax(dim=1) == targets).sum()
         sums[1] += targets.numel()
-        sums[2] += loss
+        sums[2] += loss.sum()
     correct, counted, loss_sum = accelerator.reduce(sums, reduction="sum").tolist()
     return correct, counted, loss_sum
 

@@ -32,57 +32,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import broadcast, set_seed
 from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
 from torch import nn
-from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from ..callbacks import Callback, EarlyStopping, TrainState
 from ..errors import DivergedError, UserError
 from ..layout import FitFolder
-from ..loaders import DeviceNormalize, is_stream, make_loader
+from ..loaders import DeviceNormalize, is_stream
 from .checkpoint import (TrainResult, load_into, load_result, read_checkpoint, result_settings, save_checkpoint,
                          save_weights, write_metrics)
-from .config import (SCHEDULES, TrainConfig, batches_per_epoch, check_sync_bn, create_optimizer, create_scheduler,
+from .config import (SCHEDULES, TrainConfig, check_sync_bn, create_optimizer, create_scheduler,
                      resolve_train_config, steps_per_epoch)
+from .batches import epoch_seed, shuffled_epochs, streamed_epochs
 from .evaluation import evaluate, validate
 
 DIVERGENCE_CHECK_STEPS = 50  # optimizer steps between two reads of the device's NaN/inf flag
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch of a run (a valid seed for torch, numpy and random alike)."""
-    return (seed * 100_003 + epoch) % 2**31
-
-
-class EpochShuffle(Sampler):
-    """A permutation of range(n) that depends only on (seed, epoch): the same in every process and after a resume.
-    `fit`'s data order; an own training loop that samples with it (`set_epoch` each epoch, as a DistributedSampler)
-    reads the batches `fit` reads.
-
-    Not Accelerate's seedable sampler, whose seed is part of the Accelerator's configuration: the data order must
-    follow `TrainConfig.seed` whatever Accelerator the caller made.
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def convert_sync_batchnorm(model: nn.Module) -> Dict[str, nn.Module]:
@@ -228,10 +199,11 @@ class _Training:
             accelerator.scaler.load_state_dict(scaler_state)
         self.scheduler = create_scheduler(self.optimizer, cfg, self.per_epoch)
         self.scheduler.step_update(num_updates=step)
-        self.epoch_batches = (_streamed_epochs if is_stream(self.train_set) else _shuffled_epochs)(
+        self.epoch_batches = (streamed_epochs if is_stream(self.train_set) else shuffled_epochs)(
             self.train_set, cfg, accelerator)
         self.normalize = DeviceNormalize(self.train_set, accelerator.device, self.channels_last)
-        self.divergence = _DivergenceWatch(accelerator, self.desc, cfg.lr, self.per_epoch)
+        self.divergence = _DivergenceWatch(accelerator, self.desc, cfg.lr, self.per_epoch, step,
+                                           lambda: self.state.step)
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         self.state = TrainState(model=model, optimizer=self.optimizer, accelerator=accelerator,
                                 run_dir=self.files.root, step=step, epoch=step // self.per_epoch, lr=self.lr_used,
@@ -244,10 +216,10 @@ class _Training:
         first two on the device: a step reads nothing back from it."""
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
         state.epoch = epoch
-        set_seed(_epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout/augmentation, resumable
+        set_seed(epoch_seed(cfg.seed, epoch), device_specific=True)  # dropout/augmentation, resumable
         batches = self.epoch_batches(epoch, done_batches=(state.step - epoch * self.per_epoch) * cfg.grad_accum_steps)
         self.prepared.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        loss_sum = self.divergence.watch(torch.zeros((), dtype=torch.float64, device=accelerator.device))
         correct = torch.zeros((), dtype=torch.int64, device=accelerator.device)
         seen = 0
         progress_bar = tqdm(batches, desc=f"[{self.desc}] epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -260,12 +232,9 @@ class _Training:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     self._before_step()
-                self.optimizer.step()
-                self.optimizer.zero_grad()
-            loss = loss.detach()
-            self.divergence.record(loss, state.step + 1)
-            loss_sum += loss * len(targets)
-            correct += (outputs.argmax(dim=1) == targets).sum()
+                    self._optimizer_step()
+            loss_sum.add_(loss.detach(), alpha=len(targets))  # a NaN or infinite loss leaves it so: the watch reads it
+            correct.add_((outputs.argmax(dim=1) == targets).sum())
             seen += len(targets)
             if accelerator.sync_gradients and self._after_step():
                 break
@@ -278,6 +247,17 @@ class _Training:
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         for callback in self.callbacks:
             callback.before_optimizer_step(self.state)
+
+    def _optimizer_step(self) -> None:
+        """The optimizer step and the gradients cleared. Without a GradScaler that is the torch optimizer's own step:
+        Accelerate's wrapper adds only what a scaler or XLA needs, and looks up optional packages at every step
+        (a tenth of a LeNet-300-100 step on a CPU)."""
+        if self.accelerator.scaler is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        else:
+            self.optimizer.optimizer.step()
+            self.optimizer.optimizer.zero_grad(set_to_none=True)
 
     def _after_step(self) -> bool:
         """Count the step, move the schedule on, call the callbacks; whether training ends here (on every process)."""
@@ -384,54 +364,31 @@ def _use_channels_last(cfg: TrainConfig, model: nn.Module, device: torch.device)
 
 
 class _DivergenceWatch:
-    """The first optimizer step whose loss was NaN or infinite, kept on the device so that a step reads nothing back;
-    `check` reads it (on every process, at the same step) and raises there."""
+    """Whether a loss was NaN or infinite, read from the epoch's running loss sum on the device (a step adds to it,
+    reads nothing back, and a NaN or infinite loss leaves it so); `check` reads it (on every process, at the same
+    step) and raises there, naming the steps since the last check."""
 
-    def __init__(self, accelerator: Accelerator, desc: str, lr: float, per_epoch: int):
-        self.accelerator, self.desc, self.lr, self.per_epoch = accelerator, desc, lr, per_epoch
-        self.first = torch.full((), -1, dtype=torch.int64, device=accelerator.device)
+    def __init__(self, accelerator: Accelerator, desc: str, lr: float, per_epoch: int, start: int, step_of):
+        self.accelerator, self.desc, self.lr, self.per_epoch, self.step_of = accelerator, desc, lr, per_epoch, step_of
+        self.loss_sum: Optional[torch.Tensor] = None
+        self.finite_at = start  # the last step known to have finite losses
 
-    def record(self, loss: torch.Tensor, step: int) -> None:
-        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
+    def watch(self, loss_sum: torch.Tensor) -> torch.Tensor:
+        """The epoch's running loss sum, watched from now on."""
+        self.loss_sum = loss_sum
+        return loss_sum
 
     def check(self) -> None:
-        bad = [step for step in self.accelerator.gather(self.first.reshape(1)).tolist() if step >= 0]
-        if bad:
-            step = min(bad)
-            epoch = (step - 1) // self.per_epoch + 1
-            raise DivergedError(
-                f"[{self.desc}] the loss became NaN or infinite at step {step} (epoch {epoch}); the run folder keeps "
-                f"the last finished epoch. Lower the learning rate (now {self.lr}) or add "
-                "warm-up, and rerun in a new folder")
-
-
-def _shuffled_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator):
-    """epoch_batches(epoch, done_batches): an epoch's batches from its `done_batches`-th on, in the (seed, epoch)
-    order of `EpochShuffle`, each process reading its share of every global batch."""
-    loader = make_loader(train_set, cfg.batch_size, accelerator.device, num_workers=cfg.num_workers,
-                         sampler=EpochShuffle(len(train_set), cfg.seed), drop_last=True)
-    loader = accelerator.prepare_data_loader(loader)
-
-    def epoch_batches(epoch: int, done_batches: int) -> Iterable:
-        loader.set_epoch(epoch)
-        return accelerator.skip_first_batches(loader, done_batches) if done_batches else loader
-    return epoch_batches
-
-
-def _streamed_epochs(train_set, cfg: TrainConfig, accelerator: Accelerator):
-    """epoch_batches(epoch, done_batches) of a streamed training set: each process reads its own share of the
-    stream, shuffled by (seed, epoch), in batches of its share of the global batch; as many as an epoch has. The
-    loader, already one process's share, is given to Accelerate only to put its batches on the device and to end
-    gradient accumulation at its end (it reads one batch ahead)."""
-    def epoch_batches(epoch: int, done_batches: int) -> Iterable:
-        loader = train_set.loader(cfg.batch_size // accelerator.num_processes,
-                                  num_batches=batches_per_epoch(cfg, len(train_set)), skip_batches=done_batches,
-                                  seed=cfg.seed, epoch=epoch, process_index=accelerator.process_index,
-                                  num_processes=accelerator.num_processes, num_workers=cfg.num_workers,
-                                  normalise=False, pin_memory=accelerator.device.type == "cuda")
-        return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
-                                   dispatch_batches=False, non_blocking=True)
-    return epoch_batches
+        step = self.step_of()
+        if self.loss_sum is not None:
+            bad = (~torch.isfinite(self.loss_sum)).reshape(1).int()
+            if any(self.accelerator.gather(bad).tolist()):
+                first, epoch = self.finite_at + 1, self.finite_at // self.per_epoch + 1
+                raise DivergedError(
+                    f"[{self.desc}] the loss became NaN or infinite between steps {first} and {step} (epoch "
+                    f"{epoch}); the run folder keeps the last finished epoch. Lower the learning rate (now "
+                    f"{self.lr}) or add warm-up, and rerun in a new folder")
+        self.finite_at = step
 
 
 def _any_process(accelerator: Accelerator, flag) -> bool:

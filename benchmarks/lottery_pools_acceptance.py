@@ -1,0 +1,144 @@
+"""Which acceptance rule should Lottery Pools use by default? Each rule measured on the same IMP runs over seeds.
+
+For each rule (lt_plugin.acceptance: paper, paired, loss, confirm) Lottery Pools pools every level of each seed's
+IMP run (the fast protocol, 5,000 validation images), and per level the test gain of the pooled ticket over the
+ticket (both with their BatchNorm statistics recomputed alike) is paired over the seeds. Reported per rule: the
+mean test gain per level with its 95% interval, how often (over levels and seeds) the pooled ticket is worse than
+the ticket on the test split (the harm), and how often it pools at all. The default is the rule with the largest
+mean test gain whose harm rate stays at or under the significance (0.05).
+
+The runs, on Fashion-MNIST (55,000 training images less those the options drop, 5,000 held out, the 10,000 test
+images):
+- LeNet-300-100 (recipe lth-lenet): the seeds of benchmarks/fidelity.py's lth run (--work runs/fidelity), made here
+  if they are not there yet;
+- cifar_resnet20 (SGD 0.1, multistep, crop-flip, weight decay on every parameter): --resnet-train images, 5 levels
+  of 36% of the weights, --resnet-epochs epochs, 3 seeds.
+
+Writes benchmarks/results/lottery_pools_acceptance.json and .png.
+
+    python benchmarks/lottery_pools_acceptance.py [--work runs/fidelity]
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import lt_plugin
+from lt_plugin.layout import RunLayout
+from lt_plugin.stats import paired_difference
+from lt_plugin.store import read_json
+
+RULES = ("paper", "paired", "loss", "confirm")
+SIGNIFICANCE = 0.05
+VAL_FRACTION = 5_000 / 60_000
+RESULTS = Path(__file__).parent / "results"
+
+
+def imp_runs(args, work: Path) -> dict:
+    """{network: its replicated IMP run}, made (or resumed) here."""
+    runs = {"lenet_300_100": work / "lth", "cifar_resnet20": work / "resnet20_imp"}
+    if not (runs["lenet_300_100"] / "results.json").exists():
+        lt_plugin.create_strategy("imp", model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist",
+                                  val_fraction=VAL_FRACTION, epochs=10, levels=8, prune_fraction=0.4,
+                                  layer_prune_fractions={"fc": 0.2}, seeds=list(range(5))).run(runs["lenet_300_100"])
+    lt_plugin.create_strategy("imp", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
+                              max_train_samples=args.resnet_train, epochs=args.resnet_epochs, batch_size=128, lr=0.1,
+                              sched="multistep", augment="crop-flip", wd_norm_bias=True, levels=5,
+                              prune_fraction=0.36, seeds=[0, 1, 2]).run(runs["cifar_resnet20"])
+    return runs
+
+
+def measure(network: str, run: Path, work: Path) -> dict:
+    out = {}
+    for rule in RULES:
+        folder = work / f"acceptance_{network}_{rule}"
+        started = time.perf_counter()
+        rows = lt_plugin.create_branch("lottery-pools", run_dir=str(run), acceptance=rule,
+                                       significance=SIGNIFICANCE).run(folder)
+        seconds = time.perf_counter() - started
+        layout = RunLayout(folder)
+        per_seed = [r for seed in layout.seeds() for r in read_json(layout.seed(seed).results)]
+        gains = [r["pooled_test_accuracy"] - r["ticket_bn_test_accuracy"] for r in per_seed]
+        out[rule] = {
+            "levels": [{"level": r["level"], "density": r["density"],
+                        "test_gain": paired_difference(r["pooled_test_accuracy_values"],
+                                                       r["ticket_bn_test_accuracy_values"])} for r in rows],
+            "mean_test_gain": sum(gains) / len(gains),
+            "harm_rate": sum(g < 0 for g in gains) / len(gains),
+            "pool_rate": sum(bool(r["accepted"]) for r in per_seed) / len(per_seed),
+            "cases": len(per_seed), "seconds": seconds,
+            "smallest_gain": rows[0].get("smallest_gain"),
+        }
+        print(f"{network} {rule}: gain {100 * out[rule]['mean_test_gain']:+.3f} points, harm "
+              f"{out[rule]['harm_rate']:.1%}, pools {out[rule]['pool_rate']:.1%} ({seconds:.0f}s)", flush=True)
+    return out
+
+
+def choose(report: dict) -> dict:
+    """The rule with the largest mean test gain over both networks whose harm rate stays at or under the
+    significance on each."""
+    eligible = [rule for rule in RULES if all(report["networks"][n][rule]["harm_rate"] <= SIGNIFICANCE
+                                              for n in report["networks"])]
+    gain = {rule: sum(report["networks"][n][rule]["mean_test_gain"] for n in report["networks"])
+            / len(report["networks"]) for rule in RULES}
+    chosen = max(eligible, key=lambda rule: gain[rule]) if eligible else None
+    return {"eligible": eligible, "mean_test_gain": gain, "default": chosen}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    networks = list(report["networks"])
+    fig, axes = plt.subplots(1, len(networks), figsize=(6 * len(networks), 4), dpi=120, squeeze=False)
+    for ax, network in zip(axes[0], networks):
+        for rule in RULES:
+            rows = report["networks"][network][rule]["levels"]
+            x = [r["density"] for r in rows]
+            line, = ax.plot(x, [100 * r["test_gain"]["mean"] for r in rows], "o-", label=(
+                f"{rule} (harm {report['networks'][network][rule]['harm_rate']:.0%}, pools "
+                f"{report['networks'][network][rule]['pool_rate']:.0%})"))
+            lows = [100 * (r["test_gain"]["ci_low"] if r["test_gain"]["ci_low"] is not None else r["test_gain"]["mean"])
+                    for r in rows]
+            highs = [100 * (r["test_gain"]["ci_high"] if r["test_gain"]["ci_high"] is not None else
+                            r["test_gain"]["mean"]) for r in rows]
+            ax.fill_between(x, lows, highs, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.axhline(0, color="gray")
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("density")
+        ax.set_ylabel("pooled minus ticket, test (points)")
+        ax.set_title(network)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Lottery Pools' acceptance rules (bands: 95% intervals over seeds); default: "
+                 f"{report['choice']['default']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="runs/fidelity")
+    parser.add_argument("--resnet-train", type=int, default=5_000)
+    parser.add_argument("--resnet-epochs", type=int, default=6)
+    args = parser.parse_args()
+    work = Path(args.work)
+    runs = imp_runs(args, work)
+    report = {"benchmark": "lottery_pools_acceptance", "lt_plugin": lt_plugin.__version__,
+              "machine": platform.processor() or platform.machine(), "significance": SIGNIFICANCE,
+              "runs": {network: str(run) for network, run in runs.items()},
+              "networks": {network: measure(network, run, work) for network, run in runs.items()}}
+    report["choice"] = choose(report)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "lottery_pools_acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / "lottery_pools_acceptance.png")
+    print(json.dumps(report["choice"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
