@@ -7,7 +7,8 @@
     imp.run("runs/imp")
     lt_plugin.create_branch("lottery-pools", run_dir="runs/imp").run()   # work on the finished run
 
-Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner` and `lt_plugin.lottery_pool`.
+Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner`, `lt_plugin.GradualPruner`,
+`lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`.
 
 Importing the package registers the papers' networks with timm (`lt_plugin.networks`) and nothing else: every other
 name is imported from the module that holds it when it is first used, so that `import lt_plugin.data` or
@@ -29,6 +30,8 @@ _OWNERS = {
     "pruners": ("IMPPruner", "EarlyBirdPruner"),
     "early_bird_rule": ("EarlyBirdDetector",),
     "pooling": ("lottery_pool",),
+    "pai": ("prune_at_init",),
+    "gradual": ("GradualPruner",),
 }
 _OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}
 

@@ -55,6 +55,14 @@ class FitFolder:
         """The weights after k optimizer steps (0: before the first)."""
         return self.root / f"step_{k}.safetensors"
 
+    def pruned_mask(self, k: int) -> Path:
+        """Gradual pruning: the mask drawn at optimizer step k."""
+        return self.root / f"mask_step_{k}.safetensors"
+
+    def pruned_masks(self) -> List[Path]:
+        """Gradual pruning: every step's mask the folder holds."""
+        return sorted(self.root.glob("mask_step_*.safetensors"))
+
     def steps(self) -> List[int]:
         """The steps whose weights the folder keeps, sorted."""
         return sorted(int(m.group(1)) for m in (_STEP.match(p.name) for p in self.root.glob("step_*.safetensors"))

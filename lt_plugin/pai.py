@@ -13,7 +13,7 @@ Tanaka et al. 2020, ganguli-lab/Synaptic-Flow (`Pruners/pruners.py`, `prune.py`)
   forward), so pruned entries score zero; here they are also never chosen again.
 
 Nothing here changes the model: scores come from `torch.func.functional_call` with detached copies of the weights
-(SynFlow's |w| in double precision included). Scores are float64 tensors on the CPU, so that a mask does not
+(SynFlow's |w| included). Scores are float64 tensors on the CPU, so that a mask does not
 depend on the device the model is on, and a `Mask` keeps exactly ``round(density * count)`` entries, ties broken
 by index.
 """
@@ -121,26 +121,35 @@ def synflow_scores(model: nn.Module, example_inputs: torch.Tensor, names: Sequen
 
     As the reference, every floating-point entry of the state dict (weights, biases, BatchNorm's affine parameters
     and running statistics) is replaced by its absolute value, the model is in eval mode (BatchNorm uses the
-    running statistics) and the input is ones of `example_inputs`' shape with batch 1. The forward pass runs in
-    double precision (the paper's fix against overflow; the reference's last commit runs it in float32 again).
+    running statistics) and the input is ones of `example_inputs`' shape with batch 1. The pass runs in float32 (the
+    reference's last commit) and again in double precision where float32 overflows (the paper's fix for deep
+    networks, whose R is a product over every layer): a double-precision convolution is ~10x slower on a CPU.
     The model itself is not touched: the |w| live in copies.
     """
+    for dtype in (torch.float32, torch.float64):
+        scores = _synflow_pass(model, example_inputs, names, mask, dtype)
+        if all(bool(torch.isfinite(s).all()) for s in scores.values()):
+            break
+    return _to_cpu(scores)
+
+
+def _synflow_pass(model, example_inputs, names, mask, dtype) -> Dict[str, torch.Tensor]:
     persistent = set(model.state_dict())
     linear = {}
     for n, t in named_tensors(model).items():
         if t.is_floating_point():
-            v = t.detach().to(torch.float64)
+            v = t.detach().to(dtype)
             linear[n] = v.abs() if n in persistent else v
     for n in names:
         w = linear[n]
         if mask is not None:
             w = w * mask.tensors[n].to(device=w.device, dtype=w.dtype)
         linear[n] = w.requires_grad_()
-    ones = torch.ones((1, *example_inputs.shape[1:]), dtype=torch.float64, device=example_inputs.device)
+    ones = torch.ones((1, *example_inputs.shape[1:]), dtype=dtype, device=example_inputs.device)
     with _scoring_mode(model):
         r = functional_call(model, linear, (ones,)).sum()
         grads = torch.autograd.grad(r, [linear[n] for n in names], allow_unused=True, materialize_grads=True)
-    return _to_cpu({n: (g * linear[n].detach()).abs() for n, g in zip(names, grads)})
+    return {n: (g * linear[n].detach()).abs() for n, g in zip(names, grads)}
 
 
 def magnitude_scores(model: nn.Module, names: Sequence[str], mask: Optional[Mask] = None) -> Dict[str, torch.Tensor]:

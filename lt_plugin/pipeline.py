@@ -57,7 +57,8 @@ def _early_stop_scores(trained, ticket: TicketFolder, run, cfg: TrainConfig) -> 
 def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: Dict[str, torch.Tensor], *,
                  cfg: Optional[TrainConfig] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
                  desc: str = "train", describe: Optional[Callable[[dict], dict]] = None,
-                 callbacks: Optional[Callable[[nn.Module], Sequence[Callback]]] = None) -> dict:
+                 callbacks: Optional[Callable[[nn.Module], Sequence[Callback]]] = None,
+                 final_mask: Optional[Callable[[], Mask]] = None) -> dict:
     """Train the ticket (`start_state`, `mask`) in the ticket folder `ticket` and return its result (read back when
     finished).
 
@@ -66,6 +67,8 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
     rewinds the schedule; `snapshot_steps` keeps the weights at those steps in the ticket's training folder;
     `describe(result)` adds the strategy's own entries before the result is written; `callbacks(model)` gives more
     callbacks for the model that trains (the exported one for a channel ticket), e.g. a penalty on its scales.
+    `final_mask()` gives the mask the training ended with, when a callback decides it while training (gradual
+    pruning: `mask` is then where training starts); the result describes that one.
     """
     done = run.folder.read_result(ticket)
     if done is not None:
@@ -83,6 +86,8 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
     trained = fit(trainee, run.data.train, run.data.val, cfg, ticket.train.root, accelerator=run.accelerator,
                   callbacks=[*extra, *kept], start_step=start_step, desc=desc)
     accelerator = run.accelerator
+    if final_mask is not None:
+        mask = final_mask()
     test_accuracy, _ = evaluate(trained.model, run.data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
     macs, params = ticket_cost(trained.model, mask, run.example)
     latency = (forward_latency_ms(trained.model, run.example, autocast=accelerator.autocast)
