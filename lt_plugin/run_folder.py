@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -30,8 +31,10 @@ def package_versions() -> Dict[str, str]:
     return versions
 
 
-# Run folders this process holds the lock of (path -> open lock file); the OS drops a lock when its process dies.
+# Run folders this process holds the lock of (path -> open lock file); the OS drops a lock when its process dies,
+# and the files are closed when the interpreter exits.
 _held_locks: Dict[Path, object] = {}
+atexit.register(lambda: [handle.close() for handle in _held_locks.values()])
 
 
 def lock_run_folder(path: Path) -> None:

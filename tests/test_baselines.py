@@ -83,6 +83,18 @@ def test_a_shuffled_control_of_a_snip_run_keeps_its_per_layer_counts(snip_run, t
     assert all(torch.equal(reinit.tensors[n], ticket.tensors[n]) for n in ticket.tensors)
 
 
+@pytest.mark.parametrize("criterion", ["snip", "random"])
+def test_channel_tickets_at_init_go_through_torch_prunings_groups(tmp_path, criterion):
+    settings = dict(TINY, epochs=1)
+    strategy = lt_plugin.create_strategy("prune-at-init", criterion=criterion, granularity="channel", levels=1,
+                                         target_density=0.5, **settings)
+    results = strategy.run(tmp_path / "run")
+    mask = Mask.load(RunLayout(tmp_path / "run").level(1).mask)
+    assert mask.granularity == "channel" and mask.plan  # the groups it removes, which export replays
+    assert results[1]["macs"] < results[0]["macs"]  # trained physically small
+    assert abs(mask.density - 0.5) < 0.1  # the nearest density the groups reach
+
+
 @pytest.mark.parametrize("criterion,granularity,flags,message", [
     ("synflow", "channel", [], "--criterion synflow scores single weights"),
     ("snip", "weight", ["--importance", "lamp"], "--importance is IMP's ranking of channels"),
