@@ -119,8 +119,8 @@ def lth_part(args, work: Path) -> dict:
                      **{metric: per_density(result, metric) for metric in ("early_stop_test_accuracy",
                                                                           "early_stop_step")}}
               for name, result in rows.items()}
-    return {"epochs": args.epochs, "levels": args.levels, "train_samples": args.train_samples, "paper": PAPER["lth"], "curves": _jsonable(curves),
-            "findings": findings}
+    return {"epochs": args.epochs, "levels": args.levels, "train_samples": args.train_samples, "paper": PAPER["lth"],
+            "curves": _jsonable(curves), "findings": findings}
 
 
 def pooled_at(folder: Path, level: int) -> int:
@@ -291,7 +291,7 @@ def main():
                              "processor": platform.processor() or platform.machine()}
         path.write_text(json.dumps(report, indent=2) + "\n")  # after each part: the others stay as they were
         print(json.dumps(report[name]["findings"], indent=2))
-    plot(report, out)
+    plot({name: report[name] for name in args.parts}, out)  # the figures of the parts run now
     print(f"wrote {path}")
 
 
