@@ -216,6 +216,16 @@ def _jsonable(value):
     return value
 
 
+def _density_axis(ax, ylabel: str) -> None:
+    ax.axhline(0, color="gray")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("density (kept fraction of weights)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+
+
 def plot(report: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -245,6 +255,32 @@ def plot(report: dict, out: Path) -> None:
                      "intervals; cf. LTH Figures 3-4)")
         fig.tight_layout()
         fig.savefig(out / "fidelity_lth.png", dpi=120)
+        plt.close(fig)
+    if "pools" in report:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        rows = report["pools"]["levels"]
+        x = [r["density"] for r in rows]
+        band(ax, x, [r["pooled_minus_ticket"] for r in rows], 100, "test")
+        band(ax, x, [r["pooled_minus_ticket_corrupted"] for r in rows], 100, "test, corrupted")
+        _density_axis(ax, "pooled minus ticket (points)")
+        ax.set_title(f"Lottery Pools ({rows[0]['acceptance']}) on the LTH run, "
+                     f"{rows[0]['pooled_minus_ticket']['n']} seeds (bands: 95% intervals)")
+        fig.tight_layout()
+        fig.savefig(out / "fidelity_pools.png", dpi=120)
+        plt.close(fig)
+    if "small" in report:
+        rules = report["small"]["levels"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for rule, rows in rules.items():
+            x = [r["density"] for r in rows]
+            band(left, x, [r["val_gain"] for r in rows], 100, rule)
+            band(right, x, [r["test_gain"] for r in rows], 100, rule)
+        _density_axis(left, "pooled minus ticket, validation (points)")
+        _density_axis(right, "pooled minus ticket, test (points)")
+        fig.suptitle(f"Lottery Pools on {report['small']['train_images']:,} images ({report['small']['val_images']} "
+                     f"for validation), {report['small']['seeds']} seeds, per acceptance rule (bands: 95% intervals)")
+        fig.tight_layout()
+        fig.savefig(out / "fidelity_small.png", dpi=120)
         plt.close(fig)
     if "eb" in report:
         fig, ax = plt.subplots(figsize=(8, 4.5))
