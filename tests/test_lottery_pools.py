@@ -424,14 +424,19 @@ def test_the_paired_rules_bar_counts_every_blend_of_the_search():
 
 def test_the_bar_a_run_records_counts_its_alphas_and_candidates(imp_run, pools, tmp_path, capsys):
     from lt_plugin.acceptance import smallest_gain
-    _, results = pools  # 3 levels: 2 candidates a target
+    _, results = pools  # the default rule, confirm: one test on the confirmation half, no correction
     n = results[0]["val_images"]
-    assert {r["smallest_gain"] for r in results} == {smallest_gain(len(ALPHAS) * 2) / n}
+    held_out = results[0]["confirmation"]["images"] if results[0].get("confirmation") else None
+    assert {r["acceptance"] for r in results} == {"confirm"}
+    if held_out is not None:
+        assert {r["smallest_gain"] for r in results} == {smallest_gain(1) / held_out}
+    assert all(abs(r["smallest_gain"] * n / 2 - smallest_gain(1)) < 1 for r in results)  # half the split
     capsys.readouterr()
-    one = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS, max_candidates=1,
-                                    targets=[1]).run(tmp_path / "one")
-    assert one[0]["candidates"] == [0] and one[0]["smallest_gain"] == smallest_gain(len(ALPHAS)) / n
-    assert f"kept only if it gains {smallest_gain(len(ALPHAS)) / n:.2%} of them" in capsys.readouterr().out
+    for max_candidates, tries in ((None, len(ALPHAS) * 2), (1, len(ALPHAS))):  # 3 levels: 2 candidates a target
+        one = lt_plugin.create_branch("lottery-pools", run_dir=str(imp_run), alphas=ALPHAS, acceptance="paired",
+                                      max_candidates=max_candidates, targets=[1]).run(tmp_path / f"{tries}")
+        assert one[0]["smallest_gain"] == smallest_gain(tries) / n
+        assert f"kept only if it gains {smallest_gain(tries)} of {n} images" in capsys.readouterr().out
 
 
 def test_grayscale_images_are_corrupted_as_grayscale():

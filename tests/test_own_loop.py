@@ -93,7 +93,8 @@ TINY = dict(model="test_resnet", dataset="digits", image_size=8, max_train_sampl
 def test_lottery_pool_on_hand_loaded_tickets_gives_the_strategys_blend(tmp_path):
     lt_plugin.create_strategy("imp", levels=2, **TINY).run(tmp_path / "imp")
     (strategy,) = lt_plugin.create_branch("lottery-pools", run_dir=str(tmp_path / "imp"), targets=[2],
-                                            alphas=[0.3, 0.6], protocol="reference").run(tmp_path / "pools")
+                                            alphas=[0.3, 0.6], protocol="reference",
+                                            acceptance="paired").run(tmp_path / "pools")
     experiment = Experiment(**{k: TINY[k] for k in ("model", "dataset", "image_size", "max_train_samples")})
     data = experiment.load_data()
     tickets = {level: (load_weights(tmp_path / "imp" / f"level_{level}" / "weights.safetensors"),

@@ -78,7 +78,7 @@ class LotteryPools(Branch):
         "help": "interpolation weights of a candidate, each in (0, 1)"})
     max_candidates: Optional[int] = dataclasses.field(default=None, metadata={
         "type": int, "help": "try at most this many candidates per target, in adjacency order; None: all"})
-    acceptance: str = dataclasses.field(default="paired", metadata={
+    acceptance: str = dataclasses.field(default="confirm", metadata={
         "before": "paper", "choices": ACCEPTANCE,
         "help": "when a candidate's best blend is kept (lt_plugin.acceptance): paired, McNemar's exact test on the "
                 "images it and the running best disagree on at p < --significance / (alphas x candidates); loss, a "
@@ -171,16 +171,20 @@ class LotteryPools(Branch):
 
         ensemble = self._ensemble(folder, pool)
         gain = pool.rule.detectable_gain(len(pool.data.val))
+        # The images a gain is counted on: the confirmation half for `confirm`, else the whole split.
+        judged = len(pool.data.val) if pool.rule.selection is None else int((~pool.rule.selection).sum())
+        bar = (None if gain is None else f"{round(gain * judged)} of {judged} images ({gain:.2%}) or more, none lost"
+               + (" (the search selects on the other half)" if judged < len(pool.data.val) else ""))
         if folder.is_main:
             print(f"[lottery-pools] validation split: {len(pool.data.val)} images; acceptance {self.acceptance}: "
-                  + (f"a blend is kept only if it gains {gain:.2%} of them or more (none lost)" if gain is not None
+                  + (f"a blend is kept only if it gains {bar}" if bar is not None
                      else "a blend is kept only if its per-image losses are lower by more than their spread allows"
                           " at this significance"))
         if gain is not None and gain > TOO_COARSE and self.acceptance != "paper":
             warnings.warn(f"the validation split has {len(pool.data.val)} images: a blend is kept only if it gains "
-                          f"{gain:.1%} or more of them (fewer are noise at --significance {self.significance}), so few "
-                          "will be; hold out more images (--val-fraction of the IMP run) for Lottery Pools to have "
-                          "a chance", LtPluginWarning, stacklevel=2)
+                          f"{bar} (fewer are noise at --significance {self.significance}), so few will be; hold out "
+                          "more images (--val-fraction of the IMP run) for Lottery Pools to have a chance",
+                          LtPluginWarning, stacklevel=2)
         results = []
         for level in targets:
             done = folder.read_result(folder.layout.level(level))
