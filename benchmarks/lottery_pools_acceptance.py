@@ -14,6 +14,8 @@ images):
 - cifar_resnet20 (SGD 0.1, multistep, crop-flip, weight decay on every parameter): --resnet-train images, 5 levels
   of 36% of the weights, --resnet-epochs epochs, 3 seeds.
 
+--networks and --rules measure a part (each run merges into the JSON): a rule whose harm rate is over the
+significance on one network cannot be the default, so it need not be measured on the other.
 Writes benchmarks/results/lottery_pools_acceptance.json and .png.
 
     python benchmarks/lottery_pools_acceptance.py [--work runs/fidelity]
@@ -38,24 +40,29 @@ RESULTS = Path(__file__).parent / "results"
 
 def imp_runs(args, work: Path) -> dict:
     """{network: its replicated IMP run}, made (or resumed) here."""
-    runs = {"lenet_300_100": work / "lth", "cifar_resnet20": work / "resnet20_imp"}
-    if not (runs["lenet_300_100"] / "results.json").exists():
+    runs = {network: path for network, path in (("lenet_300_100", work / "lth"), ("cifar_resnet20", work /
+            f"resnet20_imp_{args.resnet_train}x{args.resnet_epochs}_val{args.resnet_val}")) if network in args.networks}
+    if "lenet_300_100" in runs and not (runs["lenet_300_100"] / "results.json").exists():
         lt_plugin.create_strategy("imp", model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist",
                                   val_fraction=VAL_FRACTION, epochs=10, levels=8, prune_fraction=0.4,
                                   layer_prune_fractions={"fc": 0.2}, seeds=list(range(5))).run(runs["lenet_300_100"])
-    lt_plugin.create_strategy("imp", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
+    if "cifar_resnet20" not in runs:
+        return runs
+    lt_plugin.create_strategy("imp", model="cifar_resnet20", dataset="fashion-mnist",
+                              val_fraction=args.resnet_val / 60_000,
                               max_train_samples=args.resnet_train, epochs=args.resnet_epochs, batch_size=128, lr=0.1,
                               sched="multistep", augment="crop-flip", wd_norm_bias=True, levels=5,
                               prune_fraction=0.36, seeds=[0, 1, 2]).run(runs["cifar_resnet20"])
     return runs
 
 
-def measure(network: str, run: Path, work: Path) -> dict:
+def measure(network: str, run: Path, work: Path, rules=RULES, targets=("all",)) -> dict:
     out = {}
-    for rule in RULES:
-        folder = work / f"acceptance_{network}_{rule}"
+    for rule in rules:
+        folder = work / (f"acceptance_{network}_{rule}" + ("" if list(targets) == ["all"] else
+                                                            "_levels_" + "-".join(map(str, targets))))
         started = time.perf_counter()
-        rows = lt_plugin.create_branch("lottery-pools", run_dir=str(run), acceptance=rule,
+        rows = lt_plugin.create_branch("lottery-pools", run_dir=str(run), acceptance=rule, targets=list(targets),
                                        significance=SIGNIFICANCE).run(folder)
         seconds = time.perf_counter() - started
         layout = RunLayout(folder)
@@ -79,10 +86,10 @@ def measure(network: str, run: Path, work: Path) -> dict:
 def choose(report: dict) -> dict:
     """The rule with the largest mean test gain over both networks whose harm rate stays at or under the
     significance on each."""
-    eligible = [rule for rule in RULES if all(report["networks"][n][rule]["harm_rate"] <= SIGNIFICANCE
-                                              for n in report["networks"])]
-    gain = {rule: sum(report["networks"][n][rule]["mean_test_gain"] for n in report["networks"])
-            / len(report["networks"]) for rule in RULES}
+    networks = report["networks"].values()
+    measured = [rule for rule in RULES if all(rule in results for results in networks)]
+    eligible = [rule for rule in measured if all(results[rule]["harm_rate"] <= SIGNIFICANCE for results in networks)]
+    gain = {rule: sum(results[rule]["mean_test_gain"] for results in networks) / len(networks) for rule in measured}
     chosen = max(eligible, key=lambda rule: gain[rule]) if eligible else None
     return {"eligible": eligible, "mean_test_gain": gain, "default": chosen}
 
@@ -95,7 +102,7 @@ def plot(report: dict, path: Path) -> None:
     networks = list(report["networks"])
     fig, axes = plt.subplots(1, len(networks), figsize=(6 * len(networks), 4), dpi=120, squeeze=False)
     for ax, network in zip(axes[0], networks):
-        for rule in RULES:
+        for rule in report["networks"][network]:
             rows = report["networks"][network][rule]["levels"]
             x = [r["density"] for r in rows]
             line, = ax.plot(x, [100 * r["test_gain"]["mean"] for r in rows], "o-", label=(
@@ -126,16 +133,27 @@ def main():
     parser.add_argument("--work", default="runs/fidelity")
     parser.add_argument("--resnet-train", type=int, default=5_000)
     parser.add_argument("--resnet-epochs", type=int, default=6)
+    parser.add_argument("--resnet-val", type=int, default=5_000, help="validation images of the resnet run")
+    parser.add_argument("--resnet-targets", nargs="+", default=["all"],
+                        help="the resnet run's levels to pool (all: every level; each costs ~2 minutes per rule)")
+    parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES),
+                        help="the rules to measure (a rule harmful on one network cannot be the default anyway)")
+    parser.add_argument("--networks", nargs="+", choices=["lenet_300_100", "cifar_resnet20"],
+                        default=["lenet_300_100", "cifar_resnet20"])
     args = parser.parse_args()
     work = Path(args.work)
     runs = imp_runs(args, work)
-    report = {"benchmark": "lottery_pools_acceptance", "lt_plugin": lt_plugin.__version__,
-              "machine": platform.processor() or platform.machine(), "significance": SIGNIFICANCE,
-              "runs": {network: str(run) for network, run in runs.items()},
-              "networks": {network: measure(network, run, work) for network, run in runs.items()}}
+    path = RESULTS / "lottery_pools_acceptance.json"
+    report = json.loads(path.read_text()) if path.exists() else {"runs": {}, "networks": {}}  # other networks stay
+    report.update({"benchmark": "lottery_pools_acceptance", "lt_plugin": lt_plugin.__version__,
+                   "machine": platform.processor() or platform.machine(), "significance": SIGNIFICANCE})
+    for network, run in runs.items():
+        report["runs"][network] = str(run)
+        report["networks"][network] = measure(network, run, work, args.rules,
+                                              args.resnet_targets if network == "cifar_resnet20" else ["all"])
     report["choice"] = choose(report)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lottery_pools_acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, RESULTS / "lottery_pools_acceptance.png")
     print(json.dumps(report["choice"], indent=2))
 
