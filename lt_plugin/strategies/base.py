@@ -116,6 +116,22 @@ def level_ticket(run_dir, key: str, experiment: Experiment) -> TicketFiles:
                        experiment=experiment)
 
 
+class LevelTickets:
+    """Where the tickets of a strategy laid out in levels 0..levels lie (IMP, Sparse Model Soups, the baselines): a
+    ticket per finished level, keyed by its number. Put before `Strategy` in the bases."""
+
+    @classmethod
+    def ticket_keys(cls, run_dir) -> List[str]:
+        return [str(level) for level in RunLayout(run_dir).finished_levels()]
+
+    def expected_ticket_keys(self) -> List[str]:
+        return [str(level) for level in range(self.levels + 1)]
+
+    @classmethod
+    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
+        return level_ticket(run_dir, key, cls.from_run(run_dir))
+
+
 class TrainingRun(NamedTuple):
     cfg: TrainConfig
     accelerator: Accelerator

@@ -38,7 +38,7 @@ from ..report import plot_accuracy_vs_density
 from ..store import load_weights
 from ..structure import create_mask
 from ..train.config import TrainConfig, steps_per_epoch
-from .base import Strategy, TicketFiles, level_ticket, start_training_run
+from .base import LevelTickets, Strategy, start_training_run
 from .registry import register_strategy
 
 SCORE_SAMPLES_PER_CLASS = 10  # Synaptic-Flow's prune_dataset_ratio and GraSP's samples_per_class
@@ -48,7 +48,7 @@ _POINT = re.compile(r"^(\d+)(it|ep)$")
 
 
 @dataclasses.dataclass
-class _FromInit(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
+class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """A run in levels of IMP's densities whose every level trains from theta_0."""
 
     def __post_init__(self):
@@ -58,16 +58,6 @@ class _FromInit(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
         if self.importance != "magnitude":
             raise UserError(f"--importance is IMP's ranking of channels; {self.name} ranks by its own rule")
 
-    @classmethod
-    def ticket_keys(cls, run_dir) -> List[str]:
-        return [str(level) for level in RunLayout(run_dir).finished_levels()]
-
-    def expected_ticket_keys(self) -> List[str]:
-        return [str(level) for level in range(self.levels + 1)]
-
-    @classmethod
-    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
-        return level_ticket(run_dir, key, cls.from_run(run_dir))
 
     def ticket_start(self, run_dir, key: str) -> Tuple[Dict[str, torch.Tensor], int]:
         """Every level trained from theta_0."""

@@ -32,13 +32,13 @@ from ..replicates import Replicates, run_replicates
 from ..report import plot_accuracy_vs_density
 from ..store import load_weights, read_json
 from ..train.config import TrainConfig, final_lr, steps_per_epoch
-from .base import Strategy, TicketFiles, level_ticket, start_training_run
+from .base import LevelTickets, Strategy, start_training_run
 from .registry import register_strategy
 
 
 @register_strategy("imp")
 @dataclasses.dataclass
-class IMP(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
+class IMP(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """Iterative magnitude pruning with rewinding; one level is one-shot pruning."""
 
     description = "iterative magnitude pruning with rewinding (Frankle & Carbin; Frankle et al.)"
@@ -68,18 +68,7 @@ class IMP(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
                 f"--control {hparams['control']} --run IMP_RUN")
         return super().from_hparams(hparams)
 
-    # ---- where the tickets are ----
-    @classmethod
-    def ticket_keys(cls, run_dir) -> List[str]:
-        return [str(level) for level in RunLayout(run_dir).finished_levels()]
-
-    def expected_ticket_keys(self) -> List[str]:
-        return [str(level) for level in range(self.levels + 1)]
-
-    @classmethod
-    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
-        return level_ticket(run_dir, key, cls.from_run(run_dir))
-
+    # ---- where a ticket started (its tickets are levels: LevelTickets) ----
     def ticket_start(self, run_dir, key: str) -> Tuple[Dict[str, torch.Tensor], int]:
         """The rewind point: theta_0, or theta_k of level 0's training with its global step k."""
         kind, _ = parse_rewind(self.rewind)

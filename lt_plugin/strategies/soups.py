@@ -29,7 +29,7 @@ import torch
 
 from ..errors import UserError
 from ..experiment import Experiment
-from ..layout import RunLayout, TicketFolder
+from ..layout import TicketFolder
 from ..levels import PrunedLevels
 from ..masks import Mask, snapshot
 from ..pipeline import ticket_cost, train_ticket
@@ -39,7 +39,7 @@ from ..report import plot_accuracy_curves
 from ..scoring import BN_BATCH_SIZE, Scorer
 from ..store import load_weights
 from ..train.config import TrainConfig
-from .base import Strategy, TicketFiles, level_ticket, start_training_run
+from .base import LevelTickets, Strategy, start_training_run
 from .registry import register_strategy
 
 VARY = ("seed", "weight-decay", "epochs")
@@ -57,7 +57,7 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
 
 @register_strategy("sparse-model-soups")
 @dataclasses.dataclass
-class SparseModelSoups(Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
+class SparseModelSoups(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """Sparse Model Soups: prune, retrain several copies of the pruned model, average them (Zimmer et al.)."""
 
     description = "Sparse Model Soups: each level's retrained copies averaged into its soup (Zimmer et al.)"
@@ -98,18 +98,6 @@ class SparseModelSoups(Strategy, Replicates, PrunedLevels, TrainConfig, Experime
             raise UserError(f"--bn-fraction must be in (0, 1], not {self.bn_fraction}")
         if self.corruption_samples is not None and not self.corruptions:
             raise UserError("--corruption-samples applies with --corruptions")
-
-    # ---- where the tickets are: a level's soup, laid out as IMP's levels ----
-    @classmethod
-    def ticket_keys(cls, run_dir) -> List[str]:
-        return [str(level) for level in RunLayout(run_dir).finished_levels()]
-
-    def expected_ticket_keys(self) -> List[str]:
-        return [str(level) for level in range(self.levels + 1)]
-
-    @classmethod
-    def locate_ticket(cls, run_dir, key: str) -> TicketFiles:
-        return level_ticket(run_dir, key, cls.from_run(run_dir))
 
     # ---- the schedule of the copies ----
     def retrain_config(self, cfg: TrainConfig, ingredient: int) -> TrainConfig:
