@@ -231,6 +231,11 @@ def plot(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
     def band(ax, x, summaries, scale, label):
         means = [scale * s["mean"] for s in summaries]
         line, = ax.plot(x, means, "o-", label=label)
@@ -253,9 +258,7 @@ def plot(report: dict, out: Path) -> None:
             ax.legend()
         fig.suptitle(f"LTH on LeNet-300-100, Fashion-MNIST, {report['lth']['findings']['seeds']} seeds (bands: 95% "
                      "intervals; cf. LTH Figures 3-4)")
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_lth.png", dpi=120)
-        plt.close(fig)
+        save(fig, "fidelity_lth.png")
     if "pools" in report:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         rows = report["pools"]["levels"]
@@ -265,9 +268,7 @@ def plot(report: dict, out: Path) -> None:
         _density_axis(ax, "pooled minus ticket (points)")
         ax.set_title(f"Lottery Pools ({rows[0]['acceptance']}) on the LTH run, "
                      f"{rows[0]['pooled_minus_ticket']['n']} seeds (bands: 95% intervals)")
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_pools.png", dpi=120)
-        plt.close(fig)
+        save(fig, "fidelity_pools.png")
     if "small" in report:
         rules = report["small"]["levels"]
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -279,9 +280,7 @@ def plot(report: dict, out: Path) -> None:
         _density_axis(right, "pooled minus ticket, test (points)")
         fig.suptitle(f"Lottery Pools on {report['small']['train_images']:,} images ({report['small']['val_images']} "
                      f"for validation), {report['small']['seeds']} seeds, per acceptance rule (bands: 95% intervals)")
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_small.png", dpi=120)
-        plt.close(fig)
+        save(fig, "fidelity_small.png")
     if "eb" in report:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         labels, means, lows, highs = [], [], [], []
@@ -297,9 +296,7 @@ def plot(report: dict, out: Path) -> None:
         ax.set_xticks(range(len(labels)), labels)
         ax.set_ylabel("Early-Bird minus one-shot test accuracy (points)")
         ax.set_title("Early-Bird on cifar_resnet20, Fashion-MNIST, 3 seeds (95% intervals)")
-        fig.tight_layout()
-        fig.savefig(out / "fidelity_eb.png", dpi=120)
-        plt.close(fig)
+        save(fig, "fidelity_eb.png")
 
 
 def main():
