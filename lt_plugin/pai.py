@@ -11,16 +11,22 @@ Tanaka et al. 2020, ganguli-lab/Synaptic-Flow (`Pruners/pruners.py`, `prune.py`)
   scores here are left unnormalised.
 * Several rounds score the model with the current mask multiplied into the weights (the reference's masked
   forward), so pruned entries score zero; here they are also never chosen again.
+* The kept count is the reference's: ``count - int((1 - density) * count)`` (its Pruner.mask), ties broken by index.
+  Layers on their own rate get their quota inside the same round, from the same scores.
+* Scored: the weights of Conv and Linear layers, no bias and no normalisation layer (the reference's defaults,
+  --prune-bias and --prune-batchnorm off). Unlike the references (SNIP's, GraSP's and Synaptic-Flow's code score the
+  classifier too), the classifier is left out unless a layer rate names it, so that every baseline prunes the
+  weights IMP prunes (open_lth ignores `fc.weight`) and densities compare one for one.
 
 Nothing here changes the model: scores come from `torch.func.functional_call` with detached copies of the weights
-(SynFlow's |w| included). Scores are float64 tensors on the CPU, so that a mask does not
-depend on the device the model is on, and a `Mask` keeps exactly ``round(density * count)`` entries, ties broken
-by index.
+(SynFlow's |w| included). Scores are float64 tensors on the CPU, so that a mask does not depend on the device the
+model is on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -193,28 +199,63 @@ def _select(scores: Sequence[torch.Tensor], allowed: Sequence[torch.Tensor], n_k
     return list(keep.split([s.numel() for s in scores]))
 
 
+ROUNDINGS = ("round", "prune-floor")
+
+
+def kept_count(count: int, density: float, rounding: str = "round") -> int:
+    """How many of `count` entries a mask of `density` keeps: ``round(density * count)`` (Zhu & Gupta's pruning
+    code), or ``count - int((1 - density) * count)`` ("prune-floor": Synaptic-Flow's Pruner.mask prunes the int() of
+    the pruned share, for SNIP, GraSP, SynFlow, magnitude and random alike). The pruned share is rounded to 6
+    decimals before its int(), so that a density that is an exact fraction of the count (IMP's levels) keeps exactly
+    that many, whatever the float error of the product."""
+    if rounding not in ROUNDINGS:
+        raise UserError(f"rounding must be one of {', '.join(ROUNDINGS)}, not {rounding!r}")
+    if rounding == "round":
+        return round(density * count)
+    return count - math.floor(round((1.0 - density) * count, 6))
+
+
 def mask_from_scores(scores: Mapping[str, torch.Tensor], density: float, scope: str = "global",
-                     previous: Optional[Mask] = None) -> Mask:
-    """A weight mask keeping the highest scores: exactly ``round(density * count)`` entries, counted over all the
+                     previous: Optional[Mask] = None, layer_densities: Optional[Mapping[str, float]] = None,
+                     rounding: str = "round") -> Mask:
+    """A weight mask keeping the highest scores: exactly `kept_count` entries (`rounding`), counted over all the
     scored tensors (global) or per tensor (layerwise), ties broken by index (in the order of `scores`).
 
-    Entries `previous` pruned stay pruned and are never chosen. The mask is on the CPU; `prunable` = the scored names.
+    `layer_densities` {name: density} gives tensors their own quota, kept within the tensor; the others follow
+    `scope` at `density`. Entries `previous` pruned stay pruned and are never chosen. The mask is on the CPU;
+    `prunable` = the scored names.
     """
     if scope not in SCOPES:
         raise UserError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
-    if not 0.0 <= density <= 1.0:
-        raise UserError(f"density must be in [0, 1], not {density}")
+    own = dict(layer_densities or {})
+    for name, d in {"": density, **own}.items():
+        if not 0.0 <= d <= 1.0:
+            raise UserError(f"density{' of ' + name if name else ''} must be in [0, 1], not {d}")
+    unknown = sorted(set(own) - set(scores))
+    if unknown:
+        raise UserError(f"layer densities name tensors that are not scored: {', '.join(unknown[:3])}")
     names = list(scores)
-    values = [scores[n].detach().cpu() for n in names]
-    if any(bool(torch.isnan(v).any()) for v in values):
+    values = {n: scores[n].detach().cpu() for n in names}
+    if any(bool(torch.isnan(v).any()) for v in values.values()):
         raise ValueError("scores contain NaN")
-    allowed = [previous.tensors[n].cpu() if previous is not None else torch.ones_like(v, dtype=torch.bool)
-               for n, v in zip(names, values)]
-    if scope == "global":
-        flat = _select(values, allowed, round(density * sum(v.numel() for v in values)))
+    allowed = {n: previous.tensors[n].cpu() if previous is not None else torch.ones_like(v, dtype=torch.bool)
+               for n, v in values.items()}
+
+    def select(group: Sequence[str], d: float) -> Dict[str, torch.Tensor]:
+        count = sum(values[n].numel() for n in group)
+        kept = _select([values[n] for n in group], [allowed[n] for n in group], kept_count(count, d, rounding))
+        return dict(zip(group, kept))
+
+    rest = [n for n in names if n not in own]
+    keep = {}
+    for name, d in own.items():
+        keep.update(select([name], d))
+    if scope == "global" and rest:
+        keep.update(select(rest, density))
     else:
-        flat = [_select([v], [a], round(density * v.numel()))[0] for v, a in zip(values, allowed)]
-    return Mask({n: k.reshape(v.shape) for n, k, v in zip(names, flat, values)}, names, "weight")
+        for name in rest:
+            keep.update(select([name], density))
+    return Mask({n: keep[n].reshape(values[n].shape) for n in names}, names, "weight")
 
 
 # ---- pruning at initialisation ----
@@ -222,15 +263,19 @@ def mask_from_scores(scores: Mapping[str, torch.Tensor], density: float, scope: 
 def prune_at_init(model: nn.Module, batches: Optional[Iterable[Batch]], criterion: str, density: float, *,
                   prunable: Optional[Sequence[str]] = None, ignored_layers: Optional[Iterable] = None,
                   scope: str = "global", iterations: Optional[int] = None,
-                  example_inputs: Optional[torch.Tensor] = None, seed: int = 0) -> Mask:
+                  example_inputs: Optional[torch.Tensor] = None, seed: int = 0,
+                  layer_densities: Optional[Mapping[str, float]] = None) -> Mask:
     """A weight mask of `density` chosen by `criterion` (one of `CRITERIA`), without changing `model`.
 
     `batches` yields (inputs, targets) on the model's device, for snip and grasp (grasp reads them twice, each
     round). `prunable` defaults to the Conv/Linear weights outside `ignored_layers` and the classifier. `iterations`
     rounds (default 100 for synflow, 1 otherwise) prune to ``density ** (k / iterations)``, k = 1..iterations,
-    rescoring each round with the current mask multiplied into the weights, as the reference's prune_loop.
-    synflow needs no data, only the input shape: `example_inputs`, or the first batch's inputs. GraSP keeps the
-    entries with the smallest -w * (H g). `seed` seeds the random criterion.
+    rescoring each round with the current mask multiplied into the weights, as the reference's prune_loop, and
+    keeping Synaptic-Flow's count (`kept_count`, "prune-floor"). `layer_densities` {weight name: its final density}
+    gives layers their own quota, ``d ** (k / iterations)`` within the layer in round k, from the same scores as the
+    rest: one scoring of the whole network per round. synflow needs no data, only the input shape:
+    `example_inputs`, or the first batch's inputs. GraSP keeps the entries with the smallest -w * (H g). `seed`
+    seeds the random criterion (one stream for the whole mask).
     """
     if criterion not in CRITERIA:
         raise UserError(f"criterion must be one of {', '.join(CRITERIA)}, not {criterion!r}")
@@ -243,6 +288,8 @@ def prune_at_init(model: nn.Module, batches: Optional[Iterable[Batch]], criterio
         raise UserError(f"iterations must be at least 1, not {iterations}")
     names = list(prunable) if prunable is not None else prunable_weight_names(model,
                                                                                 resolve_ignored(model, ignored_layers))
+    own = dict(layer_densities or {})
+    names += [n for n in own if n not in names]
     if criterion in ("snip", "grasp"):
         if batches is None:
             raise UserError(f"{criterion} needs batches of (inputs, targets)")
@@ -266,7 +313,9 @@ def prune_at_init(model: nn.Module, batches: Optional[Iterable[Batch]], criterio
             scores = magnitude_scores(model, names, mask)
         else:
             scores = random_scores(model, names, generator)
-        mask = mask_from_scores(scores, density ** (k / iterations), scope, previous=mask)
+        fraction = k / iterations
+        mask = mask_from_scores(scores, density ** fraction, scope, previous=mask, rounding="prune-floor",
+                                layer_densities={n: d ** fraction for n, d in own.items()})
     return mask
 
 

@@ -89,7 +89,7 @@ def test_synflow_conserves_the_score_sum_per_layer_and_needs_no_data():
     torch.testing.assert_close(scores["4.weight"], w[2] * (w[1] @ w[0]).sum(1), rtol=1e-5, atol=0)
 
     mask = prune_at_init(model, None, "synflow", 0.3, example_inputs=torch.empty(7, 5), iterations=4)
-    assert sum(int(mask.tensors[n].sum()) for n in names) == round(0.3 * (40 + 48 + 18))
+    assert sum(int(mask.tensors[n].sum()) for n in names) == 106 - int(0.7 * 106)  # Synaptic-Flow's count
 
 
 def test_synflow_goes_to_double_precision_where_float32_overflows():
@@ -105,14 +105,17 @@ def test_synflow_goes_to_double_precision_where_float32_overflows():
         assert scores[n].sum().item() == pytest.approx(r, rel=1e-9)
 
 
-def _reference_synflow_loop(model, example, density, iterations, scope, names):
+def _reference_synflow_loop(model, example, density, iterations, scope, names, own=None):
     """Synaptic-Flow's prune_loop with its SynFlow pruner (model.eval(); every state entry made positive, the model
-    in double precision; masked weights; score |dR/dw * w|; prune score <= the k-th smallest), written out on a
-    copy. Its count int((1 - d) * n) pruned is replaced by round(d * n) kept, this module's count."""
+    in double precision; masked weights; score |dR/dw * w|; k = int((1 - d) * n) pruned: every score <= the k-th
+    smallest), written out on a copy. `own` {name: final density}: those layers thresholded on their own at
+    d^(round / rounds) in each round, from the same scores (per-layer quotas inside the rounds)."""
+    own = own or {}
     model = copy.deepcopy(model).double().eval()
     params = dict(model.named_parameters())
     masks = {n: torch.ones_like(params[n]) for n in names}
     signs = {n: torch.sign(t) for n, t in model.state_dict().items()}
+    rest = [n for n in names if n not in own]
     for k in range(1, iterations + 1):
         with torch.no_grad():
             for t in model.state_dict().values():
@@ -125,28 +128,63 @@ def _reference_synflow_loop(model, example, density, iterations, scope, names):
         with torch.no_grad():
             for n, t in model.state_dict().items():
                 t.mul_(signs[n])
-        d = density ** (k / iterations)
-        groups = [names] if scope == "global" else [[n] for n in names]
-        for group in groups:
+        groups = [(rest, density)] if scope == "global" else [([n], density) for n in rest]
+        groups += [([n], d) for n, d in own.items()]
+        for group, final in groups:
             flat = torch.cat([scores[n].flatten() for n in group])
-            threshold = torch.kthvalue(flat, flat.numel() - round(d * flat.numel())).values
+            pruned = int((1.0 - final ** (k / iterations)) * flat.numel())
+            if pruned < 1:
+                continue
+            threshold = torch.kthvalue(flat, pruned).values
             for n in group:
                 masks[n] = (scores[n] > threshold).double()
     return {n: m.bool() for n, m in masks.items()}
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_synflow_rounds_match_the_reference_loop(scope):
+def _synflow_network():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.ReLU(), nn.Linear(20, 16), nn.ReLU(),
                           nn.Linear(16, 4))
-    names = ["0.weight", "3.weight", "5.weight"]
-    example = torch.randn(3, 10)
+    return model, ["0.weight", "3.weight", "5.weight"], torch.randn(3, 10)
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_synflow_rounds_match_the_reference_loop(scope):
+    model, names, example = _synflow_network()
     expected = _reference_synflow_loop(model, example, 0.1, 12, scope, names)
     mask = prune_at_init(model, None, "synflow", 0.1, prunable=names, scope=scope, iterations=12,
                          example_inputs=example)
     for n in names:
         assert torch.equal(mask.tensors[n], expected[n]), n
+
+
+def test_synflow_with_a_layer_on_its_own_rate_is_one_scoring_with_per_layer_quotas():
+    """A layer on its own rate takes its quota in every round from the scores of the network as masked so far: not
+    from a separate loop over that layer with the rest unmasked (which moves many of the kept weights)."""
+    model, names, example = _synflow_network()
+    own = {"5.weight": 0.5}
+    expected = _reference_synflow_loop(model, example, 0.1, 12, "global", names, own)
+    mask = prune_at_init(model, None, "synflow", 0.1, prunable=names, iterations=12, example_inputs=example,
+                         layer_densities=own)
+    for n in names:
+        assert torch.equal(mask.tensors[n], expected[n]), n
+    assert int(mask.tensors["5.weight"].sum()) == 64 - int((1 - 0.5) * 64)
+    assert sum(int(mask.tensors[n].sum()) for n in names[:2]) == 520 - int(0.9 * 520)
+    separate = prune_at_init(model, None, "synflow", 0.1, prunable=names[:2], iterations=12, example_inputs=example)
+    assert any(not torch.equal(separate.tensors[n], mask.tensors[n]) for n in names[:2])
+
+
+def test_random_masks_with_a_layer_on_its_own_rate_draw_from_one_stream():
+    model, names, _ = _synflow_network()
+    joint = prune_at_init(model, None, "random", 0.3, prunable=names, seed=4, layer_densities={"5.weight": 0.5})
+    generator = torch.Generator().manual_seed(4)  # one stream, tensor by tensor in the order of the names
+    draws = {n: torch.rand(model.get_parameter(n).shape, generator=generator, dtype=torch.float64) for n in names}
+    for group, d in ((names[:2], 0.3), (names[2:], 0.5)):
+        flat = torch.cat([draws[n].flatten() for n in group])
+        kept = flat.numel() - int((1 - d) * flat.numel())
+        threshold = flat.sort(descending=True).values[kept - 1]
+        for n in group:
+            assert torch.equal(joint.tensors[n], draws[n] >= threshold), n
 
 
 def test_synflow_default_is_one_hundred_rounds(monkeypatch):
@@ -167,13 +205,15 @@ def test_every_criterion_keeps_the_exact_count_and_not_the_classifier(criterion)
     model = timm.create_model("lenet_300_100", num_classes=10)
     batches = _batches((1, 28, 28), 10)
     sizes = {"fc_layers.0.weight": 784 * 300, "fc_layers.1.weight": 300 * 100}
-    d = 0.037  # 0.037 * 265,200 = 9,812.4; per layer 8,702.4 and 1,110
+    # Synaptic-Flow's count: int((1 - d) * n) pruned. 0.963 * 265,200 = 255,387.6 pruned -> 255,387, 9,813 kept; per
+    # layer 226,497.6 -> 8,703 kept of 235,200 and 28,890 -> 1,110 kept of 30,000.
+    d = 0.037
     glob = prune_at_init(model, batches, criterion, d, iterations=3 if criterion == "synflow" else None)
     assert glob.prunable == list(sizes) and "fc.weight" not in glob.tensors
-    assert sum(int(glob.tensors[n].sum()) for n in sizes) == 9812
+    assert sum(int(glob.tensors[n].sum()) for n in sizes) == 9813
     local = prune_at_init(model, batches, criterion, d, scope="layerwise",
                           iterations=3 if criterion == "synflow" else None)
-    assert [int(local.tensors[n].sum()) for n in sizes] == [8702, 1110]
+    assert [int(local.tensors[n].sum()) for n in sizes] == [8703, 1110]
 
 
 @pytest.mark.parametrize("criterion", CRITERIA)

@@ -133,15 +133,10 @@ class PruneAtInit(_FromInit):
         seed = self.seed * 100_003 + level
         if self.granularity == "channel":
             return self._channel_mask(run, model, density, batches, seed)
-        rest = [n for n in prunable if n not in own]
-        example = run.example.to(run.accelerator.device)
-        keep = prune_at_init(model, batches, self.criterion, density, prunable=rest, scope=self.scope,
-                             iterations=self.iterations, example_inputs=example, seed=seed).tensors if rest else {}
-        for name, layer_density in own.items():  # a layer on its own rate: the criterion's choice within it
-            keep.update(prune_at_init(model, batches, self.criterion, layer_density, prunable=[name],
-                                      scope="layerwise", iterations=self.iterations, example_inputs=example,
-                                      seed=seed).tensors)
-        return Mask({n: keep[n] for n in prunable}, prunable, "weight")
+        # One scoring of the whole network per round; layers on their own rate get their quota in it.
+        return prune_at_init(model, batches, self.criterion, density, prunable=prunable, scope=self.scope,
+                             iterations=self.iterations, example_inputs=run.example.to(run.accelerator.device),
+                             seed=seed, layer_densities=own)
 
     def _channel_mask(self, run, model, density: float, batches, seed: int) -> Mask:
         """Channel tickets through Torch-Pruning's groups: group magnitude, random, or SNIP's |g*w| summed per
