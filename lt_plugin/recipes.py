@@ -12,9 +12,10 @@ import dataclasses
 
 from .errors import UserError
 
-# The schedule the three reference papers share for CIFAR: SGD with momentum, the LR decayed x0.1 at 50% and 75%, and
+# The schedule the three reference papers share for CIFAR: SGD with plain momentum 0.9 (torch.optim.SGD(momentum=0.9),
+# no Nesterov: timm's "sgd" is Nesterov's, its "momentum" the plain one), the LR decayed x0.1 at 50% and 75%, and
 # weight decay on every parameter (open_lth, the Early-Bird and the Lottery Pools code pass model.parameters() whole).
-_CIFAR_SGD = dict(opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, wd_norm_bias=True, sched="multistep",
+_CIFAR_SGD = dict(opt="momentum", lr=0.1, momentum=0.9, weight_decay=1e-4, wd_norm_bias=True, sched="multistep",
                   decay_milestones=(0.5, 0.75), decay_rate=0.1, warmup_epochs=0.0, augment="crop-flip")
 
 # LTH's own networks and training (Frankle & Carbin, ICLR 2019, Figure 2 and Appendices): Adam at a constant rate, batch
@@ -41,8 +42,9 @@ RECIPES = {
     "demo": {
         "source": "lt_plugin's short job on the built-in digits (README, `make demo`): 3 levels of 5 epochs, a few "
                   "minutes on 2 CPU cores, 40% of the training images held out so that Lottery Pools' validation "
-                  "split can resolve a gain of a few images; not a paper's setup",
-        "options": dict(epochs=5, batch_size=128, opt="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="cosine",
+                  "split can resolve a gain of a few images, SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no "
+                  "Nesterov) as the papers' CIFAR recipes; not a paper's setup",
+        "options": dict(epochs=5, batch_size=128, opt="momentum", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="cosine",
                         warmup_epochs=0.0, augment="none", levels=3, val_fraction=0.4),
     },
     "lth-lenet": {
@@ -59,7 +61,8 @@ RECIPES = {
     "lth-cifar": {
         "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), ResNet-20 on CIFAR-10 as open_lth trains it "
                   "(github.com/facebookresearch/open_lth: models/cifar_resnet.py default_hparams, "
-                  "datasets/cifar10.py): batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% "
+                  "datasets/cifar10.py): SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight "
+                  "decay 1e-4 on every parameter, batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% "
                   "of the remaining weights per level by global magnitude, rewinding to init",
         "options": dict(_CIFAR_SGD, epochs=160, batch_size=128, prune_fraction=0.2, scope="global", rewind="init"),
     },
@@ -67,7 +70,8 @@ RECIPES = {
         "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), section 4: a deeper network (VGG) gives tickets "
                   "rewound to init only with linear LR warm-up (theirs: 10,000 iterations of batch 64 for VGG-19, "
                   "12.8 epochs); the training is open_lth's VGG-16 on CIFAR-10 (models/cifar_vgg.py "
-                  "default_hparams): batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% per "
+                  "default_hparams): SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 "
+                  "on every parameter, batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% per "
                   "level by global magnitude",
         "options": dict(_CIFAR_SGD, epochs=160, batch_size=128, warmup_epochs=12.8, prune_fraction=0.2,
                         scope="global", rewind="init"),
@@ -75,7 +79,8 @@ RECIPES = {
     "eb-cifar": {
         "source": "You et al., ICLR 2020 (arXiv:1909.11957), VGG/PreResNet on CIFAR as the reference code trains "
                   "them (github.com/GATECH-EIC/Early-Bird-Tickets: main.py, scripts/standard-train/search.sh): "
-                  "batch 256, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, BatchNorm-scale L1 "
+                  "SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 on every "
+                  "parameter, batch 256, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, BatchNorm-scale L1 "
                   "penalty 1e-4, prune ratios 0.3/0.5/0.7, mask distance 0.1 over the last 5 masks of BatchNorm "
                   "channels; the ticket trains the rest of the schedule from its emergence epoch "
                   "(scripts/retrain_continue, main_c.py), the cost the paper's savings count",
@@ -85,9 +90,10 @@ RECIPES = {
     "lottery-pools-cifar": {
         "source": "Yin, Liu et al., AAAI 2023 (arXiv:2208.10842), the IMP runs whose tickets are pooled "
                   "(github.com/luuyin/Lottery-pools: CIFAR/main_imp.py defaults, CIFAR/dataset.py, the README's "
-                  "command): batch 128, 182 epochs, x0.1 at epochs 91 and 136, pad-4 crop and flip, 5,000 of the "
+                  "command): SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 on every "
+                  "parameter, batch 128, 182 epochs, x0.1 at epochs 91 and 136, pad-4 crop and flip, 5,000 of the "
                   "50,000 training images held out, 20% per level for 18 levels, rewinding to epoch 9",
-        "options": dict(_CIFAR_SGD, epochs=182, batch_size=128, decay_milestones=(0.5, 0.7473), val_fraction=0.1,
+        "options": dict(_CIFAR_SGD, epochs=182, batch_size=128, decay_milestones=(0.5, 136 / 182), val_fraction=0.1,
                         prune_fraction=0.2, levels=18, rewind="9ep"),
     },
 }

@@ -76,15 +76,17 @@ class RunFolder:
     def _sync(self) -> None:
         self.accelerator.wait_for_everyone()
 
-    def check_config(self, strategy: str, hparams: dict, before: Optional[dict] = None) -> None:
+    def check_config(self, strategy: str, hparams: dict, before: Optional[dict] = None,
+                     records: Optional[dict] = None) -> None:
         """Write config.json, or check that an existing run was made with the same settings. The main process
         takes the folder's lock first: a second run on a folder that a live run writes is refused. An option the
         folder's config does not have (newer than the run) must hold what runs did before it existed: `before`'s
-        value (Strategy.implicit_values), else None or False."""
+        value (Strategy.implicit_values), else None or False. `records` (e.g. the optimizer the options build) are
+        written beside the options and must match where the folder recorded them."""
         if self.is_main:
             lock_run_folder(self.path)
         self._sync()
-        hparams = json.loads(json.dumps(hparams))
+        hparams, records = json.loads(json.dumps(hparams)), json.loads(json.dumps(records or {}))
         config_path = self.layout.config
         if config_path.exists():
             old = read_json(config_path)
@@ -112,11 +114,15 @@ class RunFolder:
                     raise RunFolderError(
                         f"{self.path} was made with {key}={made!r}, not {value!r}; "
                         "rerun with the same settings to resume, or choose another --out")
+            for key, value in records.items():
+                if key in old and old[key] != value:
+                    raise RunFolderError(f"{self.path} was made with the {key} {old[key]}, these options build "
+                                         f"{value}; rerun with the same settings to resume, or choose another --out")
             if hparams.get("streaming") and old.get("world_size") != self.accelerator.num_processes:
                 raise RunFolderError(f"{self.path} streamed its data over {old.get('world_size')} processes, which "
                                      "sets its data order; resume it with as many, or choose another --out")
         elif self.is_main:
-            atomic_write_json({"strategy": strategy, "hparams": hparams, "versions": package_versions(),
+            atomic_write_json({"strategy": strategy, "hparams": hparams, **records, "versions": package_versions(),
                                "world_size": self.accelerator.num_processes}, config_path)
         self._sync()
 

@@ -4,11 +4,14 @@ resolved values in config.json, and a finished run repeated from its own config.
 import json
 
 import pytest
+import torch
+from torch import nn
 
 import lt_plugin
 from lt_plugin.cli import _strategy_values, build_parser, main as cli_main
 from lt_plugin.recipes import RECIPES, recipe_options
 from lt_plugin.store import load_weights
+from lt_plugin.train.config import create_optimizer, create_scheduler, train_config_of
 
 SMALL = ["--model", "test_resnet", "--image-size", "16", "--max-train-samples", "256"]
 
@@ -39,7 +42,7 @@ def test_a_recipe_fills_the_defaults_and_flags_given_win_even_at_default_values(
 def test_recipes_apply_to_the_python_api_with_keyword_arguments_winning():
     imp = lt_plugin.create_strategy("imp", recipe="lottery-pools-cifar", epochs=20, rewind="2ep")
     assert (imp.epochs, imp.rewind, imp.levels, imp.batch_size, imp.val_fraction) == (20, "2ep", 18, 128, 0.1)
-    assert imp.decay_milestones == (0.5, 0.7473)
+    assert imp.decay_milestones == (0.5, 136 / 182)
     with pytest.raises(lt_plugin.UserError, match="unknown recipe 'cifar'"):
         lt_plugin.create_strategy("imp", recipe="cifar")
 
@@ -117,3 +120,58 @@ def test_a_config_json_from_before_named_augmentations_is_accepted(tmp_path):
     old = tmp_path / "config.json"
     old.write_text(json.dumps({"strategy": "imp", "hparams": {"augment": True, "epochs": 2}, "versions": {}}))
     assert options("--config", str(old))["augment"] == "imagenet"
+
+
+# What each recipe's paper trains with, read from its reference code (open_lth, Early-Bird, Lottery Pools: plain
+# torch.optim.SGD(momentum=0.9); LTH's own networks: Adam), and the words its source says it in.
+PAPER_OPTIMIZERS = {
+    "demo": (torch.optim.SGD, False, "plain momentum 0.9"),
+    "lth-lenet": (torch.optim.Adam, None, "Adam 1.2e-3"),
+    "lth-conv2": (torch.optim.Adam, None, "Adam 0.0002"),
+    "lth-conv4": (torch.optim.Adam, None, "Adam 0.0003"),
+    "lth-conv6": (torch.optim.Adam, None, "Adam 0.0003"),
+    "lth-cifar": (torch.optim.SGD, False, "plain momentum 0.9"),
+    "lth-vgg-cifar": (torch.optim.SGD, False, "plain momentum 0.9"),
+    "eb-cifar": (torch.optim.SGD, False, "plain momentum 0.9"),
+    "lottery-pools-cifar": (torch.optim.SGD, False, "plain momentum 0.9"),
+}
+
+
+def test_each_recipe_builds_the_optimizer_its_source_names():
+    assert set(PAPER_OPTIMIZERS) == set(RECIPES)
+    imp_class = lt_plugin.get_strategy_class("imp")
+    for name, (kind, nesterov, words) in PAPER_OPTIMIZERS.items():
+        optimizer = create_optimizer(nn.Linear(2, 2), train_config_of(imp_class(**recipe_options(name, imp_class))))
+        assert type(optimizer) is kind, name
+        assert optimizer.defaults.get("nesterov") is nesterov, name  # timm's "sgd" would be Nesterov's
+        if kind is torch.optim.SGD:
+            assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["dampening"] == 0, name
+        assert words in RECIPES[name]["source"], name
+
+
+def test_the_learning_rate_decays_at_the_papers_update():
+    """open_lth and the Early-Bird and Lottery Pools code decay x0.1 from update (milestone epoch x updates per
+    epoch) on: lottery-pools-cifar's epochs 91 and 136 of 182, 351 updates per epoch."""
+    cfg = train_config_of(lt_plugin.create_strategy("imp", recipe="lottery-pools-cifar"))
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = create_scheduler(optimizer, cfg, 351)
+    expected = {0: 0.1, 91 * 351 - 1: 0.1, 91 * 351: 0.01, 136 * 351 - 1: 0.01, 136 * 351: 0.001}
+    for step, lr in expected.items():
+        scheduler.step_update(num_updates=step)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12), step
+
+
+def test_config_json_records_the_optimizer_and_a_rerun_that_builds_another_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["imp", "--levels", "0", "--epochs", "1", "--batch-size", "64", *SMALL, "--out", str(run)]
+    assert cli_main([*argv, "--opt", "sgd"]) == 0
+    assert json.loads((run / "config.json").read_text())["optimizer"] == {"class": "torch.optim.sgd.SGD",
+                                                                          "nesterov": True}
+    capsys.readouterr()
+    # a folder made with timm's sgd (Nesterov's) is not resumed with the paper's plain momentum
+    assert_one_line_error([*argv, "--opt", "momentum"], "was made with opt='sgd', not 'momentum'", capsys)
+    # nor by options whose name stayed but whose optimizer changed (what a library update could do)
+    config = json.loads((run / "config.json").read_text())
+    config["optimizer"]["nesterov"] = False
+    (run / "config.json").write_text(json.dumps(config))
+    assert_one_line_error([*argv, "--opt", "sgd"], "was made with the optimizer", capsys)

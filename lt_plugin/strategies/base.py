@@ -18,7 +18,8 @@ from ..layout import RunLayout
 from ..options import check_choices, default_of, upgrade
 from ..run_folder import RunFolder
 from ..store import read_json
-from ..train.config import TrainConfig, check_training_data, make_accelerator, resolve_train_config, train_config_of
+from ..train.config import (TrainConfig, check_training_data, make_accelerator, optimizer_record, resolve_train_config,
+                            train_config_of)
 
 
 @dataclasses.dataclass
@@ -63,7 +64,12 @@ class Strategy(abc.ABC):
 
     def check_run_folder(self, folder: RunFolder) -> None:
         """config.json written, or an existing one checked against these options (RunFolder.check_config)."""
-        folder.check_config(self.name, self.hparams(), self.implicit_values())
+        folder.check_config(self.name, self.hparams(), self.implicit_values(), self.records())
+
+    def records(self) -> dict:
+        """What the options resolve to, beyond their values, that a run folder records and a rerun must agree with:
+        a training strategy's optimizer (its class and Nesterov flag: an option name does not say them)."""
+        return {"optimizer": optimizer_record(train_config_of(self))} if isinstance(self, TrainConfig) else {}
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "Strategy":

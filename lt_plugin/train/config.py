@@ -202,9 +202,23 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig):
         raise UserError(f"cannot create optimizer {cfg.opt!r}: {exc}") from None
 
 
+def optimizer_record(cfg: TrainConfig) -> dict:
+    """The optimizer `cfg` builds, as a run folder records it: its class and whether it uses Nesterov momentum
+    (timm's `sgd` is SGD with Nesterov momentum, its `momentum` the plain SGD with momentum of the papers' code)."""
+    optimizer = create_optimizer(nn.Linear(1, 1), cfg)
+    record = {"class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"}
+    if "nesterov" in optimizer.defaults:
+        record["nesterov"] = bool(optimizer.defaults["nesterov"])
+    return record
+
+
 def create_scheduler(optimizer, cfg: TrainConfig, updates_per_epoch: int):
     """A timm scheduler stepped per optimizer update, so its state is just the global step."""
     milestones = [fraction * cfg.epochs for fraction in cfg.decay_milestones]
+    if cfg.sched == "multistep":
+        # The papers' code decays from update round(m * updates_per_epoch) on; timm's multistep applies a milestone
+        # one update earlier (its t + 1 convention): half an update later lands on the papers' update.
+        milestones = [(round(m * updates_per_epoch) + 0.5) / updates_per_epoch for m in milestones]
     linear = cfg.sched == "linear"  # timm's polynomial decay of power 1, to a learning rate of 0
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="poly" if linear else cfg.sched, num_epochs=cfg.epochs,
