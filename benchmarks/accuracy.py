@@ -36,7 +36,7 @@ from lt_plugin.report import plot_accuracy_curves
 from lt_plugin.branches.export import export_run_ticket
 
 DATA = ["--model", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32", "--max-train-samples", "10000"]
-SCHEDULE = ["--epochs", "4", "--batch-size", "128", "--opt", "sgd", "--lr", "0.1", "--momentum", "0.9",
+SCHEDULE = ["--epochs", "4", "--batch-size", "128", "--opt", "momentum", "--lr", "0.1", "--momentum", "0.9",
             "--weight-decay", "1e-4", "--sched", "cosine", "--warmup-epochs", "0", "--augment", "none", "--seed", "0"]
 IMP_WEIGHT = ["--levels", "6", "--target-density", "0.01", "--rewind", "16it"]
 IMP_CHANNEL = ["--granularity", "channel", "--levels", "4", "--target-density", "0.25", "--round-to", "8",

@@ -41,7 +41,7 @@ SETUPS = {
                   max_train_samples=20_000, epochs=8, levels=4, prune_fraction=0.64,
                   layer_prune_fractions={"fc": 0.36}),
     "resnet": dict(model="cifar_resnet20", dataset="fashion-mnist", image_size=32, val_fraction=2_000 / 60_000,
-                   max_train_samples=2_000, epochs=4, batch_size=128, opt="sgd", lr=0.1, momentum=0.9,
+                   max_train_samples=2_000, epochs=4, batch_size=128, opt="momentum", lr=0.1, momentum=0.9,
                    weight_decay=1e-4, wd_norm_bias=True, sched="multistep", decay_milestones=(0.5, 0.75),
                    augment="crop-flip", levels=4, prune_fraction=0.36, scope="global"),
 }

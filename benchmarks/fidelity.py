@@ -186,7 +186,8 @@ def eb_part(args, work: Path) -> dict:
         started = time.perf_counter()
         rows = lt_plugin.create_strategy(
             "early-bird", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
-            max_train_samples=3_000, epochs=8, batch_size=128, lr=0.1, sched="multistep", augment="crop-flip",
+            max_train_samples=3_000, epochs=8, batch_size=128, opt="momentum", lr=0.1, sched="multistep",
+            augment="crop-flip",
             wd_norm_bias=True, ratios=[0.3, 0.5], baseline=True, retrain_schedule=schedule,
             seeds=[0, 1, 2]).run(work / f"eb_{schedule}")
         log(f"eb {schedule}", started)

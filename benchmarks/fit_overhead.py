@@ -40,7 +40,7 @@ SETUPS = {  # LeNet-300-100 on the whole training set (55,000 images): its epoch
     "lenet_300_100": dict(experiment=dict(model="lenet_300_100", image_size=28, max_train_samples=None),
                           train=dict(opt="adam", lr=1.2e-3, batch_size=60, sched="constant", weight_decay=0.0)),
     "cifar_resnet20": dict(experiment=dict(model="cifar_resnet20", image_size=32),
-                           train=dict(opt="sgd", lr=0.1, batch_size=128, sched="constant", weight_decay=1e-4)),
+                           train=dict(opt="momentum", lr=0.1, batch_size=128, sched="constant", weight_decay=1e-4)),
 }
 
 

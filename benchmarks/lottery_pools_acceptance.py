@@ -50,7 +50,8 @@ def imp_runs(args, work: Path) -> dict:
         return runs
     lt_plugin.create_strategy("imp", model="cifar_resnet20", dataset="fashion-mnist",
                               val_fraction=args.resnet_val / 60_000,
-                              max_train_samples=args.resnet_train, epochs=args.resnet_epochs, batch_size=128, lr=0.1,
+                              max_train_samples=args.resnet_train, epochs=args.resnet_epochs, batch_size=128,
+                              opt="momentum", lr=0.1,
                               sched="multistep", augment="crop-flip", wd_norm_bias=True, levels=5,
                               prune_fraction=0.36, seeds=[0, 1, 2]).run(runs["cifar_resnet20"])
     return runs

@@ -55,7 +55,7 @@ def main():
     end = start + (3 * total // 4 - start) // args.frequency * args.frequency  # on the pruning grid
     pruner = lt_plugin.GradualPruner(model, pruning_ratio=args.pruning_ratio, start_step=start, end_step=end,
                                      frequency=args.frequency)
-    optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
+    optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
     step = 0

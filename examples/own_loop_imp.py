@@ -24,7 +24,7 @@ from lt_plugin.train import EpochShuffle
 
 def train(model, pruner, data, args):
     loader = DataLoader(data.train, args.batch_size, sampler=EpochShuffle(len(data.train), args.seed), drop_last=True)
-    optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
+    optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
     hook = pruner.mask_after_steps(optimizer)  # a weight ticket's pruned entries stay zero

@@ -38,14 +38,16 @@ def _lth_conv(lr: float, iterations: int, conv_rate: float, name: str) -> dict:
     }
 
 
+_PLAIN_SGD = "SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 on every parameter"
+
 RECIPES = {
     "demo": {
         "source": "lt_plugin's short job on the built-in digits (README, `make demo`): 3 levels of 5 epochs, a few "
                   "minutes on 2 CPU cores, 40% of the training images held out so that Lottery Pools' validation "
-                  "split can resolve a gain of a few images, SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no "
-                  "Nesterov) as the papers' CIFAR recipes; not a paper's setup",
-        "options": dict(epochs=5, batch_size=128, opt="momentum", lr=0.1, momentum=0.9, weight_decay=1e-4, sched="cosine",
-                        warmup_epochs=0.0, augment="none", levels=3, val_fraction=0.4),
+                  "split can resolve a gain of a few images, SGD lr 0.1 with plain momentum 0.9 as the papers' CIFAR "
+                  "recipes; not a paper's setup",
+        "options": dict(epochs=5, batch_size=128, opt="momentum", lr=0.1, momentum=0.9, weight_decay=1e-4,
+                        sched="cosine", warmup_epochs=0.0, augment="none", levels=3, val_fraction=0.4),
     },
     "lth-lenet": {
         "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), Figure 2 and Section 2: LeNet-300-100 on MNIST, "
@@ -61,28 +63,25 @@ RECIPES = {
     "lth-cifar": {
         "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), ResNet-20 on CIFAR-10 as open_lth trains it "
                   "(github.com/facebookresearch/open_lth: models/cifar_resnet.py default_hparams, "
-                  "datasets/cifar10.py): SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight "
-                  "decay 1e-4 on every parameter, batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% "
-                  "of the remaining weights per level by global magnitude, rewinding to init",
+                  f"datasets/cifar10.py): {_PLAIN_SGD}, batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop "
+                  "and flip, 20% of the remaining weights per level by global magnitude, rewinding to init",
         "options": dict(_CIFAR_SGD, epochs=160, batch_size=128, prune_fraction=0.2, scope="global", rewind="init"),
     },
     "lth-vgg-cifar": {
         "source": "Frankle & Carbin, ICLR 2019 (arXiv:1803.03635), section 4: a deeper network (VGG) gives tickets "
                   "rewound to init only with linear LR warm-up (theirs: 10,000 iterations of batch 64 for VGG-19, "
                   "12.8 epochs); the training is open_lth's VGG-16 on CIFAR-10 (models/cifar_vgg.py "
-                  "default_hparams): SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 "
-                  "on every parameter, batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, 20% per "
-                  "level by global magnitude",
+                  f"default_hparams): {_PLAIN_SGD}, batch 128, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and "
+                  "flip, 20% per level by global magnitude",
         "options": dict(_CIFAR_SGD, epochs=160, batch_size=128, warmup_epochs=12.8, prune_fraction=0.2,
                         scope="global", rewind="init"),
     },
     "eb-cifar": {
         "source": "You et al., ICLR 2020 (arXiv:1909.11957), VGG/PreResNet on CIFAR as the reference code trains "
                   "them (github.com/GATECH-EIC/Early-Bird-Tickets: main.py, scripts/standard-train/search.sh): "
-                  "SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 on every "
-                  "parameter, batch 256, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, BatchNorm-scale L1 "
-                  "penalty 1e-4, prune ratios 0.3/0.5/0.7, mask distance 0.1 over the last 5 masks of BatchNorm "
-                  "channels; the ticket trains the rest of the schedule from its emergence epoch "
+                  f"{_PLAIN_SGD}, batch 256, 160 epochs, x0.1 at epochs 80 and 120, pad-4 crop and flip, "
+                  "BatchNorm-scale L1 penalty 1e-4, prune ratios 0.3/0.5/0.7, mask distance 0.1 over the last 5 "
+                  "masks of BatchNorm channels; the ticket trains the rest of the schedule from its emergence epoch "
                   "(scripts/retrain_continue, main_c.py), the cost the paper's savings count",
         "options": dict(_CIFAR_SGD, epochs=160, batch_size=256, penalty=1e-4, ratios=[0.3, 0.5, 0.7], epsilon=0.1,
                         window=5, distance="norm", retrain_schedule="continue"),
@@ -90,9 +89,8 @@ RECIPES = {
     "lottery-pools-cifar": {
         "source": "Yin, Liu et al., AAAI 2023 (arXiv:2208.10842), the IMP runs whose tickets are pooled "
                   "(github.com/luuyin/Lottery-pools: CIFAR/main_imp.py defaults, CIFAR/dataset.py, the README's "
-                  "command): SGD lr 0.1 with plain momentum 0.9 (torch.optim.SGD, no Nesterov), weight decay 1e-4 on every "
-                  "parameter, batch 128, 182 epochs, x0.1 at epochs 91 and 136, pad-4 crop and flip, 5,000 of the "
-                  "50,000 training images held out, 20% per level for 18 levels, rewinding to epoch 9",
+                  f"command): {_PLAIN_SGD}, batch 128, 182 epochs, x0.1 at epochs 91 and 136, pad-4 crop and flip, "
+                  "5,000 of the 50,000 training images held out, 20% per level for 18 levels, rewinding to epoch 9",
         "options": dict(_CIFAR_SGD, epochs=182, batch_size=128, decay_milestones=(0.5, 136 / 182), val_fraction=0.1,
                         prune_fraction=0.2, levels=18, rewind="9ep"),
     },
