@@ -20,6 +20,7 @@ from .callbacks import Callback, EnforceMask, Snapshots
 from .deploy import forward_latency_ms
 from .layout import TicketFolder
 from .masks import Mask
+from .networks.base import reinitialise
 from .store import load_weights
 from .structure import export
 from .train.config import TrainConfig
@@ -58,7 +59,7 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
                  cfg: Optional[TrainConfig] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
                  desc: str = "train", describe: Optional[Callable[[dict], dict]] = None,
                  callbacks: Optional[Callable[[nn.Module], Sequence[Callback]]] = None,
-                 final_mask: Optional[Callable[[], Mask]] = None) -> dict:
+                 final_mask: Optional[Callable[[], Mask]] = None, reinitialise_seed: Optional[int] = None) -> dict:
     """Train the ticket (`start_state`, `mask`) in the ticket folder `ticket` and return its result (read back when
     finished).
 
@@ -68,7 +69,9 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
     `describe(result)` adds the strategy's own entries before the result is written; `callbacks(model)` gives more
     callbacks for the model that trains (the exported one for a channel ticket), e.g. a penalty on its scales.
     `final_mask()` gives the mask the training ended with, when a callback decides it while training (gradual
-    pruning: `mask` is then where training starts); the result describes that one.
+    pruning: `mask` is then where training starts); the result describes that one. `reinitialise_seed`: the model
+    that trains (the exported one for a channel ticket) is initialised afresh at its own size with this seed
+    (`networks.base.reinitialise`), its pruned entries zeroed, instead of starting from `start_state`'s values.
     """
     done = run.folder.read_result(ticket)
     if done is not None:
@@ -79,6 +82,10 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
     mask.apply(model)
     physical = mask.granularity == "channel"
     trainee = export(model, mask, run.example) if physical else model
+    if reinitialise_seed is not None:
+        reinitialise(trainee, reinitialise_seed)
+        if not physical:
+            mask.apply(trainee)
     kept = [EnforceMask(mask)] if not physical and mask.num_pruned() else []
     if snapshot_steps:
         kept.append(Snapshots(snapshot_steps))

@@ -300,3 +300,23 @@ def test_two_processes_find_the_same_ticket_as_one(tmp_path, two_processes):
     step = one[0]["eb_step"]
     # The same ticket up to channels tied in the last bits: two processes sum the gradients in another order.
     assert mask_distance(checks_one[step][0]["0.5"], checks_two[step][0]["0.5"]) <= 0.02
+
+
+def test_reinit_retrains_the_small_network_initialised_at_its_own_size_with_the_penalty_on(tmp_path, monkeypatch):
+    """The reference's retrain_scratch.sh: main_scratch.py builds the pruned network (it initialises itself at its own
+    size) and trains it with --sparsity-regularization, whole schedule; `full` is the same without the penalty."""
+    import lt_plugin.pipeline as pipeline
+    import lt_plugin.strategies.early_bird as early_bird
+    started, penalised = [], []
+    real_reinitialise, real_penalty = pipeline.reinitialise, early_bird.SlimmingPenalty
+    monkeypatch.setattr(pipeline, "reinitialise", lambda model, seed: started.append(
+        (sum(p.numel() for p in model.parameters()), seed)) or real_reinitialise(model, seed))
+    monkeypatch.setattr(early_bird, "SlimmingPenalty", lambda scales, s: penalised.append(s) or real_penalty(scales, s))
+    dense_params = sum(p.numel() for p in timm.create_model("test_resnet", num_classes=10).parameters())
+    for schedule, penalties in (("scratch", 2), ("full", 1)):  # the search's penalty, then the retraining's
+        started.clear(), penalised.clear()
+        (r,) = lt_plugin.create_strategy("early-bird", retrain="reinit", retrain_schedule=schedule,
+                                         **{**TINY, "ratios": [0.5], "seed": 3}).run(tmp_path / schedule)
+        assert r["found"] and r["retrain_start_step"] == 0 and r["steps"] == 4 * 8
+        assert started == [(r["params"], 4)] and r["params"] < dense_params  # the small model, the run's seed + 1
+        assert penalised == [1e-4] * penalties

@@ -10,6 +10,7 @@ from torch import nn
 
 import lt_plugin
 from lt_plugin.experiment import takes_img_size
+from lt_plugin.networks.lth import ConvN
 
 MNIST = ((1, 28, 28), (0.1307,), (0.3081,))
 CIFAR10 = ((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -199,3 +200,65 @@ def test_torch_pruning_exports_a_smaller_equal_network(name):
         torch.testing.assert_close(small(x), masked(x), atol=1e-4, rtol=0)
     assert n_params(small) < n_params(model)
     assert small.get_classifier().out_features == 10
+
+
+# ---- a physically pruned network initialised at its own size (Early-Bird's --retrain reinit) ----
+
+class _WidthNet(nn.Module):
+    """A timm-style network with its own `init_weights` (kaiming normal on fan-out, as timm's ResNet), of any width."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                      nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.fc = nn.Linear(2 * width, 10)
+        self.init_weights()
+
+    def init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+    def get_classifier(self):
+        return self.fc
+
+
+def _stds(model):
+    return {n: t.std().item() for n, t in model.state_dict().items() if t.ndim > 1}
+
+
+def _pruned_in_half(dense, example, ignored_layers):
+    """Half the channels of every Torch-Pruning group removed."""
+    from lt_plugin.masks import resolve_ignored
+    from lt_plugin.structure import ChannelStructure
+    structure = ChannelStructure(dense, example, resolve_ignored(dense, ignored_layers), scope="layerwise")
+    return lt_plugin.export(dense, structure.mask_from_plan(structure.plans_at_ratios([0.5])[0.5]), example)
+
+
+@pytest.mark.parametrize("make, small_of, ignored", [
+    (lambda: _WidthNet(64), lambda: _WidthNet(32), ()),  # the model's init_weights()
+    (lambda: timm.create_model("conv2"), lambda: ConvN(widths=[32]),  # the papers' networks' _init_weights
+     ("fc_layers.0", "fc_layers.1")),
+])
+def test_reinitialise_gives_a_pruned_network_the_scale_of_a_network_built_at_its_size(make, small_of, ignored):
+    from lt_plugin.networks.base import reinitialise
+    torch.manual_seed(0)
+    dense, example = make(), torch.randn(1, 3, 32, 32)
+    small = _pruned_in_half(dense, example, list(ignored))
+    fresh = small_of()
+    assert {n: t.shape for n, t in small.state_dict().items()} == {n: t.shape for n, t in fresh.state_dict().items()}
+    sliced, expected = _stds(small), _stds(fresh)
+    reinitialise(small, seed=1)
+    again = reinitialise(copy.deepcopy(small), seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), again.state_dict().values()))
+    got = _stds(small)
+    for name, std in expected.items():  # every tensor has >= 2,560 entries: its std is within 3% of the scale
+        assert got[name] == pytest.approx(std, rel=0.1), name
+    # slicing the dense initialisation keeps the dense network's fan, a scale the small network would not have
+    assert any(abs(sliced[n] / expected[n] - 1) > 0.25 for n in expected)
+    for name, buffer in small.state_dict().items():
+        if name.endswith("running_var"):
+            assert torch.equal(buffer, torch.ones_like(buffer)), name

@@ -48,3 +48,22 @@ class PooledPaperNet(PaperNet):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self._classify(F.adaptive_avg_pool2d(x, 1).flatten(1), pre_logits)
+
+
+def reinitialise(model: nn.Module, seed: int) -> nn.Module:
+    """Initialise `model` afresh at its own size, as its constructor initialises a network of these shapes (Early-Bird's
+    reference builds the pruned network and lets it initialise itself): every layer's `reset_parameters` (torch's
+    defaults, which depend on the layer's own fan-in), then the model's own scheme: timm's `init_weights()`, or the
+    `_init_weights` the papers' networks apply to every module. Seeded with `seed`; returns `model`."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for module in model.modules():
+                if callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+            if callable(getattr(model, "init_weights", None)):
+                model.init_weights()
+            elif callable(getattr(model, "_init_weights", None)):
+                model.apply(model._init_weights)
+    return model

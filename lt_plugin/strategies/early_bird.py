@@ -51,10 +51,12 @@ from .base import Strategy, TicketFiles, start_training_run
 from .registry import register_strategy
 
 RETRAIN = ("inherit", "reinit")
-# full: the ticket trains the whole schedule again from its start (lt_plugin's first release); continue: it trains the
-# rest of the schedule from the emergence step, the learning rate and the penalty going on (the reference's
-# scripts/*/retrain_continue.sh: main_c.py --start-epoch t --sparsity-regularization)
-RETRAIN_SCHEDULES = ("full", "continue")
+# scratch: the ticket trains the whole schedule again from its start with the slimming penalty on (the reference's
+# scripts/standard-train/retrain_scratch.sh: main_scratch.py --sparsity-regularization); continue: it trains the rest
+# of the schedule from the emergence step, the learning rate and the penalty going on (retrain_continue.sh: main_c.py
+# --start-epoch t --sparsity-regularization); full: the whole schedule again without the penalty (what run folders made
+# before `scratch` trained)
+RETRAIN_SCHEDULES = ("scratch", "continue", "full")
 SEARCH_PRECISIONS = ("fp32", "bf16", "int8")
 # Forward and backward of a training step cost about three forward passes.
 TRAIN_MACS_PER_FORWARD_MAC = 3
@@ -141,12 +143,14 @@ class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
                                    "group magnitude), auto (bn-scale if the model has BatchNorm)"})
     retrain: str = dataclasses.field(default="inherit", metadata={
         "choices": RETRAIN, "help": "inherit (the ticket's weights at emergence, the paper's EB Train) or reinit "
-                                    "(a fresh initialisation of the small model, what the reference's scripts do)"})
-    retrain_schedule: str = dataclasses.field(default="full", metadata={
+                                    "(the small model initialised afresh at its own size, as the reference's "
+                                    "main_scratch.py builds it)"})
+    retrain_schedule: str = dataclasses.field(default="scratch", metadata={
         "choices": RETRAIN_SCHEDULES, "before": "full",
-        "help": "full: the ticket trains the whole schedule (--epochs) again from its start; continue: the rest of the "
-                "schedule from the emergence step, the learning rate and the slimming penalty going on, as the "
-                "reference's retrain_continue scripts (the training cost the paper reports)"})
+        "help": "scratch: the ticket trains the whole schedule (--epochs) again from its start, the slimming penalty "
+                "on (the reference's retrain_scratch script); continue: the rest of the schedule from the emergence "
+                "step, the learning rate and the penalty going on (its retrain_continue scripts, the training cost "
+                "the paper reports); full: the whole schedule without the penalty (run folders made before scratch)"})
     distance: str = dataclasses.field(default="norm", metadata={
         "choices": DISTANCES, "before": "outputs",
         "help": "what the mask distance compares: norm (every normalisation-layer channel, the reference's BatchNorm "
@@ -241,8 +245,7 @@ class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
                 results.append(entry)
                 continue
             where = folder.layout.ratio(name)
-            start = (load_weights(where.emergence) if self.retrain == "inherit"
-                     else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
+            start = load_weights(where.emergence if self.retrain == "inherit" else folder.layout.init)
             ticket = self._retrain(run, where, search["plans"][name], start, self._retrain_start(found_step),
                                    structure, f"ratio {name}")
             search_seconds = search["seconds"] * found_step / max(search["steps"], 1)  # pro rata up to emergence
@@ -335,7 +338,8 @@ class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
     def _retrain(self, run, where: TicketFolder, plan: list, start_state, start_step: int,
                  structure: ChannelStructure, desc: str) -> dict:
         """The ticket of `plan` trained physically small from `start_state` at global step `start_step` (the shared
-        per-ticket pipeline; continuing, with the slimming penalty on, as the reference's main_c.py), with its
+        per-ticket pipeline; with the slimming penalty on but for the `full` schedule, as the reference's main_c.py
+        and main_scratch.py; `--retrain reinit`: the small model initialised afresh at its own size), with its
         training cost in MACs: the optimizer steps it took."""
         done = run.folder.read_result(where)
         if done is not None:  # a finished ticket: no mask to read, no barrier
@@ -350,11 +354,11 @@ class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
                     "retrain_seconds": result["train_seconds"]}
 
         def penalty(small: nn.Module) -> list:
-            if self.retrain_schedule != "continue" or not self.penalty:
+            if self.retrain_schedule == "full" or not self.penalty:
                 return []
             return [SlimmingPenalty(norm_scales(small).values(), self.penalty)]
         return train_ticket(run, self, where, mask, start_state, start_step=start_step, desc=desc, describe=describe,
-                            callbacks=penalty)
+                            callbacks=penalty, reinitialise_seed=self.seed + 1 if self.retrain == "reinit" else None)
 
     def _add_baseline(self, results, run, model, structure, dense_macs, init_state) -> None:
         """The one-shot baseline on the same budget: dense to the end (same penalty), prune, retrain small with the
@@ -370,8 +374,7 @@ class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
         dense_cost = TRAIN_MACS_PER_FORWARD_MAC * dense_macs * dense.steps * cfg.batch_size * cfg.grad_accum_steps
         for entry in results:
             name = _ratio_name(entry["ratio"])
-            start = (dense_state if self.retrain == "inherit"
-                     else self.create_model(data.num_classes, seed=self.seed + 1, pretrained=False).state_dict())
+            start = dense_state if self.retrain == "inherit" else init_state
             one_shot = self._retrain(run, folder.layout.baseline_ratio(name), plans[entry["ratio"]], start,
                                      self._retrain_start(entry["eb_step"]), structure, f"baseline ratio {name}")
             baseline = {"baseline_test_accuracy": one_shot["test_accuracy"],
