@@ -178,14 +178,20 @@ def _difference_text(summary: Optional[dict]) -> str:
             f"p_adj={summary['p_adjusted']:.3g} {summary['verdict']}")
 
 
+def _interval_name(adjustment: dict) -> str:
+    """What the table's intervals are: Holm's agree with its verdicts, Bonferroni's hold all at once."""
+    level = f"{100 * (1 - adjustment['alpha']):g}%"
+    return {"holm": "Holm-adjusted CI", "bonferroni": f"{level} simultaneous CI", "none": f"{level} CI"}[
+        adjustment["method"]]
+
+
 def _print(report: dict, runs: List[Compared], out: Path) -> None:
     adjustment = report["adjustment"]
     columns, table = [("density", "density", "{:.4f}")], []
     for i, run in enumerate(runs):
         columns.append((f"run{i}", f"{run.label} {report['metric'].replace('_', ' ')}", "{}"))
         if i:
-            columns.append((f"diff{i}", f"minus {runs[0].label} (points, {ADJUSTED[adjustment['method']]} CI)",
-                            "{}"))
+            columns.append((f"diff{i}", f"minus {runs[0].label} (points, {_interval_name(adjustment)})", "{}"))
     for entry in report["rows"]:
         row = {"density": entry["density"]}
         for i, run in enumerate(runs):
@@ -197,9 +203,10 @@ def _print(report: dict, runs: List[Compared], out: Path) -> None:
     print(f"densities matched within {report['tolerance']:.0%} of the first run's (largest mismatch "
           f"{report['largest_density_mismatch']:.2%}); differences are paired over the seeds both runs share")
     tests = adjustment["family_size"]
-    family = f"this table's {tests} test{'s' * (tests != 1)} (one family: every difference with a p)"
-    print("p: two-sided paired t test; " + (f"p_adj: {ADJUSTED[adjustment['method']]} over {family}"
-                                             if adjustment["method"] != "none" else f"p_adj = p, unadjusted ({family})"))
+    family = f"the {tests} test{'s' * (tests != 1)} of this table"
+    print("p: two-sided paired t test; " + (
+        f"p_adj: {ADJUSTED[adjustment['method']]} over {family} (one family: every difference with a p)"
+        if adjustment["method"] != "none" else f"p_adj = p, not adjusted for {family}"))
     print(f"verdict: above or below where p_adj < {adjustment['alpha']:g}, else within noise; each interval at its "
           "adjusted level, excluding 0 exactly where above or below (docs/replicates.md)")
     print(f"results: {RunLayout(out).compare}  plot: {RunLayout(out).plot('compare.png')}")
