@@ -145,7 +145,7 @@ def adjust(p_values: Sequence[Optional[float]], method: str = "holm") -> List[Op
 
 def verdict(difference: Dict[str, Any], adjusted_p: Optional[float], alpha: float = 0.05) -> str:
     """What a paired difference (a dict of `paired_difference`) shows, given its adjusted p-value: "above" or
-    "below" (0) when `adjusted_p` < `alpha`, by the sign of its mean; "within noise" otherwise; and where no test
+    "below" zero when `adjusted_p` < `alpha`, by the sign of its mean; "within noise" otherwise; and where no test
     was made, why: "no spread" (every difference the same: see its "mean" and "n"), "one seed" (n == 1) or
     "no pairs" (n == 0). One of `VERDICTS`.
     """
