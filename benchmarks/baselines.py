@@ -31,7 +31,7 @@ from pathlib import Path
 import lt_plugin
 from lt_plugin.layout import RunLayout
 from lt_plugin.pai import CRITERIA
-from lt_plugin.stats import paired_difference, summarize
+from lt_plugin.stats import paired_difference, summarize, verdict
 from lt_plugin.store import read_json
 
 SEEDS = [0, 1, 2]
@@ -81,8 +81,9 @@ def paired(a: dict, b: dict, metric: str = "test_accuracy") -> dict:
 
 
 def side(difference: dict) -> str:
-    low, high = difference.get("ci_low"), difference.get("ci_high")
-    return "above" if low is not None and low > 0 else "below" if high is not None and high < 0 else "within noise"
+    """lt_plugin.stats.verdict of one difference on its own p-value (unadjusted: a family's adjustment is the
+    reader's)."""
+    return verdict(difference, difference["p_value"])
 
 
 def run_setup(name: str, work: Path) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 import lt_plugin
 from lt_plugin.compare import compare
 from lt_plugin.layout import RunLayout
-from lt_plugin.stats import paired_difference, summarize
+from lt_plugin.stats import paired_difference, summarize, verdict
 from lt_plugin.store import read_json
 
 VAL_FRACTION = 5_000 / 60_000
@@ -70,11 +70,9 @@ def paired(a_row: dict, b_row: dict, metric: str) -> dict:
 
 
 def significant(difference: dict) -> str:
-    """'above', 'below' or 'within noise': where the 95% interval of a difference lies."""
-    low, high = difference.get("ci_low"), difference.get("ci_high")
-    if low is None:
-        return "one seed"
-    return "above" if low > 0 else "below" if high < 0 else "within noise"
+    """lt_plugin.stats.verdict of one difference on its own p-value (unadjusted: a family's adjustment is the
+    reader's): 'above', 'below', 'within noise', or 'no spread' / 'one seed' / 'no pairs' where no test was made."""
+    return verdict(difference, difference["p_value"])
 
 
 def lth_part(args, work: Path) -> dict:

@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--metric", default="test_accuracy",
                                 help="what is compared: test_accuracy (default), early_stop_test_accuracy (LTH's "
                                      "measure), val_accuracy or early_stop_step")
+    compare_parser.add_argument("--adjust", default="holm",
+                                help="how the p-values of the differences (every density, every run against the "
+                                     "first: one family) are adjusted for their number: holm (default), bonferroni "
+                                     "(simultaneous intervals) or none")
+    compare_parser.add_argument("--alpha", type=float, default=0.05,
+                                help="the level below which an adjusted p-value says above or below (default: 0.05)")
     sub.add_parser("recipes", help="list the recipes (--recipe NAME) with their sources and values")
     check_parser = sub.add_parser("check", help="whether a timm model can give tickets, in seconds",
                                   description="Build MODEL as a run would, trace it with Torch-Pruning, draw masks at "
@@ -314,7 +320,7 @@ def _run(argv: Optional[List[str]]) -> None:
         _check(args)
     elif args.command == "compare":
         from .compare import compare  # reads runs of every strategy and branch
-        compare(args.runs, args.out, args.tolerance, args.allow_different, args.metric)
+        compare(args.runs, args.out, args.tolerance, args.allow_different, args.metric, args.adjust, args.alpha)
     elif getattr(args, "control", None):
         get_branch_class(args.control)(**_control_values(args)).run(args.out)
     else:

@@ -123,6 +123,68 @@ def test_compare_matches_densities_that_differ_slightly_and_refuses_what_cannot_
     assert "not a run folder" in capsys.readouterr().err
 
 
+def _fake_replicated_run(path, rows, seeds=(0, 1, 2)):
+    """A finished replicated run folder as compare reads it: rows of (density, per-seed test accuracies)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"strategy": "imp", "hparams": {"model": "test_resnet"}}))
+    (path / "results.json").write_text(json.dumps([
+        {"level": i, "density": d, "seeds": list(seeds), "test_accuracy": sum(v) / len(v), "test_accuracy_values": v}
+        for i, (d, v) in enumerate(rows)]))
+    return path
+
+
+def test_compare_adjusts_its_differences_as_one_family_and_says_so(tmp_path, capsys):
+    # At 0.5 and 0.25, b - a is 0.025, 0.035, 0.045 over the seeds (mean 0.035, std 0.01): t = 3.5 sqrt(3), df 2,
+    # p = 1 - t / sqrt(2 + t^2) = 0.026 < 0.05 each; Holm over the two: 2p = 0.052 each, within noise. At density 1
+    # every difference is 0: no spread, no test, not in the family.
+    a = _fake_replicated_run(tmp_path / "a", [(1.0, [0.9, 0.9, 0.9]), (0.5, [0.8, 0.8, 0.8]),
+                                              (0.25, [0.7, 0.7, 0.7])])
+    b = _fake_replicated_run(tmp_path / "b", [(1.0, [0.9, 0.9, 0.9]), (0.5, [0.825, 0.835, 0.845]),
+                                              (0.25, [0.725, 0.735, 0.745])])
+    t = 3.5 * math.sqrt(3)
+    p = 1 - t / math.sqrt(2 + t ** 2)
+    capsys.readouterr()
+    assert cli_main(["compare", str(a), str(b)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((a / "compare" / "compare.json").read_text())
+    assert report["adjustment"]["method"] == "holm" and report["adjustment"]["family_size"] == 2
+    differences = {row["density"]: row["differences"]["b"] for row in report["rows"]}
+    assert differences[1.0]["verdict"] == "no spread" and differences[1.0]["p_value"] is None
+    assert differences[1.0]["p_adjusted"] is None and differences[1.0]["n"] == 3
+    for density in (0.5, 0.25):
+        difference = differences[density]
+        assert difference["p_value"] == pytest.approx(p, rel=1e-6) and difference["ci_low"] > 0  # raw: excludes 0
+        assert difference["p_adjusted"] == pytest.approx(2 * p, rel=1e-6) and difference["verdict"] == "within noise"
+        assert difference["ci_adjusted_low"] < 0 < difference["ci_adjusted_high"]
+    assert "Holm-adjusted" in printed and "within noise" in printed and "no spread, n=3" in printed
+    assert f"p={p:.3g} p_adj={2 * p:.3g} within noise" in printed
+    unadjusted = compare([a, b], tmp_path / "none", adjustment="none")
+    assert [row["differences"]["b"]["verdict"] for row in unadjusted["rows"]] == ["no spread", "above", "above"]
+    assert cli_main(["compare", str(a), str(b), "--adjust", "bonferroni", "--alpha", "0.1",
+                     "--out", str(tmp_path / "bonferroni")]) == 0
+    loose = json.loads((tmp_path / "bonferroni" / "compare.json").read_text())
+    assert [row["differences"]["b"]["verdict"] for row in loose["rows"]] == ["no spread", "above", "above"]
+    capsys.readouterr()
+    assert cli_main(["compare", str(a), str(b), "--adjust", "fdr"]) == 2
+    assert cli_main(["compare", str(a), str(b), "--alpha", "1"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 2
+
+
+def test_compare_into_a_file_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys):
+    a = _fake_run(tmp_path / "a", [1.0, 0.8], [0.90, 0.91])
+    b = _fake_run(tmp_path / "b", [1.0, 0.8], [0.90, 0.93])
+    taken = tmp_path / "taken.json"
+    taken.write_text("mine")
+    for out in (taken, taken / "below"):
+        capsys.readouterr()
+        assert cli_main(["compare", str(a), str(b), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "is a file, not a folder" in err and "Traceback" not in err
+    assert taken.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "taken.json"]
+    assert not (a / "compare").exists()
+
+
 def _without_timings(run):
     """A run's aggregate without the entries that time it (seconds, latency), which no two runs share."""
     return [{k: v for k, v in row.items() if "seconds" not in k and "latency" not in k}

@@ -9,13 +9,25 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from lt_plugin.stats import mcnemar_exact, paired_difference, paired_loss_test, summarize
+from lt_plugin.stats import (VERDICTS, adjust, adjust_family, mcnemar_exact, paired_difference, paired_loss_test,
+                              summarize, verdict)
 
 pytestmark = pytest.mark.filterwarnings("error")  # the degenerate cases must be handled, not warned about by scipy
 
 # Student-t 0.975 quantiles (two-sided 95%), checked once against scipy.stats.t.ppf(0.975, df).
 T_975_DF2 = 4.302652729749464  # df = 2 has a closed form: t / sqrt(2 + t^2) = 0.95  =>  t = sqrt(1.805 / 0.0975)
 T_975_DF3 = 3.1824463052837078
+
+
+def t_df2(confidence):
+    """The two-sided `confidence` quantile of Student's t with 2 degrees of freedom, in closed form:
+    t / sqrt(2 + t^2) = confidence  =>  t = sqrt(2 confidence^2 / (1 - confidence^2))."""
+    return math.sqrt(2 * confidence ** 2 / (1 - confidence ** 2))
+
+
+def p_df2(t):
+    """The two-sided p-value of t with 2 degrees of freedom, in closed form: P(|T| > t) = 1 - t / sqrt(2 + t^2)."""
+    return 1 - t / math.sqrt(2 + t ** 2)
 
 
 def test_the_quantile_constants():
@@ -107,14 +119,117 @@ def test_paired_difference_degenerate():
     one = paired_difference([1.0, None], [0.5, 0.2])
     assert one["n"] == 1 and one["mean"] == 0.5 and one["differences"] == [0.5]
     assert one["std"] is None and one["ci_low"] is None and one["ci_high"] is None and one["p_value"] is None
-    shifted = paired_difference([3, 4, 5], [1, 2, 3])  # every difference 2
-    assert shifted["std"] == 0 and shifted["ci_low"] == shifted["ci_high"] == 2.0 and shifted["p_value"] == 0.0
-    same = paired_difference([3, 4, 5], [3, 4, 5])
-    assert same["mean"] == 0 and same["ci_low"] == same["ci_high"] == 0.0 and same["p_value"] == 1.0
+    assert one["no_spread"] is False  # one value says nothing about spread
     none = paired_difference([None], [1])
-    assert none["n"] == 0 and none["p_value"] is None and none["differences"] == []
+    assert none["n"] == 0 and none["p_value"] is None and none["differences"] == [] and none["no_spread"] is False
     with pytest.raises(ValueError):
         paired_difference([1, 2], [1])
+
+
+def test_a_difference_with_no_spread_is_reported_as_such_not_as_p_0_with_a_point_interval():
+    shifted = paired_difference([3, 4, 5], [1, 2, 3])  # every difference 2
+    assert shifted["no_spread"] is True and shifted["n"] == 3 and shifted["mean"] == 2.0 and shifted["std"] == 0
+    assert shifted["p_value"] is None and shifted["ci_low"] is None and shifted["ci_high"] is None
+    assert verdict(shifted, None) == "no spread"
+    same = paired_difference([3, 4, 5], [3, 4, 5])
+    assert same["no_spread"] is True and same["mean"] == 0 and same["p_value"] is None
+    json.dumps(shifted)
+
+
+def test_differences_equal_but_for_the_rounding_of_the_subtraction_have_no_spread():
+    a, b = [0.91, 0.82, 0.73], [0.90, 0.81, 0.72]  # one point each, but 0.91 - 0.90 != 0.82 - 0.81 in binary
+    differences = np.subtract(a, b)
+    t = differences.mean() / (differences.std(ddof=1) / math.sqrt(3))
+    assert t > 1e12  # the trap: a t test would call rounding a certain effect
+    result = paired_difference(a, b)
+    assert result["no_spread"] is True and result["p_value"] is None and result["std"] == 0
+    assert result["mean"] == pytest.approx(0.01, rel=1e-12)
+    spread = paired_difference(a, [0.90, 0.81, 0.7201])  # a real spread of 1e-4 is one
+    assert spread["no_spread"] is False and 0 < spread["p_value"] < 1e-3
+
+
+def test_holm_and_bonferroni_by_hand():
+    # Holm: sorted 0.01, 0.03, 0.04 multiplied by 3, 2, 1 = 0.03, 0.06, 0.04, each raised to the largest before it:
+    # 0.03, 0.06, 0.06; back in the given order 0.01 -> 0.03, 0.04 -> 0.06, 0.03 -> 0.06.
+    assert adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06], rel=1e-12)
+    assert adjust([0.01, 0.04, 0.03], "bonferroni") == pytest.approx([0.03, 0.12, 0.09], rel=1e-12)
+    assert adjust([0.01, 0.04, 0.03], "none") == [0.01, 0.04, 0.03]
+    # None is not a test: out of the family (m stays 3), kept in place
+    held = adjust([None, 0.01, 0.04, None, 0.03])
+    assert held[0] is None and held[3] is None and held[1:3] + held[4:] == pytest.approx([0.03, 0.06, 0.06])
+    # capped at 1: 0.5 * 2 = 1.0, then 0.6 raised to it
+    assert adjust([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+    assert adjust([0.2]) == pytest.approx([0.2]) and adjust([]) == [] and adjust([None]) == [None]
+    for bad in ([1.5], [-0.1], [float("nan")]):
+        with pytest.raises(ValueError):
+            adjust(bad)
+    with pytest.raises(ValueError):
+        adjust([0.01], "hochberg")
+
+
+def test_the_verdict_words():
+    # differences 1, 2, 3 (p = 0.074 by the t(2) closed form) and their negatives
+    rising, falling = paired_difference([11, 12, 13], [10, 10, 10]), paired_difference([10, 10, 10], [11, 12, 13])
+    assert rising["p_value"] == pytest.approx(p_df2(2 * math.sqrt(3)), rel=1e-10)
+    assert verdict(rising, 0.01) == "above" and verdict(falling, 0.01) == "below"
+    assert verdict(rising, 0.2) == "within noise" and verdict(falling, 0.2) == "within noise"
+    assert verdict(rising, 0.05) == "within noise"  # significant means p_adjusted < alpha, strictly
+    assert verdict(rising, rising["p_value"], alpha=0.1) == "above"
+    assert verdict(rising, rising["p_value"]) == "within noise"
+    with pytest.raises(ValueError):
+        verdict(rising, None)  # a difference with spread was tested: its p must be given
+    with pytest.raises(ValueError):
+        verdict(rising, 0.01, alpha=5)
+    assert verdict(paired_difference([4, 4], [1, 1]), None) == "no spread"
+    assert verdict(paired_difference([4, None], [1, 1]), None) == "one seed"
+    assert verdict(paired_difference([None], [1]), None) == "no pairs"
+    # results written before differences were flagged: a std of 0 over several pairs is no spread, whatever p says
+    assert verdict({"n": 3, "mean": 0.02, "std": 0.0, "p_value": 0.0}, 0.0) == "no spread"
+    assert set(VERDICTS) == {"above", "below", "within noise", "no spread", "one seed", "no pairs"}
+
+
+def test_holm_turns_two_95_percent_intervals_that_exclude_zero_into_within_noise():
+    # Two differences 2.5, 3.5, 4.5 (mean 3.5, std 1, t = 3.5 sqrt(3), df 2): p = 0.026 each, so each 95% interval
+    # excludes 0; Holm: 2p = 0.052 for the first, p raised to it for the second: both 0.052 >= 0.05.
+    p = p_df2(3.5 * math.sqrt(3))
+    assert 0.025 < p < 0.05 / 1.9
+    family = [paired_difference([2.5, 3.5, 4.5], [0, 0, 0]), paired_difference([12.5, 13.5, 14.5], [10, 10, 10])]
+    assert all(d["ci_low"] == pytest.approx(3.5 - T_975_DF2 / math.sqrt(3)) and d["ci_low"] > 0 for d in family)
+    holm = adjust_family(family)
+    half = t_df2(1 - 0.05 / 2) / math.sqrt(3)  # each adjusted interval at 1 - alpha / 2: k = p_adjusted / p = 2
+    for d in holm:
+        assert d["p_value"] == pytest.approx(p, rel=1e-10) and d["p_adjusted"] == pytest.approx(2 * p, rel=1e-10)
+        assert d["verdict"] == "within noise" and d["adjustment"] == "holm" and d["family_size"] == 2
+        assert d["confidence_adjusted"] == pytest.approx(0.975, rel=1e-12)
+        assert (d["ci_adjusted_low"], d["ci_adjusted_high"]) == pytest.approx((3.5 - half, 3.5 + half), rel=1e-10)
+        assert d["ci_adjusted_low"] < 0 < d["ci_adjusted_high"]  # the interval shown agrees with the verdict
+    assert [d["verdict"] for d in adjust_family(family, "none")] == ["above", "above"]
+    assert "p_adjusted" not in family[0]  # copies, the given dicts untouched
+
+
+def test_a_family_with_untested_members_and_holms_step_down_intervals():
+    # small: differences 10, 11, 12 (t = 11 sqrt(3)); large: 1, 2, 3 (t = 2 sqrt(3)); Holm over m = 2: small's
+    # 2 p_small (factor 2, interval at 97.5%), large's p_large (> 2 p_small; factor 1, its 95% interval).
+    small, large = paired_difference([10, 11, 12], [0, 0, 0]), paired_difference([1, 2, 3], [0, 0, 0])
+    flat, single = paired_difference([1, 1, 1], [0, 0, 0]), paired_difference([1, None], [0, 0])
+    p_small, p_large = p_df2(11 * math.sqrt(3)), p_df2(2 * math.sqrt(3))
+    holm = adjust_family([flat, small, single, large])
+    assert [d["verdict"] for d in holm] == ["no spread", "above", "one seed", "within noise"]
+    assert [d["family_size"] for d in holm] == [2, 2, 2, 2]
+    assert holm[0]["p_adjusted"] is None and holm[0]["ci_adjusted_low"] is None and holm[2]["p_adjusted"] is None
+    assert holm[1]["p_adjusted"] == pytest.approx(2 * p_small, rel=1e-9)
+    assert holm[3]["p_adjusted"] == pytest.approx(p_large, rel=1e-10)
+    assert holm[1]["ci_adjusted_low"] == pytest.approx(11 - t_df2(0.975) / math.sqrt(3), rel=1e-9)
+    assert holm[3]["ci_adjusted_low"] == pytest.approx(large["ci_low"], rel=1e-9)
+    bonferroni = adjust_family([flat, small, single, large], "bonferroni", alpha=0.1)
+    # Bonferroni: factor m = 2 for both, the simultaneous intervals at 1 - 0.1 / 2
+    assert bonferroni[3]["p_adjusted"] == pytest.approx(2 * p_large, rel=1e-10) and bonferroni[3]["alpha"] == 0.1
+    for d in (bonferroni[1], bonferroni[3]):
+        half = t_df2(0.95) / math.sqrt(3)
+        assert (d["ci_adjusted_low"], d["ci_adjusted_high"]) == pytest.approx((d["mean"] - half, d["mean"] + half))
+    capped = adjust_family([paired_difference([1, -1, 0.5], [0, 0, 0])] * 3, "bonferroni")  # p = 0.78, 3p > 1
+    assert capped[0]["p_adjusted"] == 1.0 and capped[0]["confidence_adjusted"] == pytest.approx(1 - 0.05 / 3)
+    json.dumps(holm)
 
 
 @pytest.mark.parametrize("gained, lost, expected", [
