@@ -126,6 +126,11 @@ def test_gradual_reaches_each_levels_density_exactly_on_the_schedule(tmp_path):
     assert results[0]["density"] == 1.0 and "prune_start_step" not in results[0]
     model = strategy.create_model(10, seed=0)  # every level starts from the run's theta_0
     assert all(torch.equal(init[n], t) for n, t in model.state_dict().items())
+    for control in ("random-reinit", "random-mask"):  # they would change the training too: refused, nothing written
+        proc = subprocess.run([sys.executable, "-m", "lt_plugin.cli", control, "--run", str(out)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "would change their training too" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (out / "controls").exists()
 
 
 def test_gradual_refuses_a_schedule_that_does_not_fit(tmp_path):

@@ -7,9 +7,10 @@ dense, results.json, a table and a plot; resumable, kill -9 safe, `--seeds`), ea
   falling on the cubic schedule from `--start` to `--end`.
 
 Each level's density is IMP's for the same `--levels`, `--prune-fraction` or `--target-density` (and
-`--layer-prune-fractions`), so `lt-plugin compare` matches them level for level with an IMP run. Their tickets
-start at theta_0 (step 0), so IMP's controls (`lt-plugin imp --control random-reinit|random-mask --run RUN`) run
-on them too: random-mask is Frankle et al. 2021's layer-shuffle test.
+`--layer-prune-fractions`), so `lt-plugin compare` matches them level for level with an IMP run. A prune-at-init
+ticket starts at theta_0 (step 0), so IMP's controls (`lt-plugin imp --control random-reinit|random-mask --run RUN`)
+run on it too: random-mask is Frankle et al. 2021's layer-shuffle test. A gradual ticket was pruned while it
+trained, so a control would change its training too: they refuse gradual runs.
 """
 
 from __future__ import annotations
@@ -212,6 +213,14 @@ class Gradual(_FromInit):
             raise UserError("gradual prunes single weights (Zhu & Gupta): --granularity weight")
         if self.frequency < 1:
             raise UserError(f"--frequency must be 1 or more optimizer steps, not {self.frequency}")
+
+    def ticket_start(self, run_dir, key: str):
+        """Refused: a control would change two things at once. The ticket's mask was chosen while it trained from a
+        dense start, so training the mask from theta_0 (or a fresh initialisation, or at random positions) changes
+        the training as well as the initialisation or the positions."""
+        raise UserError("a gradual run's tickets were pruned while they trained from a dense start, so a control "
+                        "(random-reinit, random-mask) would change their training too; the controls read imp and "
+                        "prune-at-init runs")
 
     def schedule_steps(self, cfg: TrainConfig, train_size: int) -> Tuple[int, int]:
         """(start step, end step) of the schedule in this training: the end on the pruning grid."""
