@@ -90,7 +90,14 @@ def test_pooled_tickets_keep_the_density_and_never_lose_validation_accuracy(imp_
         assert r["density"] == target.density
         # the ticket and every blend are scored with their statistics recomputed the same way
         assert r["pooled_val_accuracy"] >= r["ticket_bn_val_accuracy"]
-        assert r["val_accuracy"] == r["pooled_val_accuracy"]
+        # confirm chose on one half: the accuracy reported is the other half's; the halves add up to the whole split
+        assert r["val_accuracy"] == r["pooled_val_accuracy_confirmation"]
+        held_out = r["confirmation_images"]
+        assert 0 < held_out < r["val_images"]
+        for name in ("pooled", "ticket_bn"):
+            right = (r[f"{name}_val_accuracy_selection"] * (r["val_images"] - held_out)
+                     + r[f"{name}_val_accuracy_confirmation"] * held_out)
+            assert right == pytest.approx(r[f"{name}_val_accuracy"] * r["val_images"], abs=1e-6)
         imp_result = json.loads((imp_run / f"level_{level}" / "result.json").read_text())
         assert r["ticket_test_accuracy"] == pytest.approx(imp_result["test_accuracy"])  # the ticket, scored as IMP did
         assert r["macs"] == imp_result["macs"] and r["params"] == imp_result["params"]

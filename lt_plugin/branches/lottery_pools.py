@@ -199,7 +199,7 @@ class LotteryPools(Branch):
                   f"{', '.join(map(str, changed))}" if changed else
                   "[lottery-pools] no blend was kept: every pooled ticket is its ticket (BatchNorm statistics "
                   "recomputed)")
-        folder.write_results(results, columns=_TABLE, rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
+        folder.write_results(results, columns=_columns(pool.selection is not None), rows=[{**r, "accepted_text": _accepted_text(r["accepted"])}
                                                             for r in results],
                              plots={"pools.png": lambda path: plot_accuracy_curves(
                                  curves, path, pool.results[0]["test_accuracy"] if 0 in pool.results else None,
@@ -234,13 +234,16 @@ class LotteryPools(Branch):
         models = {"ticket": pool.materialise(*pool.tickets[level]),
                   "ticket_bn": pool.materialise(*ticket_bn), "pooled": pool.materialise(search.state, search.mask),
                   "swa": pool.materialise(*swa), "ema": pool.materialise(*ema)}
-        scores = pool.scores(models, self.corruptions)
+        scores = {**pool.scores(models, self.corruptions),
+                  **pool.half_accuracies({name: models[name] for name in ("ticket_bn", "pooled")})}
         macs, params = ticket_cost(models["pooled"], search.mask, pool.example)
         result = {
             "level": level, "density": search.mask.density, "params": params, "macs": macs,
             "num_classes": pool.num_classes, "precision": pool.accelerator.mixed_precision,
-            # what `lt-plugin export` writes and the generic tables show: the pooled ticket
-            "val_accuracy": scores["pooled_val_accuracy"], "test_accuracy": scores["pooled_test_accuracy"],
+            # what `lt-plugin export` writes and the generic tables show: the pooled ticket, its validation accuracy
+            # on images the search did not choose it on (the confirmation half for `confirm`)
+            "val_accuracy": scores.get("pooled_val_accuracy_confirmation", scores["pooled_val_accuracy"]),
+            "test_accuracy": scores["pooled_test_accuracy"],
             **scores,
             **{f"ensemble_{key}": value for key, value in ensemble.items() if key != "levels"},
             "accepted": search.accepted, "candidates": candidates, "sweeps": search.sweeps,
@@ -259,6 +262,16 @@ class LotteryPools(Branch):
             + (" (the pooled ticket is the ticket)" if not search.accepted else "")
             + f", {search.val_passes} val passes, {result['seconds']:.1f}s")
         return result
+
+def _columns(confirm: bool) -> tuple:
+    """The table's columns; with the confirm rule the validation accuracies are those of the half that did not
+    choose the blend (the whole split's would flatter the pooled ticket)."""
+    if not confirm:
+        return _TABLE
+    held_out = {"ticket_bn_val_accuracy": ("ticket_bn_val_accuracy_confirmation", "ticket+BN val (confirm half)"),
+                "pooled_val_accuracy": ("pooled_val_accuracy_confirmation", "pooled val (confirm half)")}
+    return tuple((*held_out[key], fmt) if key in held_out else (key, header, fmt) for key, header, fmt in _TABLE)
+
 
 def _accepted_text(accepted: Sequence) -> str:
     return " ".join(f"{level}@{alpha:g}" for level, alpha in accepted) or "-"
@@ -324,3 +337,17 @@ class _Pool:
 
     def scores(self, models: Dict[str, object], corruptions: bool) -> dict:
         return self.scorer.scores(models, corruptions, self.pools.corruption_samples)
+
+    def half_accuracies(self, models: Dict[str, nn.Module]) -> dict:
+        """With the confirm rule, {name}_val_accuracy_selection and {name}_val_accuracy_confirmation: the validation
+        accuracy on the half the search chose on, which flatters the pooled ticket, and on the half that only
+        confirmed it (`confirmation_images` of them); nothing for the other rules, which choose on the whole
+        split."""
+        if self.selection is None:
+            return {}
+        out = {"confirmation_images": int((~self.selection).sum())}
+        for name, model in models.items():
+            correct = self.scorer.sample_scores(model, self.data.val)[0]
+            for half, where in (("selection", self.selection), ("confirmation", ~self.selection)):
+                out[f"{name}_val_accuracy_{half}"] = int(correct[where].sum()) / int(where.sum())
+        return out
