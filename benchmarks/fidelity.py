@@ -16,8 +16,8 @@ Parts (each runs alone with --parts; every run is a run folder under --work, so 
          levels over 3 seeds; every acceptance rule: does the pooled ticket differ from the ticket, and does test
          accuracy fall where validation accuracy rises?
   eb     Early-Bird on cifar_resnet20 with --baseline over 3 seeds (3,000 training images, crop-flip, 8 epochs,
-         ratios 0.3 and 0.5), with both retraining schedules (full, continue): accuracy against the one-shot ticket
-         of the same retraining, paired over seeds, and the training MACs saved.
+         ratios 0.3 and 0.5), with both of the reference's retraining schedules (scratch, continue): accuracy
+         against the one-shot ticket of the same retraining, paired over seeds, and the training MACs saved.
 Fashion-MNIST is split as LTH splits MNIST: 55,000 training, 5,000 validation, the 10,000 test images. Writes
 benchmarks/results/fidelity.json and fidelity_*.png; needs Debian's dataset-fashion-mnist.
 
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import lt_plugin
 from lt_plugin.compare import compare
+from provenance import provenance
 from lt_plugin.layout import RunLayout
 from lt_plugin.stats import paired_difference, summarize, verdict
 from lt_plugin.store import read_json
@@ -180,7 +181,7 @@ def small_part(args, work: Path) -> dict:
 
 def eb_part(args, work: Path) -> dict:
     out = {}
-    for schedule in ("full", "continue"):
+    for schedule in ("scratch", "continue"):
         started = time.perf_counter()
         rows = lt_plugin.create_strategy(
             "early-bird", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
@@ -319,6 +320,7 @@ def main():
         report[name] = PARTS[name](args, work)
         # This invocation's time: a part whose run folders were already finished only reads them back.
         report[name]["seconds_this_invocation"] = time.perf_counter() - started
+        report[name]["provenance"] = provenance()
         report["machine"] = {"python": platform.python_version(),
                              "processor": platform.processor() or platform.machine()}
         path.write_text(json.dumps(report, indent=2) + "\n")  # after each part: the others stay as they were
