@@ -181,7 +181,7 @@ def small_part(args, work: Path) -> dict:
 
 def eb_part(args, work: Path) -> dict:
     out = {}
-    for schedule in ("scratch", "continue"):
+    for schedule in args.eb_schedules:
         started = time.perf_counter()
         rows = lt_plugin.create_strategy(
             "early-bird", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
@@ -308,6 +308,8 @@ def main():
     parser.add_argument("--train-samples", type=int, default=20_000, help="training images of the lth part (of "
                         "55,000: five seeds, each with two controls, in about an hour on 2 CPU cores)")
     parser.add_argument("--levels", type=int, default=8, help="IMP levels of the lth part (to density ~2%%)")
+    parser.add_argument("--eb-schedules", nargs="+", choices=["scratch", "continue"], default=["scratch", "continue"],
+                        help="the eb part's retraining schedules (continue: the training cost the paper counts)")
     parser.add_argument("--work", default="runs/fidelity", help="the run folders (a rerun resumes them)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()

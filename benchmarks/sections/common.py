@@ -1,0 +1,82 @@
+"""What every section writes the same way: numbers as text, tables, a part's family of paired differences adjusted
+together, and the verdict each difference earns (lt_plugin.stats)."""
+
+from __future__ import annotations
+
+from typing import Dict, Hashable, Iterable, List, Optional, Sequence
+
+from lt_plugin.stats import adjust_family
+
+ADJUSTMENT = "holm"
+ALPHA = 0.05
+
+
+def percent(value: Optional[float], digits: int = 2) -> str:
+    """0.8762 -> '87.62%'; '-' for a missing value."""
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def points(value: Optional[float], digits: int = 2) -> str:
+    """A difference of accuracies in percentage points, signed: 0.0029 -> '+0.29'."""
+    return "-" if value is None else f"{100 * value:+.{digits}f}"
+
+
+def times(value: Optional[float], digits: int = 2) -> str:
+    """A ratio: 2.413 -> 'x2.41'."""
+    return "-" if value is None else f"x{value:.{digits}f}"
+
+
+def mean_pm(summary: dict, digits: int = 2) -> str:
+    """A mean accuracy over seeds with the half-width of its 95% interval, in points: '87.20% ± 0.26'."""
+    if summary.get("mean") is None:
+        return "-"
+    if summary.get("ci_high") is None:
+        return percent(summary["mean"], digits)
+    return f"{percent(summary['mean'], digits)} ± {100 * (summary['ci_high'] - summary['mean']):.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def adjusted(differences: Dict[Hashable, dict]) -> Dict[Hashable, dict]:
+    """A part's paired differences (dicts of lt_plugin.stats.paired_difference, by any key) adjusted as one family:
+    each with its Holm-adjusted p-value, the verdict from it and the interval that agrees with the verdict."""
+    keys = [k for k, d in differences.items() if d is not None]
+    family = adjust_family([differences[k] for k in keys], ADJUSTMENT, ALPHA)
+    return dict(zip(keys, family))
+
+
+def difference(entry: Optional[dict], digits: int = 2) -> str:
+    """An adjusted difference in points with its Holm-consistent interval: '+0.29 [+0.10, +0.48]'; a difference with
+    no spread, its value and 'no spread'."""
+    if entry is None or entry.get("mean") is None:
+        return "-"
+    if entry.get("verdict") == "no spread":
+        return f"{points(entry['mean'], digits)} (no spread)"
+    low, high = entry.get("ci_adjusted_low"), entry.get("ci_adjusted_high")
+    if low is None:
+        return points(entry["mean"], digits)
+    return f"{points(entry['mean'], digits)} [{points(low, digits)}, {points(high, digits)}]"
+
+
+def family_note(entries: Dict[Hashable, dict], what: str) -> str:
+    """The sentence that says how a part's verdicts were decided."""
+    size = max((e["family_size"] for e in entries.values()), default=0)
+    return (f"Verdicts and intervals are Holm-adjusted over the {size} paired tests of {what} (alpha {ALPHA}; "
+            "the interval excludes zero exactly when the adjusted test does).")
+
+
+def densities_text(values: List[float]) -> str:
+    """Densities as a reader reads them: 'none', '0.217', '0.217 and 0.131', '0.217, 0.131 and 0.079'."""
+    shown = [f"{d:.3f}" for d in values]
+    if not shown:
+        return "none"
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def where(entries: Dict[float, dict], verdict: str) -> List[float]:
+    """The densities (keys) whose difference earned `verdict`, largest first."""
+    return sorted((k for k, e in entries.items() if e["verdict"] == verdict), reverse=True)
