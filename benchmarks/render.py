@@ -61,10 +61,14 @@ def changes() -> List[dict]:
 
 
 def provenance(name: str, part: str = "") -> dict:
-    """What made a part's numbers: the part's own provenance, else its file's."""
-    report = results(name)
-    own = report.get(part, {}).get("provenance") if part and isinstance(report.get(part), dict) else None
-    return own or report.get("provenance") or {"revision": 0}
+    """What made a part's numbers (`part` a dotted path of keys in the file): the innermost provenance recorded on
+    the way to it, else the file's."""
+    node, found = results(name), results(name).get("provenance")
+    for key in part.split(".") if part else []:
+        node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get("provenance"):
+            found = node["provenance"]
+    return found or {"revision": 0}
 
 
 def made_before(name: str, part: str = "") -> List[dict]:
