@@ -1,18 +1,21 @@
 """IMP's tickets against the baselines they are judged by, on Fashion-MNIST, over 3 seeds, every difference paired
-over the seeds with its 95% interval.
+over the seeds (the renderer adjusts each part's differences together, Holm).
 
 For each network: IMP (rewound to init, at twice the levels, so its even levels are the others' densities), pruning
-at initialisation by SNIP, GraSP, SynFlow, magnitude and random, and gradual magnitude pruning (GMP), all at the same
-4 densities, each with the same recipe and epochs per training; and each with its layer-shuffle control (`random-mask`, Frankle et al. 2021: the run's exact
-per-layer counts at random positions). GMP is also run once at equal training cost to IMP's last level (IMP trains
-levels + 1 times to reach it; GMP trains as long, once).
+at initialisation by SNIP, GraSP, SynFlow, magnitude and random, ranked globally as their papers rank (so each
+method chooses its own per-layer densities), and gradual magnitude pruning (GMP, every layer to the same sparsity
+as Zhu & Gupta), all at the same 4 densities, each with the same recipe and epochs per training. IMP and every
+pruning-at-init method get their layer-shuffle control (`random-mask`, Frankle et al. 2021: the run's exact
+per-layer counts at random positions); GMP has none (its tickets were pruned while training, so a shuffle would
+change its training too). GMP is also run once at equal training cost to IMP's last level (IMP trains levels + 1
+times to reach it; GMP trains as long, once).
 
-  lenet   LeNet-300-100, recipe lth-lenet (Adam 1.2e-3, batch 60, layer-wise, the output layer at a lower rate),
-          20,000 training images, 8 epochs per training; densities 36%, 13%, 4.7%, 1.7% (IMP's 40% per level, two
-          levels at a time).
+  lenet   LeNet-300-100, recipe lth-lenet (Adam 1.2e-3, batch 60, the output layer at a lower rate), 20,000 training
+          images, 8 epochs per training; IMP layer-wise as LTH prunes it, pruning at init global; densities 36%,
+          13%, 4.7%, 1.7% (IMP's 40% per level, two levels at a time).
   resnet  cifar_resnet20 (scaled down for 2 CPU cores: 2,000 training images at 32x32, 4 epochs of SGD 0.1 with
-          momentum, weight decay on every parameter, x0.1 at 50% and 75%, crop-flip), global scope; densities
-          64%, 41%, 26%, 17%.
+          plain momentum, weight decay on every parameter, x0.1 at 50% and 75%, crop-flip), global scope;
+          densities 64%, 41%, 26%, 17%.
 
 The papers' orderings it tests: SynFlow >= SNIP at extreme sparsity (Tanaka et al. 2020); PaI is unchanged by
 shuffling its layers (Frankle et al. 2021); IMP with rewinding >= PaI at moderate sparsity (Frankle et al. 2021);
@@ -30,9 +33,11 @@ from pathlib import Path
 
 import lt_plugin
 from lt_plugin.layout import RunLayout
+from lt_plugin.masks import Mask
 from lt_plugin.pai import CRITERIA
-from lt_plugin.stats import paired_difference, summarize, verdict
+from lt_plugin.stats import paired_difference, summarize
 from lt_plugin.store import read_json
+from provenance import provenance
 
 SEEDS = [0, 1, 2]
 VAL_FRACTION = 5_000 / 60_000
@@ -49,7 +54,10 @@ SETUPS = {
 # twice the levels: its even levels are the baselines' densities.
 IMP = {"lenet": dict(levels=8, prune_fraction=0.4, layer_prune_fractions={"fc": 0.2}),
        "resnet": dict(levels=8, prune_fraction=0.2)}
+# Pruning at initialisation ranks as its papers rank: one global ranking, each method choosing its per-layer densities.
+PAI = {"lenet": dict(scope="global"), "resnet": dict(scope="global")}
 GMP_FREQUENCY = {"lenet": 50, "resnet": 3}  # optimizer steps between two prunings: ~25 prunings either way
+SHUFFLED = ("imp", *CRITERIA)  # the methods with a layer-shuffle control
 PAPERS = {
     "synflow_vs_snip": "Tanaka et al. 2020: SynFlow matches or beats SNIP and GraSP, most clearly at extreme "
                        "sparsity, where the data-dependent criteria collapse layers",
@@ -80,10 +88,11 @@ def paired(a: dict, b: dict, metric: str = "test_accuracy") -> dict:
     return paired_difference([va[s] for s in shared], [vb[s] for s in shared])
 
 
-def side(difference: dict) -> str:
-    """lt_plugin.stats.verdict of one difference on its own p-value (unadjusted: a family's adjustment is the
-    reader's)."""
-    return verdict(difference, difference["p_value"])
+def layer_densities(run: Path, level: int) -> dict:
+    """{weight: its kept fraction, the mean over the seeds} of a level's masks: what a layer-shuffle keeps."""
+    layout = RunLayout(run)
+    masks = [Mask.load(layout.seed(seed).level(level).mask) for seed in SEEDS]
+    return {name: sum(m.layer_densities()[name] for m in masks) / len(masks) for name in masks[0].prunable}
 
 
 def run_setup(name: str, work: Path) -> dict:
@@ -97,7 +106,8 @@ def run_setup(name: str, work: Path) -> dict:
     for criterion in CRITERIA:
         started = time.perf_counter()
         runs[criterion] = root / criterion
-        lt_plugin.create_strategy("prune-at-init", criterion=criterion, seeds=SEEDS, **setup).run(runs[criterion])
+        lt_plugin.create_strategy("prune-at-init", criterion=criterion, seeds=SEEDS,
+                                  **{**setup, **PAI[name]}).run(runs[criterion])
         log(f"{name} {criterion}", started)
     started = time.perf_counter()
     runs["gmp"] = root / "gmp"
@@ -116,7 +126,7 @@ def run_setup(name: str, work: Path) -> dict:
     log(f"{name} gmp at equal cost", started)
     shuffled = {}
     imp_levels = [r["level"] for r in rows_of(runs["imp"])][1::2]  # the baselines' densities
-    for method in ["imp", *CRITERIA, "gmp"]:
+    for method in SHUFFLED:
         started = time.perf_counter()
         targets = imp_levels if method == "imp" else ["pruned"]
         lt_plugin.create_branch("random-mask", run_dir=str(runs[method]), targets=targets).run()
@@ -131,32 +141,24 @@ def run_setup(name: str, work: Path) -> dict:
         entry = {"density": imp_row["density"], "methods": {}}
         for method in ["imp", *CRITERIA, "gmp"]:
             row = imp_row if method == "imp" else rows[method][i]
-            shuffled_row = nearest(rows[f"{method}_shuffled"], row["density"])
             entry["methods"][method] = {
                 "density": row["density"], "test_accuracy": summarize(row["test_accuracy_values"]),
-                "shuffled_test_accuracy": summarize(shuffled_row["test_accuracy_values"]),
-                "shuffled_minus_method": paired(shuffled_row, row),
+                "layer_densities": layer_densities(runs[method], row["level"]),
                 "method_minus_imp": paired(row, imp_row) if method != "imp" else None}
+            if method in SHUFFLED:
+                shuffled_row = nearest(rows[f"{method}_shuffled"], row["density"])
+                entry["methods"][method].update(
+                    shuffled_test_accuracy=summarize(shuffled_row["test_accuracy_values"]),
+                    shuffled_minus_method=paired(shuffled_row, row))
         entry["synflow_minus_snip"] = paired(rows["synflow"][i], rows["snip"][i])
         densities.append(entry)
     equal_row = rows["gmp_equal_cost"][-1]
     gmp_equal = {"density": equal_row["density"], "epochs": equal["epochs"],
                  "test_accuracy": summarize(equal_row["test_accuracy_values"]),
                  "gmp_minus_imp": paired(equal_row, nearest(rows["imp"], equal_row["density"]))}
-    pai = [m for m in CRITERIA if m != "random"]
-    findings = {
-        "synflow_vs_snip_by_density": {e["density"]: side(e["synflow_minus_snip"]) for e in densities},
-        "shuffling_changes": {m: {e["density"]: side(e["methods"][m]["shuffled_minus_method"]) for e in densities}
-                              for m in ["imp", *CRITERIA, "gmp"]},
-        "pai_minus_imp": {m: {e["density"]: side(e["methods"][m]["method_minus_imp"]) for e in densities}
-                          for m in pai},
-        "gmp_minus_imp_same_epochs": {e["density"]: side(e["methods"]["gmp"]["method_minus_imp"])
-                                      for e in densities},
-        "gmp_minus_imp_equal_cost": side(gmp_equal["gmp_minus_imp"]),
-    }
     return {"setup": {k: (list(v) if isinstance(v, tuple) else v) for k, v in setup.items()}, "imp": IMP[name],
-            "seeds": SEEDS,
-            "densities": densities, "gmp_equal_cost": gmp_equal, "findings": findings}
+            "pruning_at_init": PAI[name], "seeds": SEEDS, "densities": densities, "gmp_equal_cost": gmp_equal,
+            "provenance": provenance()}
 
 
 def plot(report: dict, out: Path) -> None:
@@ -175,8 +177,9 @@ def plot(report: dict, out: Path) -> None:
             low = [100 * (v["ci_low"] if v["ci_low"] is not None else v["mean"]) for v in s]
             high = [100 * (v["ci_high"] if v["ci_high"] is not None else v["mean"]) for v in s]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-            shuffled = [100 * e["methods"][method]["shuffled_test_accuracy"]["mean"] for e in densities]
-            ax.plot(x, shuffled, "x:", color=line.get_color())
+            if method in SHUFFLED:
+                shuffled = [100 * e["methods"][method]["shuffled_test_accuracy"]["mean"] for e in densities]
+                ax.plot(x, shuffled, "x:", color=line.get_color())
         equal = report[part]["gmp_equal_cost"]
         ax.errorbar([equal["density"]], [100 * equal["test_accuracy"]["mean"]], fmt="*", markersize=12,
                     color="black", label="gmp, IMP's total epochs")
@@ -209,7 +212,7 @@ def main():
         report[part] = run_setup(part, work)
         path.write_text(json.dumps(report, indent=1))
     plot(report, out)
-    print(json.dumps({part: report[part]["findings"] for part in SETUPS if part in report}, indent=1))
+    print(f"wrote {path}; `python benchmarks/render.py` renders the pages from it")
 
 
 if __name__ == "__main__":

@@ -279,3 +279,26 @@ def test_gradual_density_is_the_cubic_of_zhu_and_gupta():
     assert all(a >= b for a, b in zip(densities, densities[1:]))
     with pytest.raises(UserError):
         gradual_density(0, 100, 950, 100, 0.1)  # 850 is no multiple of 100
+
+
+def test_layer_shuffles_tell_methods_apart_only_where_they_choose_their_layer_counts():
+    """Frankle et al. 2021's layer-shuffle test compares a mask with its layer counts at random positions. With one
+    global ranking each criterion chooses its own counts, so two criteria's shuffles differ; layer-wise, every
+    criterion keeps the same count per layer and their shuffles are the same random mask: a test that cannot fail."""
+    from lt_plugin.branches.controls import shuffled_like
+    model, batches = _mlp(20, 30, 20, 5), _batches((20,), 5)
+
+    def counts(mask):
+        return [int(mask.tensors[n].sum()) for n in mask.prunable]
+
+    for scope in ("global", "layerwise"):
+        snip = prune_at_init(model, batches, "snip", 0.3, scope=scope)
+        magnitude = prune_at_init(model, None, "magnitude", 0.3, scope=scope)
+        a, b = shuffled_like(snip, 7), shuffled_like(magnitude, 7)
+        assert counts(a) == counts(snip) and counts(b) == counts(magnitude)
+        if scope == "global":
+            assert counts(snip) != counts(magnitude)
+            assert all(not torch.equal(a.tensors[n], b.tensors[n])
+                       for n, p, q in zip(snip.prunable, counts(snip), counts(magnitude)) if p != q)
+        else:
+            assert all(torch.equal(a.tensors[n], b.tensors[n]) for n in snip.prunable)
