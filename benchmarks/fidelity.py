@@ -76,13 +76,19 @@ def significant(difference: dict) -> str:
     return verdict(difference, difference["p_value"])
 
 
+def lth_tickets(run: Path, seeds: int = 5, epochs: int = 8, train_samples: int = 20_000, levels: int = 8) -> list:
+    """The LTH run (the defaults are this script's): LeNet-300-100, recipe lth-lenet, 40% of each hidden layer and 20%
+    of the output layer per level; read back when it is finished (the acceptance benchmark pools it too)."""
+    return lt_plugin.create_strategy("imp", model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist",
+                                     val_fraction=VAL_FRACTION, max_train_samples=train_samples, epochs=epochs,
+                                     levels=levels, prune_fraction=0.4, layer_prune_fractions={"fc": 0.2},
+                                     seeds=list(range(seeds))).run(run)
+
+
 def lth_part(args, work: Path) -> dict:
     run = work / "lth"
     started = time.perf_counter()
-    lt_plugin.create_strategy("imp", model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist",
-                              val_fraction=VAL_FRACTION, max_train_samples=args.train_samples, epochs=args.epochs,
-                              levels=args.levels, prune_fraction=0.4,
-                              layer_prune_fractions={"fc": 0.2}, seeds=list(range(args.seeds))).run(run)
+    lth_tickets(run, args.seeds, args.epochs, args.train_samples, args.levels)
     log("lth tickets", started)
     for control in ("random-reinit", "random-mask"):
         started = time.perf_counter()
