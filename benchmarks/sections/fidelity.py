@@ -1,0 +1,177 @@
+"""benchmarks/results/fidelity.json: the papers' effects on their own networks (benchmarks/fidelity.py)."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from render import block, results, stale_note
+from sections.common import adjusted, difference, densities_text, family_note, mean_pm, table, where
+
+CONTROLS = ("random-reinit", "random-mask")
+
+
+def _by_density(curve: dict, metric: str) -> Dict[float, dict]:
+    return {float(d): summary for d, summary in curve[metric].items()}
+
+
+def _range(entries: Dict[float, dict], keys: List[float]) -> str:
+    """'0.28 to 2.03 points': the smallest and largest magnitude of the differences at `keys`."""
+    sizes = sorted(abs(100 * entries[k]["mean"]) for k in keys)
+    return f"{sizes[0]:.2f}" + (f" to {sizes[-1]:.2f}" if len(sizes) > 1 else "") + " points"
+
+
+@block("fidelity.lth")
+def lth() -> str:
+    part = results("fidelity")["lth"]
+    rows = part["findings"]["densities"]
+    tests = {}
+    for row in rows:
+        d = row["density"]
+        tests[("dense", d)] = row["ticket_minus_dense"]
+        tests[("dense_step", d)] = row["ticket_minus_dense_early_stop_step"]
+        for control in CONTROLS:
+            tests[(control, d)] = row[f"{control}_minus_ticket"]
+    family = adjusted(tests)
+    curves = {name: (_by_density(c, "early_stop_test_accuracy"), _by_density(c, "early_stop_step"))
+              for name, c in part["curves"].items()}
+    ticket_acc, ticket_step = curves["ticket"]
+    dense = 1.0
+
+    def step(summaries, d):
+        return f"{summaries[d]['mean']:,.0f}" if d in summaries else ""
+
+    lines = [[f"{dense:.3f} (dense)", mean_pm(ticket_acc[dense]), step(ticket_step, dense)] + [""] * 7]
+    for row in rows:
+        d = row["density"]
+        cells = [f"{d:.3f}", mean_pm(ticket_acc[d]), step(ticket_step, d)]
+        for control in CONTROLS:
+            acc, steps = curves[control]
+            cells += [mean_pm(acc[d]) if d in acc else "", step(steps, d)]
+        cells += [difference(family[("dense", d)])] + [difference(family[(c, d)]) for c in CONTROLS]
+        lines.append(cells)
+    header = ["density", "ticket", "early stop at", "random reinit", "early stop at", "random mask",
+              "early stop at", "ticket - dense", "reinit - ticket", "mask - ticket"]
+
+    def verdicts(kind: str) -> Dict[float, dict]:
+        return {d: family[(k, d)] for k, d in family if k == kind}
+
+    above, below = where(verdicts("dense"), "above"), where(verdicts("dense"), "below")
+    noise = where(verdicts("dense"), "within noise")
+    sooner = where(verdicts("dense_step"), "below")
+    reinit, mask = where(verdicts("random-reinit"), "below"), where(verdicts("random-mask"), "below")
+    n = part["findings"]["seeds"]
+    setup = (f"Recipe `lth-lenet` (Adam, batch 60, layer-wise, rewound to init, validation every 100 iterations) on "
+             f"{part['train_samples']:,} of the 55,000 training images, {part['epochs']} epochs per level, {n} "
+             f"seeds; {part['levels']} levels, each pruning 40% of each hidden layer and 20% of the output layer. "
+             "Test accuracy at the early-stopping iteration (the lowest validation loss, LTH's measure): the mean "
+             "± the half-width of its 95% interval over the seeds; differences paired over the seeds, in points.\n\n")
+    claims = [
+        f"- **Tickets above dense** at densities {densities_text(above)}" + (
+            f" (by {_range(verdicts('dense'), above)})" if above else "")
+        + f"; within noise at {densities_text(noise)}; below at {densities_text(below)}.",
+        f"- **Random reinitialisation below the ticket** at {densities_text(reinit)}" + (
+            f" (by {_range(verdicts('random-reinit'), reinit)})" if reinit else "")
+        + f"; **random masks below the ticket** at {densities_text(mask)}" + (
+            f" (by {_range(verdicts('random-mask'), mask)})" if mask else "") + ".",
+        f"- **Tickets stop early sooner** than dense (their early-stopping iteration is below dense's "
+        f"{ticket_step[dense]['mean']:,.0f}) at {densities_text(sooner)}.",
+        f"- The paper: {part['paper']}",
+    ]
+    return (stale_note("fidelity", "lth") + setup + table(header, lines) + "\n" + "\n".join(claims) + "\n\n"
+            + family_note(family, f"this part ({n} seeds)") + "\n")
+
+
+@block("fidelity.pools")
+def pools() -> str:
+    part = results("fidelity")["pools"]
+    levels = part["levels"]
+    tests = {}
+    for row in levels:
+        tests[("test", row["level"])] = row["pooled_minus_ticket"]
+        tests[("corrupted", row["level"])] = row["pooled_minus_ticket_corrupted"]
+    family = adjusted(tests)
+    seeds = levels[0]["pooled_minus_ticket"]["n"]
+    lines = [[row["level"], f"{row['density']:.3f}", difference(family[("test", row["level"])]),
+              difference(family[("corrupted", row["level"])]), f"{row['pooled_at_seeds']} of {seeds}"]
+             for row in levels]
+
+    def levels_where(kind: str, verdict: str) -> List[int]:
+        return [level for (k, level), e in family.items() if k == kind and e["verdict"] == verdict]
+
+    def level_text(values: List[int]) -> str:
+        return ", ".join(map(str, values)) if values else "none"
+
+    never = [row["level"] for row in levels if row["pooled_at_seeds"] == 0]
+    claims = [
+        f"- **Pooled above the ticket** (test) at levels {level_text(levels_where('test', 'above'))}; below at "
+        f"levels {level_text(levels_where('test', 'below'))}; within noise or no spread at the others.",
+        f"- **Under corruptions**, above at levels {level_text(levels_where('corrupted', 'above'))}; below at "
+        f"levels {level_text(levels_where('corrupted', 'below'))}.",
+        f"- No blend was kept at any seed at levels {level_text(never)}: there the pooled ticket is the ticket.",
+        f"- The paper: {part['paper']}",
+    ]
+    return (stale_note("fidelity", "pools")
+            + f"Lottery Pools with the `confirm` rule on every level of each of the {seeds} seeds of the LTH run "
+              "above; pooled minus ticket, paired over the seeds, in points:\n\n"
+            + table(["level", "density", "pooled - ticket", "under corruptions", "pooled at"], lines) + "\n"
+            + "\n".join(claims) + "\n\n" + family_note(family, f"this part ({seeds} seeds)") + "\n")
+
+
+@block("fidelity.small")
+def small() -> str:
+    part = results("fidelity")["small"]
+    rules = part["levels"]
+    tests = {(rule, kind, row["level"]): row[kind] for rule, rows in rules.items() for row in rows
+             for kind in ("test_gain", "val_gain") if row.get(kind) is not None}
+    family = adjusted(tests)
+    seeds = len(part["seeds"]) if isinstance(part["seeds"], list) else part["seeds"]
+    shown = [rule for rule in ("paper", "loss", "paired", "confirm") if rule in rules]
+    header = ["level", "density"] + [f"`{rule}`: {kind}" for rule in shown for kind in ("validation", "test")]
+    lines = []
+    for i, row in enumerate(rules[shown[0]]):
+        cells = [row["level"], f"{row['density']:.3f}"]
+        for rule in shown:
+            r = rules[rule][i]
+            cells += [difference(family.get((rule, "val_gain", r["level"]))) + f" ({r['pooled_at_seeds']} of {seeds})",
+                      difference(family.get((rule, "test_gain", r["level"])))]
+        lines.append(cells)
+
+    def count(rule: str, kind: str, verdict: str) -> int:
+        return sum(1 for (r, k, _), e in family.items() if r == rule and k == kind and e["verdict"] == verdict)
+
+    claims = [f"- `{rule}`: validation gain above zero at {count(rule, 'val_gain', 'above')} of {len(rules[rule])} "
+              f"levels, test gain above at {count(rule, 'test_gain', 'above')} and below at "
+              f"{count(rule, 'test_gain', 'below')}; it pooled at "
+              f"{sum(r['pooled_at_seeds'] for r in rules[rule])} of {seeds * len(rules[rule])} (level, seed) cases."
+              for rule in shown]
+    return (stale_note("fidelity", "small")
+            + f"{part['train_images']:,} training images, {part['val_images']:,} of them held out for validation, an "
+              f"8-level `lth-lenet` IMP run over {seeds} seeds, pooled with each rule; gains in points, paired over "
+              "the seeds (how many seeds pooled, beside the validation gain):\n\n"
+            + table(header, lines) + "\n" + "\n".join(claims) + "\n\n"
+            + family_note(family, f"this part ({seeds} seeds)") + "\n")
+
+
+@block("fidelity.eb")
+def early_bird() -> str:
+    part = results("fidelity")["eb"]
+    tests = {(schedule, row["ratio"]): row["eb_minus_one_shot"] for schedule, rows in part["schedules"].items()
+             for row in rows}
+    family = adjusted(tests)
+    lines = []
+    for schedule, rows in part["schedules"].items():
+        for row in rows:
+            lines.append([f"`{schedule}`", f"{row['ratio']:g}", f"{row['found_at_seeds']}",
+                          f"{row['eb_epoch']['mean']:.1f}" if row["eb_epoch"].get("mean") is not None else "-",
+                          mean_pm(row["test_accuracy"]), difference(family[(schedule, row["ratio"])]),
+                          f"x{row['train_macs_saved']['mean']:.2f}" if row["train_macs_saved"].get("mean") else "-"])
+    header = ["retraining", "ratio", "found at seeds", "emerged (epoch)", "Early-Bird test", "Early-Bird - one-shot",
+              "training MACs saved"]
+    below = [f"ratio {r:g} (`{s}`)" for (s, r), e in family.items() if e["verdict"] == "below"]
+    above = [f"ratio {r:g} (`{s}`)" for (s, r), e in family.items() if e["verdict"] == "above"]
+    setup = part.get("setup", "")
+    return (stale_note("fidelity", "eb") + (setup + "\n\n" if setup else "")
+            + table(header, lines) + "\n"
+            + f"- Early-Bird above one-shot at {', '.join(above) or 'no ratio'}; below at {', '.join(below) or 'no ratio'}"
+              "; within noise elsewhere.\n"
+            + f"- The paper: {part['paper']}\n\n" + family_note(family, "this part") + "\n")
