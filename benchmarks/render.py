@@ -106,6 +106,7 @@ def load_sections() -> None:
     """Import every module of benchmarks/sections, each registering its blocks."""
     import importlib
     sys.path.insert(0, str(BENCHMARKS))
+    sys.modules.setdefault("render", sys.modules[__name__])  # run as a script, this module is the sections' `render`
     for path in sorted((BENCHMARKS / "sections").glob("*.py")):
         if path.stem != "__init__":
             importlib.import_module(f"sections.{path.stem}")
