@@ -1,5 +1,5 @@
-"""IMP's tickets against the baselines they are judged by, on Fashion-MNIST, over 3 seeds, every difference paired
-over the seeds (the renderer adjusts each part's differences together, Holm).
+"""IMP's tickets against the baselines they are judged by, on Fashion-MNIST, every difference paired
+over 5 seeds (the renderer adjusts each part's differences together, Holm).
 
 For each network: IMP (rewound to init, at twice the levels, so its even levels are the others' densities), pruning
 at initialisation by SNIP, GraSP, SynFlow, magnitude and random, ranked globally as their papers rank (so each
@@ -39,7 +39,7 @@ from lt_plugin.stats import paired_difference, summarize
 from lt_plugin.store import read_json
 from provenance import provenance
 
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1, 2, 3, 4]
 VAL_FRACTION = 5_000 / 60_000
 SETUPS = {
     "lenet": dict(model="lenet_300_100", recipe="lth-lenet", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
