@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lt_plugin-installed
 OFFLINE := HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 
-.PHONY: demo test install bench-accuracy bench-speed bench-fidelity
+.PHONY: demo test install bench-accuracy bench-speed bench-fidelity results
 
 install: $(STAMP)
 
@@ -34,3 +34,7 @@ bench-speed: $(STAMP)
 # benchmarks/README.md's Fidelity section (the papers' networks, needs dataset-fashion-mnist): about an hour.
 bench-fidelity: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/fidelity.py --work runs/fidelity
+
+# The README's Results and benchmarks/README.md's tables and claims, rendered from benchmarks/results/*.json.
+results: $(STAMP)
+	$(OFFLINE) $(PY) benchmarks/render.py

@@ -34,6 +34,7 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.data import FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_DIR_ENV, FASHION_MNIST_FILES
 from lt_plugin.report import plot_accuracy_curves
 from lt_plugin.branches.export import export_run_ticket
+from provenance import provenance
 
 DATA = ["--model", "resnet18", "--dataset", "fashion-mnist", "--image-size", "32", "--max-train-samples", "10000"]
 SCHEDULE = ["--epochs", "4", "--batch-size", "128", "--opt", "momentum", "--lr", "0.1", "--momentum", "0.9",
@@ -234,7 +235,7 @@ def main():
         "early_bird": read(work / "early_bird" / "results.json"),
         "early_bird_int8": read(work / "early_bird_int8" / "results.json"),
         "imp_channel": channel, "imp_channel_latency": latency,
-        "stage_seconds": seconds, "wall_seconds": time.perf_counter() - started,
+        "stage_seconds": seconds, "wall_seconds": time.perf_counter() - started, "provenance": provenance(),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 import lt_plugin
+from provenance import provenance
 
 
 def images_per_second(model, batches, enforce=None):
@@ -88,7 +89,7 @@ def main():
     report = {"benchmark": "channel_training_speed", "model": args.model, "image_size": args.image_size,
               "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
               "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-              "processor": platform.processor(), "rows": rows}
+              "processor": platform.processor(), "rows": rows, "provenance": provenance()}
     (out / "channel_training_speed.json").write_text(json.dumps(report, indent=2) + "\n")
 
     import matplotlib

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lt_plugin.cli import main as cli_main
+from provenance import provenance
 
 MODELS = ("resnet10t", "resnet18", "resnet34")
 COMMON = ["--dataset", "digits", "--image-size", "32", "--epochs", "1", "--seed", "0"]
@@ -61,7 +62,8 @@ def main():
     rows = [measure(model, Path(args.work)) for model in MODELS]
     report = {"wall_seconds": time.perf_counter() - started, "benchmark": "cost_growth", "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(),
-              "cpus": os.cpu_count(), "machine": platform.machine(), "common": COMMON, "rows": rows}
+              "cpus": os.cpu_count(), "machine": platform.machine(), "common": COMMON, "rows": rows,
+              "provenance": provenance()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cost_growth.json").write_text(json.dumps(report, indent=2) + "\n")

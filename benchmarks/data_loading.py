@@ -233,6 +233,7 @@ def main():
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args()
     import torch
+    from provenance import provenance
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     partial = set(args.sections) != set(SECTIONS) and (out / "data_loading.json").exists()
@@ -241,6 +242,10 @@ def main():
                    "machine": platform.machine(), "read_batches": READ_BATCHES})
     for section in args.sections:
         report[section] = SECTIONS[section](Path(args.work))
+    # A partial rerun leaves the file's provenance (its oldest sections') and records the sections it made.
+    report.setdefault("sections_provenance", {}).update({section: provenance() for section in args.sections})
+    if not partial:
+        report["provenance"] = provenance()
     (out / "data_loading.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "data_loading.png")
     print(f"wrote {out / 'data_loading.json'} and {out / 'data_loading.png'}")

@@ -21,6 +21,7 @@ import torch
 import lt_plugin
 from lt_plugin.cli import main as cli_main
 from lt_plugin.deploy import export_onnx, latency_report
+from provenance import provenance
 
 
 def latency_rows(model_name, image_size, densities, rounds_to, rounds, batches):
@@ -122,7 +123,7 @@ def main():
     report = {"benchmark": "deploy_latency", "image_size": args.image_size, "batches": list(batches),
               "rounds": args.rounds, "warmup": 5, "torch_threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-              "latency": latency, "accuracy": accuracy}
+              "latency": latency, "accuracy": accuracy, "provenance": provenance()}
     (out / "deploy_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(latency, batches[-1], out / "deploy_latency.png")
     print(f"wrote {out / 'deploy_latency.json'} and {out / 'deploy_latency.png'}")

@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 
 import lt_plugin
+from provenance import provenance
 
 MODELS = [("resnet18", {}), ("resnet50", {}), ("vgg16_bn", {}), ("efficientnet_b0", {}),
           ("mobilenetv3_small_100", {}), ("regnetx_002", {}), ("convnext_atto", {}),
@@ -69,7 +70,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "export_equivalence.json").write_text(json.dumps(
         {"benchmark": "export_equivalence", "image_size": args.image_size, "target_density": args.density,
-         "rows": rows}, indent=2) + "\n")
+         "rows": rows, "provenance": provenance()}, indent=2) + "\n")
 
     import matplotlib
     matplotlib.use("Agg")

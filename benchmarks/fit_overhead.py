@@ -34,6 +34,7 @@ from lt_plugin.experiment import Experiment
 from lt_plugin.loaders import DeviceNormalize, make_loader
 from lt_plugin.train import EpochShuffle, TrainConfig, evaluate, fit, make_accelerator
 from lt_plugin.train.config import create_optimizer
+from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
 SETUPS = {  # LeNet-300-100 on the whole training set (55,000 images): its epochs are short enough as it is
@@ -147,7 +148,7 @@ def main():
               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
               "fit": [measure_fit(name, setup, args.rounds, args.train_samples, args.epochs, work / "fit")
                       for name, setup in SETUPS.items()],
-              "run_costs": measure_run_costs(work / "runs")}
+              "run_costs": measure_run_costs(work / "runs"), "provenance": provenance()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fit_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, RESULTS / "fit_overhead.png")

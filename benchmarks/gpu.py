@@ -38,6 +38,7 @@ from lt_plugin.callbacks import Callback
 from lt_plugin.experiment import Experiment
 from lt_plugin.loaders import DeviceNormalize
 from lt_plugin.train import TrainConfig, fit, make_accelerator
+from provenance import provenance
 
 WARMUP_STEPS = 10  # steps before a timed window: cuDNN autotuning, allocator growth, worker start-up
 
@@ -192,7 +193,7 @@ def main():
               "torch": torch.__version__, "python": platform.python_version(), "model": args.model,
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": args.precision,
               "timed_steps": args.steps - WARMUP_STEPS, "num_workers": None, "macs_ratio": dense_macs / ticket_macs,
-              "ticket_density": mask.density}
+              "ticket_density": mask.density, "provenance": provenance()}
     for name, model in (("dense", dense), ("ticket", ticket)):
         resident, resident_util = gpu_resident(copy.deepcopy(model), data, device, args.steps, args.batch_size,
                                                device.type == "cuda", args.precision)

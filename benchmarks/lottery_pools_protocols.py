@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lt_plugin.cli import main as cli_main
+from provenance import provenance
 
 PROTOCOLS = ("fast", "reference")
 
@@ -62,7 +63,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "lottery_pools_protocols", "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "machine": platform.machine(), "runs": runs}
+              "torch": torch.__version__, "machine": platform.machine(), "runs": runs, "provenance": provenance()}
     (out / "lottery_pools_protocols.json").write_text(json.dumps(report, indent=2) + "\n")
 
     import matplotlib

@@ -30,6 +30,7 @@ import torch
 import lt_plugin
 from lt_plugin.layout import RunLayout
 from lt_plugin.store import load_weights
+from provenance import provenance
 
 SEEDS = [0, 1, 2, 3]
 
@@ -92,7 +93,7 @@ def main():
               "seconds": seconds, "median_seconds": medians,
               "seeds_per_hour": {k: 3600 * len(SEEDS) / v for k, v in medians.items()},
               "speedup": medians["one_process"] / medians["two_processes"],
-              "largest_weight_difference": max(differences)}
+              "largest_weight_difference": max(differences), "provenance": provenance()}
     (out / "parallel_seeds.json").write_text(json.dumps(report, indent=1))
 
     import matplotlib

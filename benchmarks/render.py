@@ -78,9 +78,11 @@ def made_before(name: str, part: str = "") -> List[dict]:
                                                                       for p in c["parts"])]
 
 
-def stale_note(name: str, part: str = "") -> str:
-    """A line saying which later changes a part's numbers do not include; empty when they include all."""
-    later = made_before(name, part)
+def stale_note(name: str, *parts: str) -> str:
+    """A line naming, once each and in order, the later changes that the numbers of some parts of a file (of the file
+    itself when none is named) do not include; empty when they include all."""
+    later = sorted({c["revision"]: c for part in parts or ("",) for c in made_before(name, part)}.values(),
+                   key=lambda c: c["revision"])
     if not later:
         return ""
     return ("> Measured before " + "; ".join(f"{c['what']} (revision {c['revision']})" for c in later)
@@ -134,4 +136,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.modules["render"] = sys.modules[__name__]  # the sections' `from render import block` registers here
     sys.exit(main())

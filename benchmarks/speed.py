@@ -45,6 +45,7 @@ from lt_plugin.deploy import interleaved_medians
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lottery_pools_protocols import compare  # noqa: E402  (a script next to this one)
+from provenance import provenance  # noqa: E402
 
 MODEL, IMAGE_SIZE, BATCH = "resnet18", 32, 128
 REPEATS = 3
@@ -333,6 +334,7 @@ def main():
     report["d_lottery_pools_protocols"] = pools_protocols(work)
     report["e_early_bird"] = early_bird(work)
     report["wall_seconds"] = time.perf_counter() - started
+    report["provenance"] = provenance()
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "speed.png")

@@ -26,6 +26,7 @@ import lt_plugin
 from lt_plugin.check import DENSITIES, NUM_CLASSES, check_model
 from lt_plugin.errors import UserError, first_line
 from lt_plugin.experiment import Experiment
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {  # model: family
@@ -138,7 +139,7 @@ def main():
     result = {"benchmark": "support_matrix", "image_size": args.image_size, "target_densities": list(DENSITIES),
               "lt_plugin": lt_plugin.__version__, "timm": timm.__version__, "torch_pruning": tp.__version__,
               "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-              "total_seconds": time.perf_counter() - started, "rows": rows}
+              "total_seconds": time.perf_counter() - started, "rows": rows, "provenance": provenance()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "support_matrix.json").write_text(json.dumps(result, indent=2) + "\n")

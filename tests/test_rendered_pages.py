@@ -3,7 +3,9 @@ and claims are rendered from benchmarks/results/*.json (benchmarks/render.py, `m
 differs from its render fails here. Prose outside the rendered blocks carries no measured number."""
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +62,20 @@ def test_a_part_made_before_a_change_to_its_method_says_so(monkeypatch):
     assert [c["what"] for c in render.made_before("x", "b")] == ["w2", "w3"]  # the file's revision 1
     assert "w2 (revision 2); w3 (revision 3)" in render.stale_note("x", "b")
     assert render.stale_note("x", "a").startswith("> Measured before w3")
+
+
+def test_a_note_over_several_parts_names_each_later_change_once_in_order(monkeypatch):
+    reports = {"x": {"provenance": {"revision": 1}, "a": {"provenance": {"revision": 2}}, "b": {}}}
+    monkeypatch.setattr(render, "results", lambda name: reports[name])
+    monkeypatch.setattr(render, "changes", lambda: [{"revision": 2, "what": "w2", "parts": ["x.b"]},
+                                                    {"revision": 3, "what": "w3", "parts": ["x"]}])
+    note = render.stale_note("x", "a", "b")
+    assert note.startswith("> Measured before w2 (revision 2); w3 (revision 3):")
+    assert note.count("w3") == 1
+
+
+def test_the_script_renders_with_the_blocks_its_sections_register():
+    # Run as a script, render.py is __main__: the sections' `from render import block` must register there.
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "render.py"), "--check"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -3,7 +3,7 @@ together, and the verdict each difference earns (lt_plugin.stats)."""
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Sequence
 
 from lt_plugin.stats import adjust_family
 
@@ -24,6 +24,47 @@ def points(value: Optional[float], digits: int = 2) -> str:
 def times(value: Optional[float], digits: int = 2) -> str:
     """A ratio: 2.413 -> 'x2.41'."""
     return "-" if value is None else f"x{value:.{digits}f}"
+
+
+def count(value: float) -> str:
+    """A count with thousands separators: 10000 -> '10,000'."""
+    return f"{round(value):,}"
+
+
+def gib(nbytes: float, digits: int = 2, unit: bool = True) -> str:
+    """Bytes in GiB: '1.22 GiB' ('1.22' without the unit)."""
+    return f"{nbytes / 2 ** 30:.{digits}f}" + (" GiB" if unit else "")
+
+
+def minutes(seconds: float) -> str:
+    """A duration in whole minutes: '71 minutes'."""
+    return f"{seconds / 60:.0f} minutes"
+
+
+def fixed(digits: int) -> Callable[[float], str]:
+    """A shower of plain numbers for `span`: fixed(3)(0.18654) -> '0.187'."""
+    return lambda value: f"{value:.{digits}f}"
+
+
+def span(values: Iterable[float], show: Callable[[float], str]) -> str:
+    """The range of some values as shown: 'x1.48 to x1.59'; one value when both ends show alike."""
+    values = list(values)
+    low, high = show(min(values)), show(max(values))
+    return low if low == high else f"{low} to {high}"
+
+
+def command(argv: Sequence[str]) -> str:
+    """A command line as an inline code span: '`lt-plugin early-bird --ratios 0.3 0.5`'."""
+    return "`" + " ".join(str(a) for a in argv) + "`"
+
+
+def option(argv: Sequence[str], flag: str) -> str:
+    """The value given to `flag` in a recorded command line (the word after it)."""
+    return argv[list(argv).index(flag) + 1]
+
+
+ONE_SEED = ("One seed: each number is one run's, with no interval, so a difference between two of them is a "
+            "measurement, not a verdict.")
 
 
 def mean_pm(summary: dict, digits: int = 2) -> str:
@@ -80,3 +121,20 @@ def densities_text(values: List[float]) -> str:
 def where(entries: Dict[float, dict], verdict: str) -> List[float]:
     """The densities (keys) whose difference earned `verdict`, largest first."""
     return sorted((k for k, e in entries.items() if e["verdict"] == verdict), reverse=True)
+
+
+# What You et al. (ICLR 2020) report for Early-Bird against one-shot pruning, VGG-16 on CIFAR-100 (its table of
+# training FLOPs at each pruning ratio; the energy saving is its abstract's range).
+EARLY_BIRD_PAPER = {"ratios": (0.1, 0.3, 0.5), "early_bird_flops": (282, 243, 197), "one_shot_flops": 605,
+                    "energy_saving": (2.2, 4.7), "epochs": 160}
+
+
+def early_bird_paper() -> str:
+    """The paper's saving, said one way wherever a page compares with it."""
+    paper = EARLY_BIRD_PAPER
+    saved = [paper["one_shot_flops"] / flops for flops in paper["early_bird_flops"]]
+    ratios = ", ".join(f"{r:g}" for r in paper["ratios"])
+    return (f"the paper reports {span(saved, lambda v: times(v, 1))} fewer training FLOPs than one-shot pruning "
+            f"(VGG-16 on CIFAR-100 at ratios {ratios}: {', '.join(map(str, paper['early_bird_flops']))} against "
+            f"{paper['one_shot_flops']}) and {span(paper['energy_saving'], lambda v: times(v, 1))} less energy, on "
+            f"{paper['epochs']}-epoch schedules")
