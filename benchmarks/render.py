@@ -136,5 +136,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.modules["render"] = sys.modules[__name__]  # the sections' `from render import block` registers here
     sys.exit(main())

@@ -1,0 +1,75 @@
+"""benchmarks/results/lottery_pools_acceptance.json: which acceptance rule Lottery Pools uses by default
+(benchmarks/lottery_pools_acceptance.py)."""
+
+from __future__ import annotations
+
+from lt_plugin.stats import paired_difference
+
+from render import block, results, stale_note
+from sections.common import adjusted, difference, family_note, percent, points, table
+
+NETWORKS = {"lenet_300_100": "LeNet-300-100", "cifar_resnet20": "`cifar_resnet20`"}
+
+
+def _harm(summary: dict) -> str:
+    """'0 of 14 (95% upper bound 23.2%)': the pooled cases that lost test accuracy."""
+    if not summary["pooled"]:
+        return "none pooled"
+    return f"{summary['harmed']} of {summary['pooled']} (95% upper bound {percent(summary['harm_upper_95'], 1)})"
+
+
+def _summary_table(choice: dict, subset: str) -> str:
+    rows = [[NETWORKS[network], f"`{rule}`", s["cases"], s["pooled"], points(s["mean_gain"]), _harm(s)]
+            for rule, by_network in choice[subset].items() for network, s in by_network.items()]
+    return table(["network", "rule", "(level, seed) cases", "pooled", "mean test gain (points)",
+                  "pooled cases below the ticket on test"], rows)
+
+
+def _separable(report: dict, network: str, a: str, b: str) -> dict:
+    """`a`'s test gain minus `b`'s over the same (level, seed) cases, paired."""
+    cases = {rule: {(c["seed"], c["level"]): c["gain"] for c in report["networks"][network][rule]["cases"]}
+             for rule in (a, b)}
+    shared = sorted(set(cases[a]) & set(cases[b]))
+    return paired_difference([cases[a][k] for k in shared], [cases[b][k] for k in shared])
+
+
+@block("acceptance")
+def acceptance() -> str:
+    report = results("lottery_pools_acceptance")
+    choice = report["choice"]
+    seeds = choice["selection_seeds"]
+    default = choice["default"]
+    parts = []
+    for network in report["networks"]:
+        note = stale_note("lottery_pools_acceptance", f"networks.{network}")
+        if note:
+            parts.append(f"{NETWORKS[network]}: {note}")
+    lines = [
+        "".join(parts),
+        "The rule is chosen on the cases of the selection seeds ("
+        + "; ".join(f"{NETWORKS[n]}: {', '.join(map(str, s))}" for n, s in seeds.items())
+        + f"), among the rules whose pooled cases lost test accuracy at most {percent(report['significance'], 0)} "
+          "of the time there; its gains are then read on the other seeds, which took no part in the choice.\n",
+        "On the selection seeds:\n", _summary_table(choice, "selection"),
+        f"\nEligible: {', '.join(f'`{r}`' for r in choice['eligible']) or 'none'}. "
+        f"**The default is `{default}`**: the largest mean test gain among them on the selection seeds.\n",
+        "On the held-out seeds:\n", _summary_table(choice, "held_out"), "",
+    ]
+    if default and "cifar_resnet20" in report["networks"]:
+        others = [r for r in choice["eligible"] if r != default and r in report["networks"]["cifar_resnet20"]]
+        for other in others:
+            gap = adjusted({0: _separable(report, "cifar_resnet20", default, other)})[0]
+            lines.append(f"On `cifar_resnet20`, `{default}` minus `{other}` over the same cases: "
+                         f"{difference(gap)} points ({gap['verdict']}): "
+                         + ("these cases cannot tell the two rules apart." if gap["verdict"] in
+                            ("within noise", "no spread") else "the cases separate the two rules.") + "\n")
+    for network, rules in report["networks"].items():
+        tests = {(rule, r["level"]): r["test_gain"] for rule, measured in rules.items() for r in measured["levels"]}
+        family = adjusted(tests)
+        names = list(rules)
+        rows = [[f"{r['density']:.3f}", *[difference(family[(rule, r["level"])]) for rule in names]]
+                for r in rules[names[0]]["levels"]]
+        lines += [f"Per level on {NETWORKS[network]} (pooled minus ticket on test, points, paired over the seeds):\n",
+                  table(["density", *[f"`{rule}`" for rule in names]], rows),
+                  family_note(family, f"this network's levels and rules") + "\n"]
+    return "\n".join(lines)
