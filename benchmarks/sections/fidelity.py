@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Dict, List
 
 from render import block, results, stale_note
-from sections.common import adjusted, difference, densities_text, family_note, mean_pm, table, where
+from sections.common import (adjusted, difference, densities_text, early_bird_paper, family_note, mean_pm, table,
+                             where)
 
 CONTROLS = ("random-reinit", "random-mask")
 
@@ -174,4 +175,4 @@ def early_bird() -> str:
             + table(header, lines) + "\n"
             + f"- Early-Bird above one-shot at {', '.join(above) or 'no ratio'}; below at {', '.join(below) or 'no ratio'}"
               "; within noise elsewhere.\n"
-            + f"- The paper: {part['paper']}\n\n" + family_note(family, "this part") + "\n")
+            + f"- The paper: {early_bird_paper()}.\n\n" + family_note(family, "this part") + "\n")
