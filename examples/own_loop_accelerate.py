@@ -5,8 +5,9 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/own_loop_accelerate.py
 
 The pruner works on the unwrapped model, the same on every process (DDP keeps their weights equal); a channel
-ticket is a new, smaller module, prepared anew. Batches are global and split over the processes (`split_batches`),
-read in `fit`'s order: `lt-plugin imp` launched the same way trains the same tickets.
+ticket's model is pruned in place and prepared anew (its parameters are new). Batches are global and split over
+the processes (`split_batches`), read in `fit`'s order: `lt-plugin imp` launched the same way trains the same
+tickets.
 """
 
 import argparse
@@ -78,9 +79,9 @@ def main():
     prepared = accelerator.prepare(model)
     for level in range(args.levels + 1):
         if level:
-            trainee = pruner.step(model)
-            if trainee is not model:  # a channel ticket: a smaller module to prepare
-                model, prepared = trainee, accelerator.prepare(trainee)
+            pruner.step()  # prunes `model` in place
+            if args.granularity == "channel":  # its parameters are new: wrap it anew (DDP) for its training
+                prepared = accelerator.prepare(model)
         train(prepared, model, pruner, data, args, accelerator)
         accuracy = test_accuracy(model, data, accelerator.device)
         if accelerator.is_main_process:

@@ -64,6 +64,19 @@ class EarlyBirdDetector:
     def found(self) -> bool:
         return self.found_at is not None
 
+    def state_dict(self) -> dict:
+        """The masks in the window and the distances seen: tensors and plain values, for a checkpoint."""
+        return {"window": self.window, "epsilon": self.epsilon, "older": [flags.cpu() for flags in self._older],
+                "distances": [list(d) for d in self.distances], "found_at": self.found_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["window"], state["epsilon"]) != (self.window, self.epsilon):
+            raise UserError(f"the detector's state is of window {state['window']} and epsilon {state['epsilon']}, "
+                            f"not {self.window} and {self.epsilon}")
+        self._older = deque((torch.as_tensor(flags).bool() for flags in state["older"]), maxlen=self.window - 1)
+        self.distances = [list(d) for d in state["distances"]]
+        self.found_at = state["found_at"]
+
 
 def norm_scales(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> Dict[str, nn.Parameter]:
     """The normalisation scales the penalty and the `bn-scale` score act on: every BatchNorm weight, or on a model

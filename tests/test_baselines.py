@@ -143,11 +143,10 @@ def test_gradual_pruner_follows_the_cubic_schedule_in_an_own_loop():
     torch.manual_seed(0)
     model = timm.create_model("lenet_300_100", num_classes=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    pruner = lt_plugin.GradualPruner(nn.DataParallel(model), pruning_ratio=0.8, start_step=2, end_step=14,
-                                     frequency=3)
+    pruner = lt_plugin.GradualPruner(nn.DataParallel(model), pruning_ratio=0.8, start=2, end=14, frequency=3)
     # the classifier is found and left alone through the wrapper
     assert pruner.mask.prunable == ["fc_layers.0.weight", "fc_layers.1.weight"]
-    total, previous = 784 * 300 + 300 * 100, None
+    sizes, previous = {"fc_layers.0.weight": 784 * 300, "fc_layers.1.weight": 300 * 100}, None
     for step in range(1, 19):
         inputs, targets = torch.randn(8, 1, 28, 28), torch.randint(0, 3, (8,))
         F.cross_entropy(model(inputs), targets).backward()
@@ -159,17 +158,25 @@ def test_gradual_pruner_follows_the_cubic_schedule_in_an_own_loop():
         t = 2 + (min(step, 14) - 2) // 3 * 3  # the last pruning step so far
         expected = 1.0 if step < 5 else 0.2 + 0.8 * (1 - (t - 2) / 12) ** 3
         assert expected == pytest.approx(gradual_density(step, 2, 14, 3, 0.2))  # the formula, by hand
-        assert _kept(pruner.mask) == round(expected * total)
+        for name, size in sizes.items():  # Zhu & Gupta's rule: every layer to the schedule's density
+            assert int(pruner.mask.tensors[name].sum()) == round(expected * size), (step, name)
         weights = dict(model.named_parameters())
         assert all(not weights[n][~pruner.mask.tensors[n]].any() for n in pruner.mask.prunable)
         if previous is not None:  # nothing pruned grows back
             assert all(not (pruner.mask.tensors[n] & ~previous[n]).any() for n in previous)
         previous = {n: t.clone() for n, t in pruner.mask.tensors.items()}
-    assert pruner.mask.density == pytest.approx(0.2, abs=1 / total)
+    assert pruner.mask.density == pytest.approx(0.2, abs=1 / sum(sizes.values()))
     state = pruner.state_dict()
-    other = lt_plugin.GradualPruner(model, pruning_ratio=0.8, start_step=2, end_step=14, frequency=3)
+    other = lt_plugin.GradualPruner(model, pruning_ratio=0.8, start=2, end=14, frequency=3)
     other.load_state_dict(state)
     assert other.current_step == 18 and all(torch.equal(other.mask.tensors[n], state["mask"][n]) for n in state["mask"])
+    ranked_globally = lt_plugin.GradualPruner(timm.create_model("lenet_300_100", num_classes=3), pruning_ratio=0.8,
+                                              start=0, end=3, frequency=3, global_pruning=True)
+    for _ in range(3):
+        ranked_globally.step()
+    kept = {n: int(t.sum()) for n, t in ranked_globally.mask.tensors.items()}
+    assert sum(kept.values()) == round(0.2 * sum(sizes.values())) and kept != {n: round(0.2 * size)
+                                                                               for n, size in sizes.items()}
 
 
 @pytest.mark.slow

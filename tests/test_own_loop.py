@@ -2,6 +2,7 @@
 path: the own-loop examples against the strategies they mirror, the Lottery Pools function on hand-loaded tickets
 against the strategy, a pruner's saved level through `lt-plugin export`."""
 
+import copy
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch_pruning as tp
 from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
@@ -21,7 +23,8 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.experiment import Experiment
 from lt_plugin.errors import LtPluginWarning
 from lt_plugin.levels import level_density
-from lt_plugin.pruners import EarlyBirdPruner, IMPPruner
+from lt_plugin.early_bird_pruner import EarlyBirdPruner
+from lt_plugin.pruners import IMPPruner
 from lt_plugin.store import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,17 +170,21 @@ def test_the_imp_pruner_prunes_rewinds_and_keeps_its_mask_in_torch_prunings_word
     assert pruner.current_step == 2 and all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
-def test_a_channel_pruner_hands_out_the_small_model_and_its_torch_pruning_history():
+def test_a_channel_pruner_prunes_the_model_in_place_and_gives_its_torch_pruning_history():
     model = timm.create_model("test_resnet", num_classes=10)
+    dense = copy.deepcopy(model)
     example = torch.zeros(1, 3, 16, 16)
     pruner = IMPPruner(model, example, pruning_ratio=0.5, granularity="channel")
-    small = pruner.step()
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert pruner.step() is model
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in dense.parameters())
     history = pruner.pruning_history()
     assert history and history == [list(entry) for entry in pruner.mask.plan]
+    replayed = copy.deepcopy(dense)  # Torch-Pruning's own replay of the history on the dense model
+    tp.DependencyGraph().build_dependency(replayed, example_inputs=example).load_pruning_history(history)
+    assert {k: v.shape for k, v in replayed.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(small.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-4)  # BatchNorm: equal
+    with torch.no_grad():  # the zeroed channels of the dense model, removed: BatchNorm makes them equal
+        torch.testing.assert_close(model.eval()(x), pruner.mask.apply(dense).eval()(x), rtol=1e-4, atol=1e-4)
 
 
 def test_the_early_bird_pruner_emerges_when_its_masks_stop_moving_and_prunes_physically():
@@ -210,28 +217,41 @@ def test_a_wrapped_model_keeps_its_classifier(granularity):
     assert "fc.weight" not in pruner.mask.prunable and all(not n.startswith("module.") for n in pruner.mask.tensors)
     if granularity == "weight":
         assert handed is wrapped and bool(wrapped.module.fc.weight.ne(0).all())  # the classes are all there
-    else:
-        assert handed.fc.out_features == 10
+    else:  # pruned in place: the module inside, to be wrapped again (its parameters are new)
+        assert handed is wrapped.module and handed.fc.out_features == 10
     mask = lt_plugin.create_mask(nn.DataParallel(_resnet()), example, 0.5, "channel")
     assert lt_plugin.export(nn.DataParallel(_resnet()), mask, example).fc.out_features == 10
     compiled = torch.compile(_resnet())  # torch.compile's wrapper: its _orig_mod is pruned
     assert "fc.weight" not in IMPPruner(compiled, example, pruning_ratio=0.5).mask.prunable
 
 
-def test_step_without_an_argument_reads_the_small_model_it_handed_out():
+def test_a_channel_step_prunes_the_users_model_in_place_and_reads_its_training_back():
+    """Torch-Pruning's habit: `pruner.step()` with its return ignored, then training `model`. The model is the
+    ticket, physically pruned in place; the next level's channels come from its trained weights, as `create_mask`
+    chooses them on a dense copy holding those weights (the independent reference)."""
     example = torch.zeros(1, 3, 16, 16)
-    pruners = [IMPPruner(_resnet(), example, pruning_ratio=0.75, iterative_steps=2, granularity="channel")
-               for _ in range(2)]
-    for pruner in pruners:
-        small = pruner.step()
-        torch.manual_seed(5)
-        with torch.no_grad():
-            for p in small.parameters():  # the level's training, in place on the model step() returned
-                p.mul_(torch.rand_like(p) * 2)
-        pruner.trained = small
-    pruners[0].step()  # as Torch-Pruning users call it
-    pruners[1].step(pruners[1].trained)
-    assert pruners[0].mask.plan == pruners[1].mask.plan and pruners[0].mask.distance(pruners[1].mask) == 0.0
+    model = _resnet()
+    pruner = IMPPruner(model, example, pruning_ratio=0.75, iterative_steps=2, granularity="channel")
+    dense_parameters = sum(p.numel() for p in model.parameters())
+    first_layer = model.conv1[0]
+    pruner.step()  # the return ignored
+    assert model.conv1[0] is first_layer and sum(p.numel() for p in model.parameters()) < dense_parameters
+    assert first_layer.out_channels == int(pruner.mask.tensors["conv1.0.weight"].flatten(1).any(dim=1).sum())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # the model is the ticket the pruner exports: theta_0's survivors
+        torch.testing.assert_close(model.eval()(x), pruner.export().eval()(x), rtol=0, atol=0)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():  # the level's training, on `model`
+            p.mul_(torch.rand_like(p) * 2)
+    trained = pruner.mask.to_dense(model.state_dict(), _resnet().state_dict())
+    reference = _resnet()
+    reference.load_state_dict(trained)
+    expected = lt_plugin.create_mask(reference, example, pruner.density(2), "channel", previous=pruner.mask)
+    pruner.step()
+    assert pruner.mask.plan == expected.plan and pruner.mask.distance(expected) == 0.0
+    assert [h["step"] for h in pruner.levels()] == [1, 2]
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in pruner.export().parameters())
 
 
 def test_weights_that_regrew_are_reported_and_zeroed_at_step_and_save_level(tmp_path):
