@@ -70,6 +70,20 @@ def test_prune_at_init_levels_are_the_criterions_masks_at_imps_densities(snip_ru
     assert Mask.load(layout.level(1).mask).distance(Mask.load(layout.level(2).mask)) > 0
 
 
+def test_each_ticket_folder_has_its_sparsity_layer_by_layer(snip_run):
+    out, _, results = snip_run
+    for level in range(3):
+        ticket = RunLayout(out).level(level)
+        mask, report = Mask.load(ticket.mask), json.loads(ticket.sparsity.read_text())
+        weights = load_weights(ticket.weights)
+        assert [row["layer"] + ".weight" for row in report["layers"]] == mask.prunable
+        for row in report["layers"]:
+            keep, weight = mask.tensors[row["layer"] + ".weight"], weights[row["layer"] + ".weight"]
+            assert row["shape"] == list(keep.shape) and row["kept"] == int(keep.sum())
+            assert row["nonzero"] == int(weight.count_nonzero())
+        assert report["density"] == results[level]["density"]
+
+
 def test_a_shuffled_control_of_a_snip_run_keeps_its_per_layer_counts(snip_run, tmp_path):
     out, _, _ = snip_run
     lt_plugin.create_branch("random-mask", run_dir=str(out), targets=[2]).run(tmp_path / "shuffled")
@@ -115,10 +129,13 @@ def test_gradual_reaches_each_levels_density_exactly_on_the_schedule(tmp_path):
     results = strategy.run(out)
     layout = RunLayout(out)
     init = load_weights(layout.init)
+    assert strategy.scope == "layerwise"  # Zhu & Gupta's rule is the default of gradual alone
     for level in (1, 2):
         mask = Mask.load(layout.level(level).mask)
         assert results[level]["prune_start_step"] == 4 and results[level]["prune_end_step"] == 12
-        assert _kept(mask) == round(strategy.level_density(level, _total(mask)) * _total(mask))
+        density = strategy.level_density(level, _total(mask))
+        for name in mask.prunable:  # every layer to the level's density, by hand
+            assert int(mask.tensors[name].sum()) == round(density * mask.tensors[name].numel()), (level, name)
         assert results[level]["density"] == _kept(mask) / _total(mask)
         trained = load_weights(layout.level(level).weights)
         assert all(not trained[n][~mask.tensors[n]].any() for n in mask.prunable)  # held at zero
@@ -126,6 +143,18 @@ def test_gradual_reaches_each_levels_density_exactly_on_the_schedule(tmp_path):
     assert results[0]["density"] == 1.0 and "prune_start_step" not in results[0]
     model = strategy.create_model(10, seed=0)  # every level starts from the run's theta_0
     assert all(torch.equal(init[n], t) for n, t in model.state_dict().items())
+
+    # A folder made when global ranking was the default (and before --schedule) keeps its meaning on a rerun.
+    config = json.loads(layout.config.read_text())
+    config["hparams"]["scope"] = "global"
+    del config["hparams"]["schedule"]
+    layout.config.write_text(json.dumps(config))
+    options = dict(levels=2, prune_fraction=0.5, frequency=2, **TINY)
+    with pytest.raises(lt_plugin.RunFolderError, match="was made with scope='global', not 'layerwise'"):
+        lt_plugin.create_strategy("gradual", **options).run(out)
+    with pytest.raises(lt_plugin.RunFolderError, match="was made with schedule='cubic', not 'linear'"):
+        lt_plugin.create_strategy("gradual", scope="global", schedule="linear", **options).run(out)
+    assert lt_plugin.create_strategy("gradual", scope="global", **options).run(out) == results  # read back
 
 
 def test_gradual_refuses_a_schedule_that_does_not_fit(tmp_path):

@@ -372,3 +372,90 @@ def test_torch_prunings_own_loop_with_the_imp_pruner_dropped_in(tmp_path):
         weights = load_weights(tmp_path / "run" / f"level_{level}" / "weights.safetensors")
         assert all(not weights[n][~keep].any() for n, keep in mask.tensors.items())  # the mask held in training
     assert cli_main(["export", "--run", str(tmp_path / "run"), "--level", "2", "--out", str(tmp_path / "t.st")]) == 0
+
+
+# ---------------------------------------------------------------- the model moves; regrowth while it trains
+
+def test_the_masks_follow_a_model_that_moves():
+    """`meta` stands in for a GPU: every parameter's data moves, the Parameter objects stay (what `.to()` does)."""
+    model = _resnet()
+    gradual = lt_plugin.GradualPruner(model, pruning_ratio=0.5, start=0, end=2, frequency=1)
+    assert gradual.step() and gradual.step()  # pruned on the CPU, at steps 1 and 2
+    kept = {n: t.clone() for n, t in gradual.mask.tensors.items()}
+    model.to("meta")
+    assert gradual.step() is False  # the zeros kept where the model now is (this crashed: a CPU mask, meta weights)
+    assert next(model.parameters()).device.type == "meta"
+    assert all(torch.equal(gradual.state_dict()["mask"][n], t) for n, t in kept.items())
+
+    imp_model = _resnet()
+    imp = IMPPruner(imp_model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.5)
+    imp.step()
+    optimizer = torch.optim.SGD(imp_model.parameters(), lr=0.1)
+    imp.mask_after_steps(optimizer)
+    imp_model.to("meta")
+    optimizer.step()  # the hook zeroes the pruned entries on the meta device
+    assert next(imp_model.parameters()).device.type == "meta"
+
+
+def _regrow(model, mask, where):
+    """Make `where` {weight name: n} pruned entries nonzero, the first n of each tensor (by hand)."""
+    with torch.no_grad():
+        for name, count in where.items():
+            pruned = (~mask.tensors[name]).reshape(-1).nonzero().reshape(-1)[:count]
+            model.get_parameter(name).view(-1)[pruned] = 1.0
+
+
+def test_regrowth_is_counted_layer_by_layer_while_it_trains(tmp_path):
+    from lt_plugin.callbacks import RegrowthCheck
+    from lt_plugin.train import TrainConfig, fit, make_accelerator
+
+    model = _resnet()
+    pruner = IMPPruner(model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.5)
+    pruner.step()
+    check = RegrowthCheck(pruner.mask, every=3)
+    _regrow(model, pruner.mask, {"layer1.0.conv1.weight": 5, "layer2.0.conv2.weight": 2})
+    with pytest.warns(LtPluginWarning, match="step 3: 7 entries the mask prunes are not zero "
+                                             r"\(layer1.0.conv1.weight 5, layer2.0.conv2.weight 2\)"):
+        assert check.check(model, 3) == {"layer1.0.conv1.weight": 5, "layer2.0.conv2.weight": 2}
+    pruner.apply_mask()
+    assert check.check(model, 6) == {}
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    watch = pruner.watch_regrowth(optimizer, every=2)  # without mask_after_steps: the weights grow back
+    with pytest.warns(LtPluginWarning, match="step 2: .* entries the mask prunes are not zero"):
+        for _ in range(3):
+            nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert [step for step, _ in watch.check.found] == [2] and sum(watch.check.found[0][1].values()) > 0
+    watch.remove()
+
+    from tiny_training import image_data  # a fit with the check and without the mask kept: it warns as it goes
+    fitted = _resnet()
+    mask = lt_plugin.create_mask(fitted, torch.zeros(1, 3, 16, 16), 0.3, "weight")
+    mask.apply(fitted)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.2)
+    during = RegrowthCheck(mask, every=2)
+    with pytest.warns(LtPluginWarning, match="entries the mask prunes are not zero"):
+        fit(fitted, image_data(64, size=16), image_data(20, size=16, seed=1), cfg, tmp_path / "fit",
+            accelerator=make_accelerator(cfg), callbacks=[during])
+    assert [step for step, _ in during.found] == [2, 4]
+
+
+def test_the_sparsity_report_counts_each_layer():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 4))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[0, 0, 0, :2] = 1.0      # 2 of 54 entries
+        model[2].weight.fill_(1.0)
+        model[2].weight[:, :3] = 0.0            # 36 of 48
+    report = lt_plugin.sparsity_report(model)
+    assert [(r["layer"], r["shape"], r["kept"], r["total"]) for r in report.rows] == [
+        ("0", [3, 2, 3, 3], 2, 54), ("2", [4, 12], 36, 48)]
+    assert report.rows[1]["density"] == 0.75 and report.density == 38 / 102
+    text = str(report).splitlines()
+    assert text[0].split() == ["layer", "shape", "kept", "total", "density"] and text[-1].split()[0] == "total"
+    mask = Mask({"0.weight": model[0].weight != 0, "2.weight": torch.ones(4, 12, dtype=torch.bool)},
+                ["0.weight", "2.weight"])
+    with_mask = lt_plugin.sparsity_report(model.state_dict(), mask)  # what the mask keeps, and what is nonzero
+    assert [(r["kept"], r["nonzero"]) for r in with_mask.rows] == [(2, 2), (48, 36)]

@@ -92,7 +92,8 @@ def test_a_tuple_key_ranks_its_layers_together_under_global_pruning():
     with pytest.raises(lt_plugin.UserError, match="has no form in an IMP run folder"):
         joint.save_level("unused", model_name="test_resnet")
     gradual = lt_plugin.GradualPruner(_resnet(), pruning_ratio=0.5, start=0, end=1, frequency=1,
-                                      global_pruning=True, pruning_ratio_dict={(a, b): 0.75})
+                                      global_pruning=True,
+                                      pruning_ratio_dict={("layer1.0.conv1", "layer1.0.conv2"): 0.75})
     gradual.step()
     assert sum(int(gradual.mask.tensors[n].sum()) for n in names) == round(0.25 * 2 * 9216)
 
@@ -162,7 +163,12 @@ def test_forward_fn_and_output_transform_give_channel_tickets_of_dict_models():
     with torch.no_grad():  # the same ticket as the masked dense model, its zeroed channels removed
         torch.testing.assert_close(model.eval()(x)["logits"], pruner.mask.apply(dense).eval()(x)["logits"],
                                    rtol=1e-4, atol=1e-4)
-    early_bird = EarlyBirdPruner(_DictModel(), batch, pruning_ratio=0.5, window=2, epsilon=1.0, **run)
-    assert early_bird.update(1) and early_bird.step()({"image": torch.zeros(1, 3, 16, 16)})["logits"].shape == (1, 10)
+    searched = _DictModel()
+    early_bird = EarlyBirdPruner(searched, batch, pruning_ratio=0.5, window=2, epsilon=1.0,
+                                 ignored_layers=[searched.net.fc], **run)
+    assert early_bird.update(1)
+    ticket = early_bird.step().eval()
+    assert ticket(x)["logits"].shape == (2, 10)
+    assert sum(p.numel() for p in ticket.parameters()) < sum(p.numel() for p in searched.parameters())
     with pytest.raises(lt_plugin.UserError, match="forward_fn and output_transform"):
         IMPPruner(_resnet(), EXAMPLE, forward_fn=run["forward_fn"])
