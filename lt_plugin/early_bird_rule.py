@@ -1,7 +1,7 @@
 """The Early-Bird rule (You et al., ICLR 2020): channel masks drawn from normalisation scales, their distance, and
 the detector that declares the ticket found. The slimming penalty the search trains with is a callback
 (lt_plugin.callbacks.SlimmingPenalty); the strategy (strategies.early_bird) and the own-loop pruner
-(pruners.EarlyBirdPruner) both use what is here.
+(early_bird_pruner.EarlyBirdPruner) both use what is here.
 """
 
 from __future__ import annotations
