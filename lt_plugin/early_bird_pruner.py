@@ -37,6 +37,9 @@ _NOT_TAKEN = {
                           "keep layers whole",
     "iterative_steps": "an Early-Bird ticket is drawn once, when the rule holds: drop it (IMPPruner prunes in steps)",
     "iterative_pruning_ratio_scheduler": "an Early-Bird ticket is drawn once, when the rule holds: drop it",
+    "max_pruning_ratio": "Early-Bird draws one threshold over all channels (the reference's): use ignored_layers to "
+                         "keep layers whole",
+    "isomorphic": "Early-Bird draws one threshold over all channels (the reference's): drop it",
 }
 
 
