@@ -23,7 +23,7 @@ import copy
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -162,6 +162,7 @@ class IMPPruner:
             raise UserError("the model of this channel ticket is physically pruned and cannot grow back: build a new "
                             "IMPPruner on a fresh model")
         self.mask = Mask.ones(self._dense, self._prunable, self.granularity)
+        self._absorb(None, warn=False)  # the model's current weights, in the dense space
         self.current_step, self._steps_seen = 0, 0
         self._history: List[dict] = []
         self._applied_plan: list = []  # the channel plan the model has been pruned to
