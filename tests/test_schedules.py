@@ -116,3 +116,25 @@ def test_a_late_rewind_point_the_pruner_never_saw_is_one_line():
     pruner = IMPPruner(model, torch.zeros(1, 1, 28, 28), pruning_ratio=0.5, rewind_to=100)
     with pytest.raises(lt_plugin.UserError, match="rewind_to is step 100 .* counted 0 optimizer steps"):
         pruner.step()
+
+
+def test_fits_gradual_pruning_prunes_at_a_start_step_of_zero_before_the_first_step(tmp_path):
+    from tiny_training import image_data
+
+    from lt_plugin.callbacks import Snapshots
+    from lt_plugin.gradual import GradualPruning
+    from lt_plugin.store import load_weights
+    from lt_plugin.train import TrainConfig, fit, make_accelerator
+
+    model = timm.create_model("test_resnet", num_classes=4)
+    prunable = [n for n, p in model.named_parameters() if p.dim() > 1 and not n.startswith("fc.")]
+    schedule = GradualSchedule(start_step=0, end_step=2, frequency=2, final_density=0.3, schedule="one-shot")
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.1)
+    fit(model, image_data(64, size=16), image_data(20, size=16, seed=1), cfg, tmp_path / "fit",
+        accelerator=make_accelerator(cfg),
+        callbacks=[GradualPruning(schedule, prunable, tmp_path / "final.safetensors"), Snapshots([0])])
+    mask = Mask.load(tmp_path / "final.safetensors")
+    step_0 = load_weights(tmp_path / "fit" / "step_0.safetensors")
+    for name in prunable:  # one-shot at step 0: every layer at 30% before the first optimizer step
+        assert int(mask.tensors[name].sum()) == round(0.3 * mask.tensors[name].numel()), name
+        assert not step_0[name][~mask.tensors[name]].any(), name
