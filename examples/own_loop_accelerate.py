@@ -5,8 +5,9 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/own_loop_accelerate.py
 
 The pruner works on the unwrapped model, the same on every process (DDP keeps their weights equal); a channel
-ticket is a new, smaller module, prepared anew. Batches are global and split over the processes (`split_batches`),
-read in `fit`'s order: `lt-plugin imp` launched the same way trains the same tickets.
+ticket's model is pruned in place and prepared anew (its parameters are new). Batches are global and split over
+the processes (`split_batches`), read in `fit`'s order: `lt-plugin imp` launched the same way trains the same
+tickets.
 """
 
 import argparse
@@ -27,7 +28,7 @@ from lt_plugin.train import EpochShuffle
 
 def train(prepared, model, pruner, data, args, accelerator):
     loader = DataLoader(data.train, args.batch_size, sampler=EpochShuffle(len(data.train), args.seed), drop_last=True)
-    optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, weight_decay=1e-4, momentum=0.9)
+    optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
     hook = pruner.mask_after_steps(optimizer)  # a weight ticket's pruned entries stay zero
@@ -78,9 +79,9 @@ def main():
     prepared = accelerator.prepare(model)
     for level in range(args.levels + 1):
         if level:
-            trainee = pruner.step(model)
-            if trainee is not model:  # a channel ticket: a smaller module to prepare
-                model, prepared = trainee, accelerator.prepare(trainee)
+            pruner.step()  # prunes `model` in place
+            if args.granularity == "channel":  # its parameters are new: wrap it anew (DDP) for its training
+                prepared = accelerator.prepare(model)
         train(prepared, model, pruner, data, args, accelerator)
         accuracy = test_accuracy(model, data, accelerator.device)
         if accelerator.is_main_process:

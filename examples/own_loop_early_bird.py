@@ -25,7 +25,7 @@ from lt_plugin.train import EpochShuffle
 def epochs_of_training(model, data, args, regularize=None):
     """The epochs of a cosine schedule, one at a time (yields after each)."""
     loader = DataLoader(data.train, args.batch_size, sampler=EpochShuffle(len(data.train), args.seed), drop_last=True)
-    optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, weight_decay=1e-4, momentum=0.9)
+    optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
     step = 0

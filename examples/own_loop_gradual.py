@@ -1,11 +1,13 @@
 """Gradual magnitude pruning in your own PyTorch loop: `lt_plugin.GradualPruner`, in Torch-Pruning's words.
 
-    python examples/own_loop_gradual.py [--model resnet18] [--pruning-ratio 0.8] [--frequency 10] [--out DIR]
+    python examples/own_loop_gradual.py [--model resnet18] [--pruning-ratio 0.8] [--frequency 10] [--schedule cubic]
+                                        [--out DIR]
 
 The loop is plain PyTorch with timm's optimizer and schedule; `pruner.step()` after every optimizer step prunes the
-smallest weights on Zhu & Gupta's cubic schedule, from 25% to 75% of the training, and keeps the pruned ones at
-zero in between. With the same options, `lt-plugin gradual --levels 1 --target-density 0.2 --frequency 10` trains
-the same network (the same mask and weights): this loop reads the batches in `fit`'s order (`EpochShuffle`).
+smallest weights of every layer on Zhu & Gupta's cubic schedule (or another `--schedule`), from 25% to 75% of the
+training, and keeps the pruned ones at zero in between. With the same options, `lt-plugin gradual --levels 1
+--target-density 0.2 --frequency 10` trains the same network (the same mask and weights): this loop reads the
+batches in `fit`'s order (`EpochShuffle`).
 The final mask and weights are written to DIR as safetensors.
 """
 
@@ -38,6 +40,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--pruning-ratio", type=float, default=0.8, help="fraction of the weights removed at the end")
     parser.add_argument("--frequency", type=int, default=10, help="optimizer steps between two prunings")
+    parser.add_argument("--schedule", default="cubic", help="cubic, one-shot, iterative, cosine or linear")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -50,12 +53,9 @@ def main():
     stats = timm.data.resolve_data_config({}, model=model)
     data = load_data("digits", image_size=args.image_size, mean=stats["mean"], std=stats["std"])
     loader = DataLoader(data.train, args.batch_size, sampler=EpochShuffle(len(data.train), args.seed), drop_last=True)
-    total = args.epochs * len(loader)
-    start = total // 4
-    end = start + (3 * total // 4 - start) // args.frequency * args.frequency  # on the pruning grid
-    pruner = lt_plugin.GradualPruner(model, pruning_ratio=args.pruning_ratio, start_step=start, end_step=end,
-                                     frequency=args.frequency)
-    optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, weight_decay=1e-4, momentum=0.9)
+    pruner = lt_plugin.GradualPruner(model, pruning_ratio=args.pruning_ratio, schedule=args.schedule, start=0.25,
+                                     end=0.75, frequency=args.frequency, total_steps=args.epochs * len(loader))
+    optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
     step = 0

@@ -2,7 +2,8 @@
 
     python examples/own_loop_imp.py [--granularity weight|channel] [--pruning-ratio 0.8] [--levels 3] [--out DIR]
 
-The loop is plain PyTorch with timm's optimizer and schedule; the pruner prunes, rewinds and keeps the mask. With
+The loop is plain PyTorch with timm's optimizer and schedule; the pruner prunes `model` in place (a channel ticket
+loses its channels through Torch-Pruning's dependency graph), rewinds and keeps the mask. With
 the same options, `lt-plugin imp --target-density 0.2 --levels 3` trains the same tickets (the same masks and
 weights, level by level): this loop reads the batches in `fit`'s order (`EpochShuffle`). Each level is saved as
 an IMP run folder level, so `lt-plugin export --run DIR --level 3` ships the ticket.
@@ -24,7 +25,7 @@ from lt_plugin.train import EpochShuffle
 
 def train(model, pruner, data, args):
     loader = DataLoader(data.train, args.batch_size, sampler=EpochShuffle(len(data.train), args.seed), drop_last=True)
-    optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, weight_decay=1e-4, momentum=0.9)
+    optimizer = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs, updates_per_epoch=len(loader),
                                        step_on_epochs=False)
     hook = pruner.mask_after_steps(optimizer)  # a weight ticket's pruned entries stay zero
@@ -71,8 +72,8 @@ def main():
                                  granularity=args.granularity)  # the rewind point: these initial weights
     for level in range(args.levels + 1):
         if level:
-            model = pruner.step(model)  # prune the trained weights, rewind the survivors
-        train(model, pruner, data, args)
+            pruner.step()  # prune the trained weights and rewind the survivors, in `model` (Torch-Pruning's way)
+        train(model, pruner, data, args)  # a fresh optimizer per level: a channel ticket's parameters are new
         accuracy = test_accuracy(model, data)
         pruner.save_level(args.out, model, metrics={"test_accuracy": accuracy}, model_name=args.model)
         print(f"level {level}: density {pruner.mask.density:.4f}  test accuracy {accuracy:.2%}")

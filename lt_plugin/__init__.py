@@ -8,7 +8,7 @@
     lt_plugin.create_branch("lottery-pools", run_dir="runs/imp").run()   # work on the finished run
 
 Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner`, `lt_plugin.GradualPruner`,
-`lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`.
+`lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`; `lt_plugin.sparsity_report(model)` layer by layer.
 
 Importing the package registers the papers' networks with timm (`lt_plugin.networks`) and nothing else: every other
 name is imported from the module that holds it when it is first used, so that `import lt_plugin.data` or
@@ -27,7 +27,9 @@ _OWNERS = {
     "tickets": ("Ticket", "save_ticket", "load_ticket"),
     "strategies": ("Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class"),
     "branches": ("Branch", "FinishedRun", "register_branch", "create_branch", "list_branches", "get_branch_class"),
-    "pruners": ("IMPPruner", "EarlyBirdPruner"),
+    "pruners": ("IMPPruner",),
+    "early_bird_pruner": ("EarlyBirdPruner",),
+    "sparsity": ("sparsity_report",),
     "early_bird_rule": ("EarlyBirdDetector",),
     "pooling": ("lottery_pool",),
     "pai": ("prune_at_init",),

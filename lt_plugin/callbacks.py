@@ -1,7 +1,7 @@
 """What `train.fit` calls while it trains: callbacks, in the spirit of open_lth's post-gradient callbacks.
 
 A strategy composes its training from these objects instead of `fit` growing a hook per strategy: the mask kept
-enforced (`EnforceMask`), weights kept at chosen steps (`Snapshots`), a penalty added to the gradients
+enforced (`EnforceMask`) and checked (`RegrowthCheck`), weights kept at chosen steps (`Snapshots`), a penalty added to the gradients
 (`SlimmingPenalty`, Early-Bird's), validation with the weights at the lowest validation loss kept (`EarlyStopping`)
 and a rule that ends training (Early-Bird's detector). `fit` calls every callback's methods in the order of its
 list, on every process, with the same `TrainState`. A callback with a `state_key` has its `state_dict()` written
@@ -16,13 +16,15 @@ when a resumed run replays a step.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .errors import LtPluginWarning
 from .layout import FitFolder
 from .store import atomic_write, read_safetensors
 
@@ -100,6 +102,51 @@ class EnforceMask(Callback):
 
     def after_optimizer_step(self, state: TrainState) -> None:
         self._enforce()
+
+
+@torch.no_grad()
+def regrown_by_tensor(mask: "Mask", model: nn.Module) -> Dict[str, int]:
+    """{tensor name: entries the mask prunes that are not zero} for the tensors where some are (a training that did
+    not keep the mask); a tensor of another shape (a physically pruned model) has none to count."""
+    tensors = dict(model.named_buffers())
+    tensors.update(model.named_parameters())
+    counts = {}
+    for name, keep in mask.tensors.items():
+        tensor = tensors.get(name)
+        if tensor is not None and keep.shape == tensor.shape and not bool(keep.all()):
+            count = int(torch.count_nonzero(tensor[~keep.to(tensor.device)]))
+            if count:
+                counts[name] = count
+    return counts
+
+
+class RegrowthCheck(Callback):
+    """Every `every` optimizer steps, the entries the mask prunes that training made nonzero, counted per tensor, and
+    a warning naming them: a mask that is not kept during training shows itself when it happens, not at the end.
+    `mask` is a Mask, or a function giving the current one (an own-loop pruner's, which changes at each step).
+    In `fit`, a callback; in your own loop, `check(model, step)` (or `IMPPruner.watch_regrowth(optimizer)`)."""
+
+    def __init__(self, mask, every: int = 100):
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"every must be 1 or more optimizer steps, not {every!r}")
+        self._mask = mask if callable(mask) else (lambda: mask)
+        self.every = every
+        self.found: List[Tuple[int, Dict[str, int]]] = []  # (step, counts) of every check that found some
+
+    def check(self, model: nn.Module, step: int) -> Dict[str, int]:
+        """The counts of regrown entries by tensor (empty: none), with a warning when there are some."""
+        counts = regrown_by_tensor(self._mask(), model)
+        if counts:
+            self.found.append((step, counts))
+            worst = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+            warnings.warn(f"step {step}: {sum(counts.values())} entries the mask prunes are not zero ({worst}"
+                          f"{', ...' if len(counts) > 3 else ''}): the mask is not kept during training",
+                          LtPluginWarning, stacklevel=2)
+        return counts
+
+    def after_optimizer_step(self, state: TrainState) -> None:
+        if state.step % self.every == 0:
+            self.check(state.model, state.step)
 
 
 class Snapshots(Callback):

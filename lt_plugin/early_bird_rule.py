@@ -1,7 +1,7 @@
 """The Early-Bird rule (You et al., ICLR 2020): channel masks drawn from normalisation scales, their distance, and
 the detector that declares the ticket found. The slimming penalty the search trains with is a callback
 (lt_plugin.callbacks.SlimmingPenalty); the strategy (strategies.early_bird) and the own-loop pruner
-(pruners.EarlyBirdPruner) both use what is here.
+(early_bird_pruner.EarlyBirdPruner) both use what is here.
 """
 
 from __future__ import annotations
@@ -63,6 +63,19 @@ class EarlyBirdDetector:
     @property
     def found(self) -> bool:
         return self.found_at is not None
+
+    def state_dict(self) -> dict:
+        """The masks in the window and the distances seen: tensors and plain values, for a checkpoint."""
+        return {"window": self.window, "epsilon": self.epsilon, "older": [flags.cpu() for flags in self._older],
+                "distances": [list(d) for d in self.distances], "found_at": self.found_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["window"], state["epsilon"]) != (self.window, self.epsilon):
+            raise UserError(f"the detector's state is of window {state['window']} and epsilon {state['epsilon']}, "
+                            f"not {self.window} and {self.epsilon}")
+        self._older = deque((torch.as_tensor(flags).bool() for flags in state["older"]), maxlen=self.window - 1)
+        self.distances = [list(d) for d in state["distances"]]
+        self.found_at = state["found_at"]
 
 
 def norm_scales(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> Dict[str, nn.Parameter]:

@@ -4,7 +4,7 @@ foundations/paths.py). No other module spells a name of the layout; they ask the
     RUN/                                  a RunLayout
       config.json  init.safetensors  results.json  <plot>.png  .lock  logs/
       level_L/                            a TicketFolder (IMP, Sparse Model Soups, Lottery Pools, the controls)
-        mask.safetensors  weights.safetensors  result.json (written last: the ticket is finished)
+        mask.safetensors  weights.safetensors  sparsity.json  result.json (written last: finished)
         train/                            a FitFolder: what `fit` writes
           checkpoint.safetensors  metrics.jsonl  evals.jsonl  step_K.safetensors  model.safetensors
           early_stop.safetensors  early_stop.pending.safetensors
@@ -78,6 +78,7 @@ class TicketFolder:
     mask = property(lambda self: self.root / "mask.safetensors")
     weights = property(lambda self: self.root / "weights.safetensors")
     result = property(lambda self: self.root / RESULT)
+    sparsity = property(lambda self: self.root / "sparsity.json")  # the mask's density layer by layer
     train = property(lambda self: FitFolder(self.root / "train"))
     emergence = property(lambda self: self.root / "emergence.safetensors")  # Early-Bird: the weights at emergence
 

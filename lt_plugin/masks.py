@@ -61,16 +61,34 @@ def classifier_weight_names(model: nn.Module) -> Set[str]:
 
 def resolve_ignored(model: nn.Module, ignored_layers: Optional[Iterable] = None,
                     ignore_classifier: bool = True) -> List[nn.Module]:
-    """Modules to leave unpruned, with their submodules. Accepts modules or their names in `model`."""
+    """Modules to leave unpruned, with their submodules. Accepts modules, parameters (Torch-Pruning's
+    ignored_layers takes them) and their names in `model`: the weight or bias of a layer stands for the layer; a
+    parameter a module holds beside its submodules (timm's cls_token, pos_embed) stays a parameter, which
+    Torch-Pruning's dependency graph leaves whole."""
     named = dict(model.named_modules())
+    named_parameters = dict(model.named_parameters())
+    owners = {id(p): named[name.rpartition(".")[0]] for name, p in named_parameters.items()}
     roots: List[nn.Module] = classifier_modules(model) if ignore_classifier else []
+    parameters: List[nn.Parameter] = []
     for layer in ignored_layers or ():
         if isinstance(layer, str):
-            if layer not in named:
+            if layer not in named and layer not in named_parameters:
                 raise UserError(f"ignored layer {layer!r} is not a module of {type(model).__name__}")
-            layer = named[layer]
+            layer = named[layer] if layer in named else named_parameters[layer]
+        if isinstance(layer, nn.Parameter):
+            owner = owners.get(id(layer))
+            if owner is None:
+                raise UserError(f"an ignored parameter of shape {tuple(layer.shape)} is not a parameter of "
+                                f"{type(model).__name__}")
+            if next(owner.children(), None) is None:  # a layer's own weight or bias: the layer
+                roots.append(owner)
+            else:
+                parameters.append(layer)
+            continue
+        if not isinstance(layer, nn.Module):
+            raise UserError(f"ignored_layers takes modules, their names or parameters, not {type(layer).__name__}")
         roots.append(layer)
-    return [sub for root in roots for sub in root.modules()]
+    return [sub for root in roots for sub in root.modules()] + parameters
 
 
 def prunable_weight_names(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> List[str]:

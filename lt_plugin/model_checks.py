@@ -3,7 +3,7 @@ names the layer where it breaks, a channel rounding that can work. Each failure 
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
@@ -24,15 +24,35 @@ def check_same_device(model: nn.Module, example_inputs: torch.Tensor) -> None:
                         f"(example_inputs.to({str(device)!r}))")
 
 
-def check_forward(model: nn.Module, example_inputs: torch.Tensor, what: str) -> None:
-    """Run `model` once; a failure becomes an UnsupportedModelError naming the layer where it happened."""
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the first one's device)."""
+    return next(model.parameters()).device
+
+
+def inputs_on(example_inputs, device: torch.device):
+    """`example_inputs` (a tensor, or lists, tuples and dicts of them) on `device`: a model moved after its example
+    was made is traced with its example moved along."""
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs.to(device)
+    if isinstance(example_inputs, dict):
+        return {k: inputs_on(v, device) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (list, tuple)):
+        return type(example_inputs)(inputs_on(v, device) for v in example_inputs)
+    return example_inputs
+
+
+def check_forward(model: nn.Module, example_inputs: torch.Tensor, what: str,
+                  forward_fn: Optional[Callable] = None) -> None:
+    """Run `model` once (`forward_fn(model, example_inputs)`, Torch-Pruning's, when given); a failure becomes an
+    UnsupportedModelError naming the layer where it happened."""
     entered: List[str] = []
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.append(name))
              for name, m in model.named_modules() if name]
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(example_inputs)
+            model.eval()
+            forward_fn(model, example_inputs) if forward_fn is not None else model(example_inputs)
     except Exception as exc:
         layer = entered[-1] if entered else "(model input)"
         layer_type = type(dict(model.named_modules()).get(layer, model)).__name__

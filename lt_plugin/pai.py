@@ -329,22 +329,8 @@ def gradual_density(step: int, start_step: int, end_step: int, frequency: int, f
     `end_step` (t0 = `start_step`, dt = `frequency`), evaluated at the last pruning step t <= `step` (the step is
     rounded down to it); density = 1 - s, computed as d_f + (d_i - d_f) (1 - (t - t0) / (n dt))^3, the same
     formula. Before t0 and at t0 it is `initial_density`, at and after `end_step` exactly `final_density`. The
-    density is not rounded: a mask keeps round(density * count) entries (`mask_from_scores`).
+    density is not rounded: a mask keeps round(density * count) entries (`mask_from_scores`). It is
+    `lt_plugin.schedules.scheduled_density("cubic", ...)`, where the other named schedules are.
     """
-    if frequency < 1:
-        raise UserError(f"frequency must be at least 1, not {frequency}")
-    if end_step < start_step or (end_step - start_step) % frequency:
-        raise UserError(f"end_step - start_step must be a non-negative multiple of frequency ({frequency}), "
-                        f"not {end_step} - {start_step}")
-    for name, d in (("final_density", final_density), ("initial_density", initial_density)):
-        if not 0.0 <= d <= 1.0:
-            raise UserError(f"{name} must be in [0, 1], not {d}")
-    if step >= end_step:
-        return float(final_density)
-    if step <= start_step:
-        return float(initial_density)
-    t = start_step + (step - start_step) // frequency * frequency
-    if t == start_step:
-        return float(initial_density)
-    remaining = 1.0 - (t - start_step) / (end_step - start_step)
-    return final_density + (initial_density - final_density) * remaining ** 3
+    from .schedules import scheduled_density
+    return scheduled_density("cubic", step, start_step, end_step, frequency, final_density, initial_density)

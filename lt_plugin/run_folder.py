@@ -16,6 +16,7 @@ from .errors import RunFolderError
 from .layout import RunLayout, TicketFolder
 from .masks import Mask
 from .report import COLUMNS, LATENCY_NOTE, format_table
+from .sparsity import sparsity_report
 from .store import atomic_save_safetensors, atomic_write_json, read_json
 from .train.config import ORDER_OF_A_STREAM, SETTINGS_WITHOUT_EFFECT
 
@@ -146,12 +147,15 @@ class RunFolder:
 
     def finish_ticket(self, ticket: TicketFolder, dense_state: Dict[str, torch.Tensor], result: dict,
                       mask: Optional[Mask] = None) -> None:
-        """The ticket's dense-space weights (and `mask`, when given), then its result, last: its presence marks the
-        ticket finished."""
+        """The ticket's dense-space weights (and `mask`, when given), its sparsity layer by layer, then its result,
+        last: its presence marks the ticket finished."""
         if self.is_main:
             if mask is not None:
                 mask.save(ticket.mask)
             atomic_save_safetensors(dense_state, ticket.weights)
+            if mask is not None or ticket.mask.exists():
+                report = sparsity_report(dense_state, mask if mask is not None else Mask.load(ticket.mask))
+                atomic_write_json(report.as_dict(), ticket.sparsity)
             atomic_write_json(result, ticket.result)
         self._sync()
 

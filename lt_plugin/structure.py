@@ -91,10 +91,15 @@ class ChannelStructure:
     """The dependency graph of one model, and the channel groups Torch-Pruning may remove from it."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[nn.Module],
-                 importance=None, scope: str = "global", round_to: Optional[int] = None):
+                 importance=None, scope: str = "global", round_to: Optional[int] = None,
+                 forward_fn: Optional[Callable] = None, output_transform: Optional[Callable] = None):
         if scope not in SCOPES:
             raise UserError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
         check_same_device(model, example_inputs)
+        if any(isinstance(layer, nn.Parameter) for layer in ignored):
+            raise UserError("a channel ticket cannot keep a parameter outside a layer (timm's cls_token, pos_embed) "
+                            "whole: Torch-Pruning would remove the channels it shares with the layers around it and "
+                            "leave it out of step; weight tickets never prune it")
         self.model = model
         self.ignored = list(ignored)
         self.prunable = prunable_weight_names(model, self.ignored)
@@ -115,6 +120,7 @@ class ChannelStructure:
                         model, example_inputs, importance=self._importance, global_pruning=scope == "global",
                         pruning_ratio=0.0, ignored_layers=self.ignored, round_to=round_to,
                         num_heads=attention_heads(model), in_channel_groups={}, out_channel_groups={},
+                        forward_fn=forward_fn, output_transform=output_transform,
                     )
         except Exception as exc:
             raise UnsupportedModelError(
@@ -383,7 +389,8 @@ class ChannelStructure:
 def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, granularity: str = "channel",
                 importance=None, scope: str = "global", ignored_layers: Optional[Iterable] = None,
                 previous: Optional[Mask] = None, ignore_classifier: bool = True, round_to: Optional[int] = None,
-                layer_densities: Optional[Dict[str, float]] = None) -> Mask:
+                layer_densities: Optional[Dict[str, float]] = None, forward_fn: Optional[Callable] = None,
+                output_transform: Optional[Callable] = None) -> Mask:
     """A ticket mask for `model` keeping `density` of its prunable (Conv/Linear) weights.
 
     granularity "weight": the largest |w| (global threshold or the same fraction per layer).
@@ -392,7 +399,9 @@ def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, 
     The classifier head and `ignored_layers` (modules or names) are left alone; entries `previous` pruned stay pruned.
     `round_to` N (channel tickets): every pruned group keeps a multiple of N channels (Torch-Pruning's round_to),
     the density as near as the rounding allows. `layer_densities` (weight tickets): {weight name: density} for
-    layers pruned at their own rate (LTH prunes LeNet's output layer at half the others' rate).
+    layers pruned at their own rate (LTH prunes LeNet's output layer at half the others' rate). `forward_fn` and
+    `output_transform` are Torch-Pruning's (channel tickets): how the model runs on `example_inputs`, and the
+    tensor its output is reduced to, for models that take or return something other than a tensor.
     """
     if not 0.0 < density <= 1.0:
         raise UserError(f"density must be in (0, 1], not {density}")
@@ -406,13 +415,15 @@ def create_mask(model: nn.Module, example_inputs: torch.Tensor, density: float, 
     if layer_densities:
         raise UserError("layer densities apply to weight tickets; channel tickets follow Torch-Pruning's groups")
     check_round_to(round_to)
-    structure = ChannelStructure(model, example_inputs, ignored, importance, scope, round_to=round_to)
+    structure = ChannelStructure(model, example_inputs, ignored, importance, scope, round_to=round_to,
+                                 forward_fn=forward_fn, output_transform=output_transform)
     mask = structure.select(density, previous)
-    export(model, mask, example_inputs)  # fails clearly now, not later in training, if the model cannot be pruned
+    export(model, mask, example_inputs, forward_fn, output_transform)  # fails now, not in training, if it cannot
     return mask
 
 
-def export(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Module:
+def export(model: nn.Module, mask: Mask, example_inputs: torch.Tensor, forward_fn: Optional[Callable] = None,
+           output_transform: Optional[Callable] = None) -> nn.Module:
     """A physically smaller copy of `model` with the mask's channels removed (the input model is not changed).
 
     The copy's surviving weights are the masked model's; on BatchNorm networks its outputs equal the masked
@@ -420,6 +431,7 @@ def export(model: nn.Module, mask: Mask, example_inputs: torch.Tensor) -> nn.Mod
     """
     small = copy.deepcopy(unwrap_model(model))
     mask.apply(small)
-    ChannelStructure(small, example_inputs, ignored=[]).export(mask)
-    check_forward(small, example_inputs, f"the pruned {type(model).__name__}")
+    ChannelStructure(small, example_inputs, ignored=[], forward_fn=forward_fn,
+                     output_transform=output_transform).export(mask)
+    check_forward(small, example_inputs, f"the pruned {type(model).__name__}", forward_fn)
     return small

@@ -70,6 +70,20 @@ def test_prune_at_init_levels_are_the_criterions_masks_at_imps_densities(snip_ru
     assert Mask.load(layout.level(1).mask).distance(Mask.load(layout.level(2).mask)) > 0
 
 
+def test_each_ticket_folder_has_its_sparsity_layer_by_layer(snip_run):
+    out, _, results = snip_run
+    for level in range(3):
+        ticket = RunLayout(out).level(level)
+        mask, report = Mask.load(ticket.mask), json.loads(ticket.sparsity.read_text())
+        weights = load_weights(ticket.weights)
+        assert [row["layer"] + ".weight" for row in report["layers"]] == mask.prunable
+        for row in report["layers"]:
+            keep, weight = mask.tensors[row["layer"] + ".weight"], weights[row["layer"] + ".weight"]
+            assert row["shape"] == list(keep.shape) and row["kept"] == int(keep.sum())
+            assert row["nonzero"] == int(weight.count_nonzero())
+        assert report["density"] == results[level]["density"]
+
+
 def test_a_shuffled_control_of_a_snip_run_keeps_its_per_layer_counts(snip_run, tmp_path):
     out, _, _ = snip_run
     lt_plugin.create_branch("random-mask", run_dir=str(out), targets=[2]).run(tmp_path / "shuffled")
@@ -115,10 +129,13 @@ def test_gradual_reaches_each_levels_density_exactly_on_the_schedule(tmp_path):
     results = strategy.run(out)
     layout = RunLayout(out)
     init = load_weights(layout.init)
+    assert strategy.scope == "layerwise"  # Zhu & Gupta's rule is the default of gradual alone
     for level in (1, 2):
         mask = Mask.load(layout.level(level).mask)
         assert results[level]["prune_start_step"] == 4 and results[level]["prune_end_step"] == 12
-        assert _kept(mask) == round(strategy.level_density(level, _total(mask)) * _total(mask))
+        density = strategy.level_density(level, _total(mask))
+        for name in mask.prunable:  # every layer to the level's density, by hand
+            assert int(mask.tensors[name].sum()) == round(density * mask.tensors[name].numel()), (level, name)
         assert results[level]["density"] == _kept(mask) / _total(mask)
         trained = load_weights(layout.level(level).weights)
         assert all(not trained[n][~mask.tensors[n]].any() for n in mask.prunable)  # held at zero
@@ -131,6 +148,18 @@ def test_gradual_reaches_each_levels_density_exactly_on_the_schedule(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 2 and "would change their training too" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and not (out / "controls").exists()
+
+    # A folder made when global ranking was the default (and before --schedule) keeps its meaning on a rerun.
+    config = json.loads(layout.config.read_text())
+    config["hparams"]["scope"] = "global"
+    del config["hparams"]["schedule"]
+    layout.config.write_text(json.dumps(config))
+    options = dict(levels=2, prune_fraction=0.5, frequency=2, **TINY)
+    with pytest.raises(lt_plugin.RunFolderError, match="was made with scope='global', not 'layerwise'"):
+        lt_plugin.create_strategy("gradual", **options).run(out)
+    with pytest.raises(lt_plugin.RunFolderError, match="was made with schedule='cubic', not 'linear'"):
+        lt_plugin.create_strategy("gradual", scope="global", schedule="linear", **options).run(out)
+    assert lt_plugin.create_strategy("gradual", scope="global", **options).run(out) == results  # read back
 
 
 def test_gradual_refuses_a_schedule_that_does_not_fit(tmp_path):
@@ -148,11 +177,10 @@ def test_gradual_pruner_follows_the_cubic_schedule_in_an_own_loop():
     torch.manual_seed(0)
     model = timm.create_model("lenet_300_100", num_classes=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    pruner = lt_plugin.GradualPruner(nn.DataParallel(model), pruning_ratio=0.8, start_step=2, end_step=14,
-                                     frequency=3)
+    pruner = lt_plugin.GradualPruner(nn.DataParallel(model), pruning_ratio=0.8, start=2, end=14, frequency=3)
     # the classifier is found and left alone through the wrapper
     assert pruner.mask.prunable == ["fc_layers.0.weight", "fc_layers.1.weight"]
-    total, previous = 784 * 300 + 300 * 100, None
+    sizes, previous = {"fc_layers.0.weight": 784 * 300, "fc_layers.1.weight": 300 * 100}, None
     for step in range(1, 19):
         inputs, targets = torch.randn(8, 1, 28, 28), torch.randint(0, 3, (8,))
         F.cross_entropy(model(inputs), targets).backward()
@@ -164,17 +192,25 @@ def test_gradual_pruner_follows_the_cubic_schedule_in_an_own_loop():
         t = 2 + (min(step, 14) - 2) // 3 * 3  # the last pruning step so far
         expected = 1.0 if step < 5 else 0.2 + 0.8 * (1 - (t - 2) / 12) ** 3
         assert expected == pytest.approx(gradual_density(step, 2, 14, 3, 0.2))  # the formula, by hand
-        assert _kept(pruner.mask) == round(expected * total)
+        for name, size in sizes.items():  # Zhu & Gupta's rule: every layer to the schedule's density
+            assert int(pruner.mask.tensors[name].sum()) == round(expected * size), (step, name)
         weights = dict(model.named_parameters())
         assert all(not weights[n][~pruner.mask.tensors[n]].any() for n in pruner.mask.prunable)
         if previous is not None:  # nothing pruned grows back
             assert all(not (pruner.mask.tensors[n] & ~previous[n]).any() for n in previous)
         previous = {n: t.clone() for n, t in pruner.mask.tensors.items()}
-    assert pruner.mask.density == pytest.approx(0.2, abs=1 / total)
+    assert pruner.mask.density == pytest.approx(0.2, abs=1 / sum(sizes.values()))
     state = pruner.state_dict()
-    other = lt_plugin.GradualPruner(model, pruning_ratio=0.8, start_step=2, end_step=14, frequency=3)
+    other = lt_plugin.GradualPruner(model, pruning_ratio=0.8, start=2, end=14, frequency=3)
     other.load_state_dict(state)
     assert other.current_step == 18 and all(torch.equal(other.mask.tensors[n], state["mask"][n]) for n in state["mask"])
+    ranked_globally = lt_plugin.GradualPruner(timm.create_model("lenet_300_100", num_classes=3), pruning_ratio=0.8,
+                                              start=0, end=3, frequency=3, global_pruning=True)
+    for _ in range(3):
+        ranked_globally.step()
+    kept = {n: int(t.sum()) for n, t in ranked_globally.mask.tensors.items()}
+    assert sum(kept.values()) == round(0.2 * sum(sizes.values())) and kept != {n: round(0.2 * size)
+                                                                               for n, size in sizes.items()}
 
 
 @pytest.mark.slow

@@ -12,11 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lt_plugin"
 # docs/architecture.md's layers: a module imports (at its top or inside a function) only modules of lower layers.
 LAYERS = [
     ["errors", "_version", "loaders", "layout", "networks.base"],
-    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats"],
+    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats", "schedules",
+     "pruner_arguments"],
     ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx"],
-    ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images"],
+    ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images",
+     "sparsity"],
     ["levels", "early_bird_rule", "train.checkpoint", "train.batches", "data.streaming", "", "train", "data", "pai"],
-    ["train.loop", "data.splits", "tickets", "run_folder", "gradual"],
+    ["train.loop", "data.splits", "tickets", "run_folder", "gradual", "early_bird_pruner"],
     ["data.load", "pruners", "pipeline", "experiment", "corruptions"],
     ["check", "scoring", "strategies.base", "replicates"],
     ["strategies.registry"],
@@ -112,7 +114,7 @@ def test_every_module_imports_only_lower_layers():
 
 # A run folder's file names, and an f-string part that makes one (level_{L}, step_{k}...).
 LAYOUT_NAMES = re.compile(r"(^|/)(mask|weights|init|model|checkpoint|early_stop|emergence)\.safetensors$|"
-                          r"(^|/)(results?|config|path|imp_config|ensemble)\.json$|\.jsonl$|"
+                          r"(^|/)(results?|config|path|imp_config|ensemble|sparsity)\.json$|\.jsonl$|"
                           r"^(level|ratio|seed|step|ingredient|soup|copy|rewind)_$")
 
 

@@ -2,6 +2,7 @@
 path: the own-loop examples against the strategies they mirror, the Lottery Pools function on hand-loaded tickets
 against the strategy, a pruner's saved level through `lt-plugin export`."""
 
+import copy
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch_pruning as tp
 from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
@@ -21,7 +23,8 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.experiment import Experiment
 from lt_plugin.errors import LtPluginWarning
 from lt_plugin.levels import level_density
-from lt_plugin.pruners import EarlyBirdPruner, IMPPruner
+from lt_plugin.early_bird_pruner import EarlyBirdPruner
+from lt_plugin.pruners import IMPPruner
 from lt_plugin.store import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,17 +170,21 @@ def test_the_imp_pruner_prunes_rewinds_and_keeps_its_mask_in_torch_prunings_word
     assert pruner.current_step == 2 and all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
-def test_a_channel_pruner_hands_out_the_small_model_and_its_torch_pruning_history():
+def test_a_channel_pruner_prunes_the_model_in_place_and_gives_its_torch_pruning_history():
     model = timm.create_model("test_resnet", num_classes=10)
+    dense = copy.deepcopy(model)
     example = torch.zeros(1, 3, 16, 16)
     pruner = IMPPruner(model, example, pruning_ratio=0.5, granularity="channel")
-    small = pruner.step()
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert pruner.step() is model
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in dense.parameters())
     history = pruner.pruning_history()
     assert history and history == [list(entry) for entry in pruner.mask.plan]
+    replayed = copy.deepcopy(dense)  # Torch-Pruning's own replay of the history on the dense model
+    tp.DependencyGraph().build_dependency(replayed, example_inputs=example).load_pruning_history(history)
+    assert {k: v.shape for k, v in replayed.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(small.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-4)  # BatchNorm: equal
+    with torch.no_grad():  # the zeroed channels of the dense model, removed: BatchNorm makes them equal
+        torch.testing.assert_close(model.eval()(x), pruner.mask.apply(dense).eval()(x), rtol=1e-4, atol=1e-4)
 
 
 def test_the_early_bird_pruner_emerges_when_its_masks_stop_moving_and_prunes_physically():
@@ -210,28 +217,41 @@ def test_a_wrapped_model_keeps_its_classifier(granularity):
     assert "fc.weight" not in pruner.mask.prunable and all(not n.startswith("module.") for n in pruner.mask.tensors)
     if granularity == "weight":
         assert handed is wrapped and bool(wrapped.module.fc.weight.ne(0).all())  # the classes are all there
-    else:
-        assert handed.fc.out_features == 10
+    else:  # pruned in place: the module inside, to be wrapped again (its parameters are new)
+        assert handed is wrapped.module and handed.fc.out_features == 10
     mask = lt_plugin.create_mask(nn.DataParallel(_resnet()), example, 0.5, "channel")
     assert lt_plugin.export(nn.DataParallel(_resnet()), mask, example).fc.out_features == 10
     compiled = torch.compile(_resnet())  # torch.compile's wrapper: its _orig_mod is pruned
     assert "fc.weight" not in IMPPruner(compiled, example, pruning_ratio=0.5).mask.prunable
 
 
-def test_step_without_an_argument_reads_the_small_model_it_handed_out():
+def test_a_channel_step_prunes_the_users_model_in_place_and_reads_its_training_back():
+    """Torch-Pruning's habit: `pruner.step()` with its return ignored, then training `model`. The model is the
+    ticket, physically pruned in place; the next level's channels come from its trained weights, as `create_mask`
+    chooses them on a dense copy holding those weights (the independent reference)."""
     example = torch.zeros(1, 3, 16, 16)
-    pruners = [IMPPruner(_resnet(), example, pruning_ratio=0.75, iterative_steps=2, granularity="channel")
-               for _ in range(2)]
-    for pruner in pruners:
-        small = pruner.step()
-        torch.manual_seed(5)
-        with torch.no_grad():
-            for p in small.parameters():  # the level's training, in place on the model step() returned
-                p.mul_(torch.rand_like(p) * 2)
-        pruner.trained = small
-    pruners[0].step()  # as Torch-Pruning users call it
-    pruners[1].step(pruners[1].trained)
-    assert pruners[0].mask.plan == pruners[1].mask.plan and pruners[0].mask.distance(pruners[1].mask) == 0.0
+    model = _resnet()
+    pruner = IMPPruner(model, example, pruning_ratio=0.75, iterative_steps=2, granularity="channel")
+    dense_parameters = sum(p.numel() for p in model.parameters())
+    first_layer = model.conv1[0]
+    pruner.step()  # the return ignored
+    assert model.conv1[0] is first_layer and sum(p.numel() for p in model.parameters()) < dense_parameters
+    assert first_layer.out_channels == int(pruner.mask.tensors["conv1.0.weight"].flatten(1).any(dim=1).sum())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # the model is the ticket the pruner exports: theta_0's survivors
+        torch.testing.assert_close(model.eval()(x), pruner.export().eval()(x), rtol=0, atol=0)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():  # the level's training, on `model`
+            p.mul_(torch.rand_like(p) * 2)
+    trained = pruner.mask.to_dense(model.state_dict(), _resnet().state_dict())
+    reference = _resnet()
+    reference.load_state_dict(trained)
+    expected = lt_plugin.create_mask(reference, example, pruner.density(2), "channel", previous=pruner.mask)
+    pruner.step()
+    assert pruner.mask.plan == expected.plan and pruner.mask.distance(expected) == 0.0
+    assert [h["step"] for h in pruner.levels()] == [1, 2]
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in pruner.export().parameters())
 
 
 def test_weights_that_regrew_are_reported_and_zeroed_at_step_and_save_level(tmp_path):
@@ -352,3 +372,90 @@ def test_torch_prunings_own_loop_with_the_imp_pruner_dropped_in(tmp_path):
         weights = load_weights(tmp_path / "run" / f"level_{level}" / "weights.safetensors")
         assert all(not weights[n][~keep].any() for n, keep in mask.tensors.items())  # the mask held in training
     assert cli_main(["export", "--run", str(tmp_path / "run"), "--level", "2", "--out", str(tmp_path / "t.st")]) == 0
+
+
+# ---------------------------------------------------------------- the model moves; regrowth while it trains
+
+def test_the_masks_follow_a_model_that_moves():
+    """`meta` stands in for a GPU: every parameter's data moves, the Parameter objects stay (what `.to()` does)."""
+    model = _resnet()
+    gradual = lt_plugin.GradualPruner(model, pruning_ratio=0.5, start=0, end=2, frequency=1)
+    assert gradual.step() and gradual.step()  # pruned on the CPU, at steps 1 and 2
+    kept = {n: t.clone() for n, t in gradual.mask.tensors.items()}
+    model.to("meta")
+    assert gradual.step() is False  # the zeros kept where the model now is (this crashed: a CPU mask, meta weights)
+    assert next(model.parameters()).device.type == "meta"
+    assert all(torch.equal(gradual.state_dict()["mask"][n], t) for n, t in kept.items())
+
+    imp_model = _resnet()
+    imp = IMPPruner(imp_model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.5)
+    imp.step()
+    optimizer = torch.optim.SGD(imp_model.parameters(), lr=0.1)
+    imp.mask_after_steps(optimizer)
+    imp_model.to("meta")
+    optimizer.step()  # the hook zeroes the pruned entries on the meta device
+    assert next(imp_model.parameters()).device.type == "meta"
+
+
+def _regrow(model, mask, where):
+    """Make `where` {weight name: n} pruned entries nonzero, the first n of each tensor (by hand)."""
+    with torch.no_grad():
+        for name, count in where.items():
+            pruned = (~mask.tensors[name]).reshape(-1).nonzero().reshape(-1)[:count]
+            model.get_parameter(name).view(-1)[pruned] = 1.0
+
+
+def test_regrowth_is_counted_layer_by_layer_while_it_trains(tmp_path):
+    from lt_plugin.callbacks import RegrowthCheck
+    from lt_plugin.train import TrainConfig, fit, make_accelerator
+
+    model = _resnet()
+    pruner = IMPPruner(model, torch.zeros(1, 3, 16, 16), pruning_ratio=0.5)
+    pruner.step()
+    check = RegrowthCheck(pruner.mask, every=3)
+    _regrow(model, pruner.mask, {"layer1.0.conv1.weight": 5, "layer2.0.conv2.weight": 2})
+    with pytest.warns(LtPluginWarning, match="step 3: 7 entries the mask prunes are not zero "
+                                             r"\(layer1.0.conv1.weight 5, layer2.0.conv2.weight 2\)"):
+        assert check.check(model, 3) == {"layer1.0.conv1.weight": 5, "layer2.0.conv2.weight": 2}
+    pruner.apply_mask()
+    assert check.check(model, 6) == {}
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    watch = pruner.watch_regrowth(optimizer, every=2)  # without mask_after_steps: the weights grow back
+    with pytest.warns(LtPluginWarning, match="step 2: .* entries the mask prunes are not zero"):
+        for _ in range(3):
+            nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert [step for step, _ in watch.check.found] == [2] and sum(watch.check.found[0][1].values()) > 0
+    watch.remove()
+
+    from tiny_training import image_data  # a fit with the check and without the mask kept: it warns as it goes
+    fitted = _resnet()
+    mask = lt_plugin.create_mask(fitted, torch.zeros(1, 3, 16, 16), 0.3, "weight")
+    mask.apply(fitted)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.2)
+    during = RegrowthCheck(mask, every=2)
+    with pytest.warns(LtPluginWarning, match="entries the mask prunes are not zero"):
+        fit(fitted, image_data(64, size=16), image_data(20, size=16, seed=1), cfg, tmp_path / "fit",
+            accelerator=make_accelerator(cfg), callbacks=[during])
+    assert [step for step, _ in during.found] == [2, 4]
+
+
+def test_the_sparsity_report_counts_each_layer():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 4))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[0, 0, 0, :2] = 1.0      # 2 of 54 entries
+        model[2].weight.fill_(1.0)
+        model[2].weight[:, :3] = 0.0            # 36 of 48
+    report = lt_plugin.sparsity_report(model)
+    assert [(r["layer"], r["shape"], r["kept"], r["total"]) for r in report.rows] == [
+        ("0", [3, 2, 3, 3], 2, 54), ("2", [4, 12], 36, 48)]
+    assert report.rows[1]["density"] == 0.75 and report.density == 38 / 102
+    text = str(report).splitlines()
+    assert text[0].split() == ["layer", "shape", "kept", "total", "density"] and text[-1].split()[0] == "total"
+    mask = Mask({"0.weight": model[0].weight != 0, "2.weight": torch.ones(4, 12, dtype=torch.bool)},
+                ["0.weight", "2.weight"])
+    with_mask = lt_plugin.sparsity_report(model.state_dict(), mask)  # what the mask keeps, and what is nonzero
+    assert [(r["kept"], r["nonzero"]) for r in with_mask.rows] == [(2, 2), (48, 36)]

@@ -4,7 +4,8 @@ dense, results.json, a table and a plot; resumable, kill -9 safe, `--seeds`), ea
 - `prune-at-init`: the mask chosen at initialisation by a criterion (SNIP, GraSP, SynFlow, magnitude, random;
   lt_plugin.pai), then trained with the run's recipe, as an IMP level is;
 - `gradual`: gradual magnitude pruning during one training (Zhu & Gupta 2017; lt_plugin.gradual), the density
-  falling on the cubic schedule from `--start` to `--end`.
+  falling on the cubic schedule (or another `--schedule`) from `--start` to `--end`, every layer to the same
+  density unless `--scope global`.
 
 Each level's density is IMP's for the same `--levels`, `--prune-fraction` or `--target-density` (and
 `--layer-prune-fractions`), so `lt-plugin compare` matches them level for level with an IMP run. A prune-at-init
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from itertools import islice
 from typing import Dict, List, Optional, Tuple
 
@@ -31,10 +31,11 @@ from ..gradual import GradualPruning, GradualSchedule
 from ..layout import RunLayout
 from ..levels import PrunedLevels
 from ..loaders import DeviceNormalize, is_stream, make_loader, on_device
-from ..masks import Mask
+from ..masks import SCOPES, Mask
 from ..pai import CRITERIA, prune_at_init
 from ..pipeline import train_ticket
 from ..replicates import Replicates, run_replicates
+from ..schedules import SCHEDULES, pruning_window
 from ..report import plot_accuracy_vs_density
 from ..store import load_weights
 from ..structure import create_mask
@@ -45,7 +46,6 @@ from .registry import register_strategy
 SCORE_SAMPLES_PER_CLASS = 10  # Synaptic-Flow's prune_dataset_ratio and GraSP's samples_per_class
 SCORE_BATCH_SIZE = 256        # Synaptic-Flow's prune_batch_size
 CHANNEL_CRITERIA = ("snip", "magnitude", "random")  # those with a per-channel form over Torch-Pruning's groups
-_POINT = re.compile(r"^(\d+)(it|ep)$")
 
 
 @dataclasses.dataclass
@@ -178,34 +178,29 @@ class PruneAtInit(_FromInit):
         return out
 
 
-def _point_step(text: str, per_epoch: int, total: int, option: str) -> int:
-    """A point of training as a global step: <N>it, <N>ep, or a fraction of the training in [0, 1]."""
-    match = _POINT.match(text)
-    if match:
-        return int(match.group(1)) * (per_epoch if match.group(2) == "ep" else 1)
-    try:
-        fraction = float(text)
-    except ValueError:
-        fraction = -1.0
-    if not 0.0 <= fraction <= 1.0:
-        raise UserError(f"--{option} is <N>it, <N>ep or a fraction of the training in [0, 1], not {text!r}")
-    return int(fraction * total)
-
-
 @register_strategy("gradual")
 @dataclasses.dataclass
 class Gradual(_FromInit):
     """Gradual magnitude pruning: each level one training from theta_0 that prunes to the level's density."""
 
-    description = "gradual magnitude pruning during training, on Zhu & Gupta's cubic schedule"
+    description = "gradual magnitude pruning during training, on Zhu & Gupta's cubic schedule (or fasterai's others)"
 
+    # Zhu & Gupta prune every layer to the same sparsity (Gale et al. follow them): layer-wise, not IMP's global.
+    # Runs made before this default record their scope in config.json, so a rerun of one holds it to "global".
+    scope: str = dataclasses.field(default="layerwise", metadata={
+        "choices": SCOPES, "help": "the same fraction per layer (Zhu & Gupta's rule), or one threshold for all "
+                                   "layers"})
     start: str = dataclasses.field(default="0.25", metadata={
-        "help": "the first step of the schedule (<N>it, <N>ep or a fraction of the training); it prunes first one "
-                "--frequency later"})
+        "help": "the first step of the schedule (<N>it, <N>ep or a fraction of the training); it prunes there only "
+                "if the schedule's density falls there (one-shot), else first one --frequency later"})
     end: str = dataclasses.field(default="0.75", metadata={
         "help": "the step the level's density is reached (<N>it, <N>ep or a fraction of the training), moved back "
                 "to the last pruning step before it"})
     frequency: int = dataclasses.field(default=100, metadata={"help": "optimizer steps between two prunings"})
+    schedule: str = dataclasses.field(default="cubic", metadata={
+        "choices": SCHEDULES, "before": "cubic",
+        "help": "how the density falls: cubic (Zhu & Gupta's, fasterai's agp), one-shot, iterative (3 equal "
+                "steps), cosine or linear (fasterai's schedules)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -225,16 +220,8 @@ class Gradual(_FromInit):
     def schedule_steps(self, cfg: TrainConfig, train_size: int) -> Tuple[int, int]:
         """(start step, end step) of the schedule in this training: the end on the pruning grid."""
         per_epoch = steps_per_epoch(cfg, train_size)
-        total = cfg.epochs * per_epoch
-        start = _point_step(str(self.start), per_epoch, total, "start")
-        end = _point_step(str(self.end), per_epoch, total, "end")
-        if end > total:
-            raise UserError(f"--end {self.end} is step {end}, past the end of training ({total} steps)")
-        prunings = (end - start) // self.frequency
-        if prunings < 1:
-            raise UserError(f"--start {self.start} to --end {self.end} is steps {start} to {end}: no room for one "
-                            f"pruning every --frequency {self.frequency} steps (training has {total} steps)")
-        return start, start + prunings * self.frequency
+        return pruning_window(str(self.start), str(self.end), self.frequency, cfg.epochs * per_epoch, per_epoch,
+                              names=("--start", "--end", "--frequency"))
 
     def check_run(self, run, dense) -> None:
         self.schedule_steps(run.cfg, len(run.data.train))
@@ -247,7 +234,8 @@ class Gradual(_FromInit):
                 describe=lambda r: {"level": 0, **r})
         density, own = self.level_densities(dense, level)
         start, end = self.schedule_steps(run.cfg, len(run.data.train))
-        schedule = GradualSchedule(start, end, self.frequency, density, scope=self.scope, layer_densities=own)
+        schedule = GradualSchedule(start, end, self.frequency, density, scope=self.scope, layer_densities=own,
+                                   schedule=self.schedule)
 
         def final_mask() -> Mask:
             run.accelerator.wait_for_everyone()
