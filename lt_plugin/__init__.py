@@ -10,16 +10,21 @@
 Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner`, `lt_plugin.GradualPruner`,
 `lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`.
 
-Importing the package registers the papers' networks with timm (`lt_plugin.networks`) and nothing else: every other
-name is imported from the module that holds it when it is first used, so that `import lt_plugin.data` or
-`import lt_plugin.masks` does not load the strategies, and `import lt_plugin` does not load `datasets`.
+Importing the package imports no torch, timm or scipy: it registers the papers' networks with timm
+(`lt_plugin.networks`) as timm is imported (at once if it already is), and every other name is imported from the
+module that holds it when it is first used. So `import lt_plugin; timm.create_model("lenet_300_100")` works, the
+command line answers `--help` without loading torch, `import lt_plugin.data` or `import lt_plugin.masks` does not
+load the strategies, and `import lt_plugin` does not load `datasets`.
 """
 
 import importlib
 
-from . import networks  # noqa: F401  (registers the papers' networks with timm)
+from wrapt import register_post_import_hook
+
 from ._version import __version__
 from .errors import DataError, RunFolderError, UnsupportedModelError, UserError
+
+register_post_import_hook(lambda timm: importlib.import_module(f"{__name__}.networks"), "timm")
 
 _OWNERS = {
     "masks": ("Mask",),

@@ -13,7 +13,7 @@ import math
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
-from scipy import stats as _stats
+import scipy  # its stats module (~1.5 s to import) loads when a test first needs it
 
 LOSS_TEST_METHODS = ("t", "wilcoxon")
 MCNEMAR_ALTERNATIVES = ("greater", "less", "two-sided")
@@ -59,7 +59,7 @@ def summarize(values: Sequence[Optional[float]], confidence: float = 0.95) -> Di
     if std == 0:  # scipy's t.interval is nan with scale 0; an interval of a constant is the point
         result["ci_low"], result["ci_high"] = mean, mean
     else:
-        low, high = _stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+        low, high = scipy.stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
         result["ci_low"], result["ci_high"] = float(low), float(high)
     return result
 
@@ -92,7 +92,7 @@ def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]]
             p_value = 0.0 if summary["mean"] != 0 else 1.0
         else:
             first, second = zip(*pairs)
-            p_value = float(_stats.ttest_rel(first, second).pvalue)
+            p_value = float(scipy.stats.ttest_rel(first, second).pvalue)
     return {**summary, "p_value": p_value, "differences": differences}
 
 
@@ -111,7 +111,7 @@ def mcnemar_exact(gained: int, lost: int, alternative: str = "greater") -> float
         raise ValueError(f"counts must be non-negative, got gained={gained}, lost={lost}")
     if gained + lost == 0:
         return 1.0
-    return float(_stats.binomtest(int(gained), int(gained + lost), 0.5, alternative=alternative).pvalue)
+    return float(scipy.stats.binomtest(int(gained), int(gained + lost), 0.5, alternative=alternative).pvalue)
 
 
 def _as_float_array(values: Any, name: str) -> np.ndarray:
@@ -151,9 +151,9 @@ def paired_loss_test(new_losses: Any, old_losses: Any, method: str = "t") -> flo
     if not np.any(differences):  # identical (or empty): scipy gives nan
         return 1.0
     if method == "wilcoxon":
-        return float(_stats.wilcoxon(differences, alternative="less", zero_method="wilcox").pvalue)
+        return float(scipy.stats.wilcoxon(differences, alternative="less", zero_method="wilcox").pvalue)
     if new.size < 2:
         return 1.0
     if np.all(differences == differences[0]):  # no spread: scipy warns and returns 0 or 1 by sign; say so plainly
         return 0.0 if differences[0] < 0 else 1.0
-    return float(_stats.ttest_rel(new, old, alternative="less").pvalue)
+    return float(scipy.stats.ttest_rel(new, old, alternative="less").pvalue)

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lt_plugin"
 # docs/architecture.md's layers: a module imports (at its top or inside a function) only modules of lower layers.
 LAYERS = [
     ["errors", "_version", "loaders", "layout", "networks.base"],
-    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats"],
+    ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats", "commands", "strategies",
+     "branches"],
     ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx"],
     ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images"],
     ["levels", "early_bird_rule", "train.checkpoint", "train.batches", "data.streaming", "", "train", "data", "pai"],
@@ -21,10 +22,8 @@ LAYERS = [
     ["check", "scoring", "strategies.base", "replicates"],
     ["strategies.registry"],
     ["strategies.imp", "strategies.early_bird", "strategies.soups", "strategies.baselines"],
-    ["strategies"],
     ["branches.base"],
     ["branches.lottery_pools", "branches.instability", "branches.controls", "branches.export", "compare"],
-    ["branches"],
     ["cli", "__main__"],
     ["seed_worker"],
 ]

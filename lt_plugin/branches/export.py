@@ -60,7 +60,6 @@ def export_run_ticket(run_dir, key, out_path, fmt: Optional[str] = None, benchma
 class Export(Branch):
     """One ticket of a finished run as a file (safetensors for lt_plugin.load_ticket, or ONNX)."""
 
-    description = "write one ticket of a run as a loadable file (safetensors, or ONNX checked with ONNX Runtime)"
     reads = ()  # any run with tickets
 
     ticket: str = dataclasses.field(default="", metadata={

@@ -95,8 +95,6 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
 class PruneAtInit(_FromInit):
     """Pruning at initialisation: each level's mask chosen at theta_0 by a criterion, then trained."""
 
-    description = "pruning at initialisation (SNIP, GraSP, SynFlow, magnitude, random), trained like an IMP level"
-
     criterion: str = dataclasses.field(default="snip", metadata={
         "choices": CRITERIA, "help": "snip |g*w| (Lee et al. 2019), grasp -w*Hg (Wang et al. 2020), synflow "
                                      "(Tanaka et al. 2020, data-free, iterative), magnitude |w| or random"})
@@ -200,8 +198,6 @@ def _point_step(text: str, per_epoch: int, total: int, option: str) -> int:
 @dataclasses.dataclass
 class Gradual(_FromInit):
     """Gradual magnitude pruning: each level one training from theta_0 that prunes to the level's density."""
-
-    description = "gradual magnitude pruning during training, on Zhu & Gupta's cubic schedule"
 
     start: str = dataclasses.field(default="0.25", metadata={
         "help": "the first step of the schedule (<N>it, <N>ep or a fraction of the training); it prunes first one "
