@@ -29,9 +29,10 @@ register_post_import_hook(lambda timm: importlib.import_module(f"{__name__}.netw
 _OWNERS = {
     "masks": ("Mask",),
     "structure": ("create_mask", "export", "IMPORTANCES"),
-    "tickets": ("Ticket", "save_ticket", "load_ticket"),
+    "tickets": ("Ticket", "save_ticket", "load_ticket", "save_hub_folder", "push_to_hub"),
     "strategies": ("Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class"),
     "branches": ("Branch", "FinishedRun", "register_branch", "create_branch", "list_branches", "get_branch_class"),
+    "branches.export": ("export_run_ticket",),
     "pruners": ("IMPPruner", "EarlyBirdPruner"),
     "early_bird_rule": ("EarlyBirdDetector",),
     "pooling": ("lottery_pool",),

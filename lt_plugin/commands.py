@@ -105,6 +105,10 @@ class Registry:
         if taken is not None:
             raise ValueError(f"{name!r} is already the name of a {taken}")
         if name in self.builtin:
+            own = vars(cls).get("description")
+            if own is not None and own != self.builtin[name].description:
+                raise ValueError(f"the built-in {self.kind} {name!r} has its one line in lt_plugin.commands; its "
+                                 f"class says another: {own!r}")
             cls.description = self.builtin[name].description
         cls.name = name
         self.classes[name] = cls

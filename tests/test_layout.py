@@ -14,7 +14,7 @@ LAYERS = [
     ["errors", "_version", "loaders", "layout", "networks.base"],
     ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats", "commands", "strategies",
      "branches"],
-    ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx"],
+    ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx", "model_card"],
     ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images"],
     ["levels", "early_bird_rule", "train.checkpoint", "train.batches", "data.streaming", "", "train", "data", "pai"],
     ["train.loop", "data.splits", "tickets", "run_folder", "gradual"],
