@@ -346,3 +346,16 @@ def test_grayscale_images_are_kept_as_one_channel_and_read_as_the_streamed_ones(
     assert kept.shape == (4, 3, 8, 8)
     assert torch.equal(kept, LazyPixels(dataset, "image", transform, 3)[:])
     assert torch.equal(kept[0, 0], kept[0, 2]) and not torch.equal(kept[3, 0], kept[3, 2])
+
+
+def test_the_evaluation_transform_reads_images_of_its_side_straight_to_timms_pixels():
+    from lt_plugin.data.transforms import EvalPixels
+    generator = np.random.default_rng(0)
+    for in_chans, mode in ((1, "L"), (3, "RGB"), (3, "L")):
+        fast, timm_eval = EvalPixels(8, in_chans), _pixel_transform(8, in_chans, is_training=False)
+        for height, width in ((8, 8), (9, 8), (12, 12)):  # its side (read straight), then resized by timm's
+            shape = (height, width) if mode == "L" else (height, width, 3)
+            image = PILImage.fromarray(generator.integers(0, 256, shape, dtype=np.uint8), mode)
+            pixels = fast(image)
+            assert pixels.dtype == torch.uint8 and pixels.shape[1:] == (8, 8)
+            assert torch.equal(pixels, timm_eval(image)), (in_chans, mode, height, width)
