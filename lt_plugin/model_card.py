@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 import yaml
 
 from ._version import __version__
+from .layout import HubFolder
 from .recipes import RECIPES
 
 # Each strategy's (and branch's) papers: (citation, link). A strategy without an entry gets no paper line.
@@ -133,6 +134,7 @@ def _loading(facts: TicketFacts) -> List[str]:
                 f'model = timm.create_model("{facts.load_as}", pretrained=True).eval()',
                 "config = timm.data.resolve_data_config(model=model)  # the run's input size and normalisation",
                 "transform = timm.data.create_transform(**config)", "```"]
+    files = HubFolder("FOLDER")
     return ["A channel ticket is physically smaller than the architecture timm knows: lt_plugin rebuilds it (timm's "
             "dense network, then Torch-Pruning's pruning history) and loads its weights. Plain `timm.create_model` "
             "refuses the folder with a message that names `lt_plugin.load_ticket`.", "", "```python",
@@ -141,11 +143,11 @@ def _loading(facts: TicketFacts) -> List[str]:
             "Without lt_plugin, timm and Torch-Pruning rebuild it from this folder's files (a fragment: `FOLDER` is "
             "where they are):", "", "```python", "import json, timm, torch, torch_pruning as tp",
             "from safetensors.torch import load_file", "",
-            'config = json.load(open("FOLDER/config.json"))["lt_plugin"]',
+            f'config = json.load(open("{files.config}"))["lt_plugin"]',
             'model = timm.create_model(config["model"], **config["model_kwargs"])',
             'graph = tp.DependencyGraph().build_dependency(model, torch.zeros(1, *config["input_size"]))',
-            'graph.load_pruning_history(json.load(open("FOLDER/pruning_history.json")))',
-            'model.load_state_dict(load_file("FOLDER/model.safetensors"))', "```"]
+            f'graph.load_pruning_history(json.load(open("{files.pruning_history}")))',
+            f'model.load_state_dict(load_file("{files.weights}"))', "```"]
 
 
 def _training(facts: TicketFacts) -> List[str]:
@@ -180,7 +182,8 @@ def render(facts: TicketFacts) -> str:
     lines += ["## How to load it", ""] + _loading(facts) + [""]
     lines += ["## Training", ""] + _training(facts) + [""]
     if facts.figures:
-        lines += ["## Figures", ""] + [f"![{Path(name).stem}](figures/{name})" for name in facts.figures] + [""]
+        lines += ["## Figures", ""] + [f"![{Path(name).stem}]({HubFolder('').figure(name).as_posix()})"
+                                       for name in facts.figures] + [""]
     lines += ["## Provenance", "",
               f"- trained with lt-plugin {trained_with.get('lt-plugin', 'unknown')}, timm "
               f"{trained_with.get('timm', 'unknown')}, torch {trained_with.get('torch', 'unknown')}, torch-pruning "
