@@ -6,6 +6,7 @@
     imp = lt_plugin.create_strategy("imp", model="resnet18", dataset="digits", levels=3)
     imp.run("runs/imp")
     lt_plugin.create_branch("lottery-pools", run_dir="runs/imp").run()   # work on the finished run
+    lt_plugin.export_run_ticket("runs/imp", "3", "hub/ticket", fmt="hf")  # a Hub folder timm (or load_ticket) loads
 
 Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner`, `lt_plugin.GradualPruner`,
 `lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`.

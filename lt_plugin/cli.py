@@ -327,13 +327,17 @@ def _run(argv: Optional[List[str]]) -> None:
     command = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level has only --help, --version
     # Importing the command's module (torch, timm...) makes about a million objects that live as long as the
     # process: collecting garbage among them as they come, and at every full collection after, costs ~10% of a
-    # small run's start. They are made with the collector paused, then frozen out of its sight (gc.freeze).
+    # small run's start. They are made with the collector paused, then frozen out of its sight (gc.freeze), by the
+    # process's first command only (one that calls main again would freeze the garbage of the ones before).
+    collecting = gc.isenabled()
     gc.disable()
     try:
         args = build_parser(command).parse_args(argv)
     finally:
-        gc.freeze()
-        gc.enable()
+        if not gc.get_freeze_count():
+            gc.freeze()
+        if collecting:
+            gc.enable()
     if args.command == "strategies":
         _print_registered(commands.strategies.descriptions())
     elif args.command == "branches":

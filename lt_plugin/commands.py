@@ -21,7 +21,7 @@ import importlib
 from importlib.metadata import EntryPoint, entry_points
 from typing import Dict, List, NamedTuple, Optional
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 class Command(NamedTuple):
@@ -123,7 +123,12 @@ class Registry:
             elif name in self.entry_points():
                 ep = self.entry_points()[name]
                 try:
-                    check(name, ep.load())
+                    cls = ep.load()
+                except Exception as exc:  # the installed package's own import fails: any type
+                    raise UserError(f"entry point {name!r} ({ep.value}) cannot be imported: {type(exc).__name__}: "
+                                    f"{first_line(exc)}") from None
+                try:
+                    check(name, cls)
                 except TypeError:
                     raise UserError(f"entry point {name!r} ({ep.value}) is not an lt_plugin.{self.kind.title()} "
                                     "subclass") from None

@@ -172,7 +172,8 @@ def render(facts: TicketFacts) -> str:
     trained_with = facts.trainer.get("versions", {})
     commit = source_commit()
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-             f"# {model}: a {facts.granularity} lottery ticket at {facts.result['density']:.2%} density ({dataset})",
+             f"# {model}: a {facts.granularity} lottery ticket at {facts.result['density']:.2%} density ({dataset})"
+             if facts.result["density"] < 1 else f"# {model}: the dense network of a lottery-ticket run ({dataset})",
              "", f"Ticket `{facts.key}` of an `lt-plugin {facts.made_by}` run on `{dataset}` at "
                  f"{'x'.join(map(str, facts.input_size[1:]))} pixels, made with lt_plugin (lottery tickets for "
                  "timm models, on Torch-Pruning).", ""]

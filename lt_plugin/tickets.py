@@ -28,7 +28,6 @@ from .structure import ChannelStructure, export
 
 META_KEY = "lt_plugin.ticket"
 HUB_KEY = "lt_plugin"  # the config.json entry of a Hub folder that holds the ticket's metadata
-HUB_SOURCES = ("local-dir:", "hf-hub:")
 
 
 @dataclasses.dataclass

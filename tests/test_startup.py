@@ -2,6 +2,7 @@
 without torch, timm or scipy; a command loads its own strategy's module only; `import lt_plugin` registers the
 papers' networks with timm whichever of the two is imported first."""
 
+import os
 import subprocess
 import sys
 
@@ -91,3 +92,22 @@ def test_a_builtin_class_takes_its_line_from_the_table_and_may_not_say_another()
     assert table.add("demo", silent).description == "the table's line" and table.get("demo", None) is silent
     with pytest.raises(ValueError, match="its class says another"):
         registry().add("demo", type("Talkative", (), {"description": "another line"}))
+
+
+def test_an_installed_strategy_is_listed_from_its_metadata_and_a_broken_one_refused_in_one_line(tmp_path):
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('a dependency is missing')\n")
+    dist_info = tmp_path / "broken_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[lt_plugin.strategies]\nbroken = broken_plugin:Broken\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    listed = subprocess.run([sys.executable, "-c", "import sys\nfrom lt_plugin.cli import main\nmain(['strategies'])\n"
+                             "print(sorted(set(sys.modules) & {'torch', 'timm', 'scipy', 'broken_plugin'}))"],
+                            capture_output=True, text=True, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "broken-plugin 0.1: broken_plugin:Broken" in listed.stdout and listed.stdout.splitlines()[-1] == "[]"
+    run = subprocess.run([sys.executable, "-m", "lt_plugin", "broken", "--help"], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        "lt-plugin: error: entry point 'broken' (broken_plugin:Broken) cannot be imported: ImportError: a dependency "
+        "is missing"]
