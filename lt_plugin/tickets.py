@@ -250,6 +250,16 @@ def _write_hub_folder(job: ExportJob, path: Path) -> None:
                     extra=job.metadata, card=job.card, figures=job.figures)
 
 
+def _require_timm_hub() -> None:
+    """The timm this folder is for: one whose save_for_hf records the data settings (and which reads local-dir:)."""
+    import inspect
+
+    from timm.models import save_for_hf
+    if "data_config" not in inspect.signature(save_for_hf).parameters:
+        raise UserError(f"--format hf needs a newer timm than {timm.__version__} (its save_for_hf records no data "
+                        "settings): pip install -U timm")
+
+
 def _write_onnx(job: ExportJob, path: Path) -> float:
     from .deploy import export_onnx
     return export_onnx(job.ticket, job.example, path, metadata={
@@ -283,6 +293,6 @@ register_export_format("safetensors", ExportFormat(".safetensors", _write_safete
 register_export_format("hf", ExportFormat("", _write_hub_folder, "a Hugging Face Hub folder (timm's save_for_hf, a "
                                           "model card): timm.create_model('local-dir:DIR', pretrained=True) loads a "
                                           "weight ticket, lt_plugin.load_ticket('local-dir:DIR') a channel ticket",
-                                          with_card=True))
+                                          check=_require_timm_hub, with_card=True))
 register_export_format("onnx", ExportFormat(".onnx", _write_onnx, "checked with ONNX Runtime against PyTorch; needs "
                                             "lt-plugin[onnx]", check=_require_onnx, benchmark=_onnx_latency))

@@ -198,3 +198,11 @@ def test_the_card_names_the_hub_dataset_and_the_hub_model_a_run_started_from(tmp
     cached = "/home/u/.cache/huggingface/hub/models--timm--resnet18.a1_in1k/snapshots/abc/model.safetensors"
     assert base_model(cached) == "timm/resnet18.a1_in1k"
     assert base_model("/data/my_weights.safetensors") is None and base_model(None) is None
+
+
+def test_a_timm_too_old_for_the_folder_is_one_line_before_any_work(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("timm.models.save_for_hf", lambda model, save_directory, model_config=None: None)
+    out = tmp_path / "old_timm"
+    assert cli_main(["export", "--run", str(runs / "weight"), "--level", "1", "--format", "hf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install -U timm" in err and not out.exists()
