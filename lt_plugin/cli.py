@@ -1,5 +1,9 @@
 """The `lt-plugin` command. Each strategy's and each branch's options (dataclass fields) become its flags.
 
+The commands are named from `lt_plugin.commands` without importing them: `--help`, `--version`, `strategies`,
+`branches` and `recipes` load no torch, timm or scipy, and a command imports only its own strategy's or branch's
+module.
+
 A strategy's options come in layers: its defaults, then a recipe's values (--recipe), then a YAML or JSON file's
 (--config, which also takes a finished run's config.json), then the flags given on the command line. A training
 strategy's `--control NAME --run RUN` runs the control branch NAME on RUN instead.
@@ -9,21 +13,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import yaml
 
-from . import __version__
+from . import __version__, commands
+from .commands import CONTROLS
 from .errors import LtPluginWarning, UserError, first_line
 from .options import default_of, flags_of, upgrade
 from .recipes import RECIPES, recipe_options
-from .branches import get_branch_class, list_branches
-from .branches.controls import CONTROLS
-from .strategies import get_strategy_class, list_strategies
 
 # Help for training fields that carry none of their own.
 _TRAIN_HELP = {
@@ -196,24 +199,41 @@ def _add_command(sub, name: str, cls, out_help: str) -> argparse.ArgumentParser:
     return command
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _strategy_class(name: str):
+    from .strategies.registry import get_strategy_class  # the strategy's module, and torch, load for it alone
+    return get_strategy_class(name)
+
+
+def _branch_class(name: str):
+    from .branches.base import get_branch_class  # the branch's module, and torch, load for it alone
+    return get_branch_class(name)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line, with the flags of the strategy or branch `command` (its module imported); the others are
+    named with their one line (lt_plugin.commands), which imports none of them."""
     parser = _Parser(prog="lt-plugin", description="Lottery tickets for timm models, on Torch-Pruning.")
     parser.add_argument("--version", action="version", version=f"lt-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("strategies", help="list the registered strategies")
     sub.add_parser("branches", help="list the registered branches (work on a finished run: lt-plugin NAME --run RUN)")
-    for name in list_strategies():
-        cls = get_strategy_class(name)
-        command = _add_command(sub, name, cls, "run folder (rerun to resume)")
+    for name, description in commands.strategies.descriptions().items():
+        if name != command:
+            sub.add_parser(name, help=description)
+            continue
+        cls = _strategy_class(name)
+        parsed = _add_command(sub, name, cls, "run folder (rerun to resume)")
         if "run_dir" not in {field.name for field in dataclasses.fields(cls)}:
-            command.add_argument("--control", metavar="{" + ",".join(CONTROLS) + "}", choices=CONTROLS, default=None,
-                                 help="train a control of a finished run's tickets instead (with --run; see "
-                                      "lt-plugin NAME --help)")
-            command.add_argument("--run", dest="control_run", default=None,
-                                 help="with --control: the finished run whose tickets to control")
-    for name in list_branches():
-        cls = get_branch_class(name)
-        _add_command(sub, name, cls, "where to write (default: a folder of the --run; rerun to resume)")
+            parsed.add_argument("--control", metavar="{" + ",".join(CONTROLS) + "}", choices=CONTROLS, default=None,
+                                help="train a control of a finished run's tickets instead (with --run; see "
+                                     "lt-plugin NAME --help)")
+            parsed.add_argument("--run", dest="control_run", default=None,
+                                help="with --control: the finished run whose tickets to control")
+    for name, description in commands.branches.descriptions().items():
+        if name != command:
+            sub.add_parser(name, help=description)
+            continue
+        _add_command(sub, name, _branch_class(name), "where to write (default: a folder of the --run; rerun to resume)")
     compare_parser = sub.add_parser("compare", help="finished runs side by side: accuracy by density with 95%% "
                                     "intervals over seeds, and paired differences over shared seeds",
                                     description="Match the runs' tickets by density (the first run's), give each "
@@ -251,10 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_registered(names: List[str], class_of) -> None:
-    width = max(map(len, names), default=0)
-    for name in names:
-        print(f"{name.ljust(width)}  {class_of(name).description}")
+def _print_registered(descriptions: Dict[str, str]) -> None:
+    width = max(map(len, descriptions), default=0)
+    for name, description in descriptions.items():
+        print(f"{name.ljust(width)}  {description}")
 
 
 def _print_recipes() -> None:
@@ -281,7 +301,7 @@ def _control_values(args) -> dict:
     is a mistake (the control trains with the run's)."""
     if args.control_run is None:
         raise UserError(f"--control {args.control} needs --run: the finished run whose tickets to control")
-    branch = get_branch_class(args.control)
+    branch = _branch_class(args.control)
     own = {field.name for field in dataclasses.fields(branch)}
     stray = sorted(field.name for field in dataclasses.fields(args.command_class)
                    if hasattr(args, field.name) and field.name not in own)
@@ -309,11 +329,25 @@ def guarded(work: Callable[[], None]) -> int:
 
 
 def _run(argv: Optional[List[str]]) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level has only --help, --version
+    # Importing the command's module (torch, timm...) makes about a million objects that live as long as the
+    # process: collecting garbage among them as they come, and at every full collection after, costs ~10% of a
+    # small run's start. They are made with the collector paused, then frozen out of its sight (gc.freeze), by the
+    # process's first command only (one that calls main again would freeze the garbage of the ones before).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        args = build_parser(command).parse_args(argv)
+    finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+        if collecting:
+            gc.enable()
     if args.command == "strategies":
-        _print_registered(list_strategies(), get_strategy_class)
+        _print_registered(commands.strategies.descriptions())
     elif args.command == "branches":
-        _print_registered(list_branches(), get_branch_class)
+        _print_registered(commands.branches.descriptions())
     elif args.command == "recipes":
         _print_recipes()
     elif args.command == "check":
@@ -322,7 +356,7 @@ def _run(argv: Optional[List[str]]) -> None:
         from .compare import compare  # reads runs of every strategy and branch
         compare(args.runs, args.out, args.tolerance, args.allow_different, args.metric, args.adjust, args.alpha)
     elif getattr(args, "control", None):
-        get_branch_class(args.control)(**_control_values(args)).run(args.out)
+        _branch_class(args.control)(**_control_values(args)).run(args.out)
     else:
         cls = args.command_class
         if cls.out_required and args.out is None:

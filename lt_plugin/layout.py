@@ -16,6 +16,11 @@ foundations/paths.py). No other module spells a name of the layout; they ask the
       source_config: imp_config.json  ensemble.json           a branch's folder (Lottery Pools)
       pools/  controls/NAME/  instability/  exports/          branches of the run (their default folders)
       seed_S/                             one replicate: a run folder of its own
+
+    TICKET/                               a HubFolder: one ticket as `lt-plugin export --format hf` writes it
+      config.json  model.safetensors  README.md    timm's save_for_hf folder and its model card
+      mask.safetensors  pruning_history.json       lt_plugin's: the mask, Torch-Pruning's history (channel)
+      figures/<plot>.png                           the run's plots, which the card shows
 """
 
 from __future__ import annotations
@@ -129,6 +134,10 @@ class RunLayout:
     def plot(self, name: str) -> Path:
         return self.root / name
 
+    def plots(self) -> List[Path]:
+        """The plots the run folder holds, sorted."""
+        return sorted(self.root.glob("*.png"))
+
     def level(self, level: int) -> TicketFolder:
         return TicketFolder(self.root / f"level_{level}")
 
@@ -165,3 +174,20 @@ class RunLayout:
     def seeds(self) -> List[int]:
         """The replicates this folder holds (seed_S folders with a config), sorted."""
         return _numbered(self.root, "seed_", CONFIG)
+
+
+class HubFolder:
+    """A ticket as a Hugging Face Hub folder: timm's `save_for_hf` files (what `timm.create_model("local-dir:...")`
+    and `"hf-hub:..."` read), its model card, and lt_plugin's own files."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / CONFIG)
+    weights = property(lambda self: self.root / "model.safetensors")  # timm's name for safetensors weights
+    card = property(lambda self: self.root / "README.md")
+    mask = property(lambda self: self.root / "mask.safetensors")
+    pruning_history = property(lambda self: self.root / "pruning_history.json")
+
+    def figure(self, name: str) -> Path:
+        return self.root / "figures" / name

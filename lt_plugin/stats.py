@@ -15,7 +15,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy import stats as _stats
+import scipy  # its stats module (~1.5 s to import) loads when a test first needs it
 
 LOSS_TEST_METHODS = ("t", "wilcoxon")
 MCNEMAR_ALTERNATIVES = ("greater", "less", "two-sided")
@@ -45,7 +45,7 @@ def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple:
     """mean -/+ t_{(1+confidence)/2, n-1} * std / sqrt(n) as plain floats; the point itself when std is 0."""
     if std == 0:  # scipy's t.interval is nan with scale 0; an interval of a constant is the point
         return mean, mean
-    low, high = _stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    low, high = scipy.stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
     return float(low), float(high)
 
 
@@ -113,7 +113,7 @@ def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]]
         summary.update(std=0.0, ci_low=None, ci_high=None)
     elif len(pairs) >= 2:
         first, second = zip(*pairs)
-        p_value = float(_stats.ttest_rel(first, second).pvalue)
+        p_value = float(scipy.stats.ttest_rel(first, second).pvalue)
     return {**summary, "p_value": p_value, "no_spread": no_spread, "differences": differences}
 
 
@@ -212,7 +212,7 @@ def mcnemar_exact(gained: int, lost: int, alternative: str = "greater") -> float
         raise ValueError(f"counts must be non-negative, got gained={gained}, lost={lost}")
     if gained + lost == 0:
         return 1.0
-    return float(_stats.binomtest(int(gained), int(gained + lost), 0.5, alternative=alternative).pvalue)
+    return float(scipy.stats.binomtest(int(gained), int(gained + lost), 0.5, alternative=alternative).pvalue)
 
 
 def _as_float_array(values: Any, name: str) -> np.ndarray:
@@ -252,9 +252,9 @@ def paired_loss_test(new_losses: Any, old_losses: Any, method: str = "t") -> flo
     if not np.any(differences):  # identical (or empty): scipy gives nan
         return 1.0
     if method == "wilcoxon":
-        return float(_stats.wilcoxon(differences, alternative="less", zero_method="wilcox").pvalue)
+        return float(scipy.stats.wilcoxon(differences, alternative="less", zero_method="wilcox").pvalue)
     if new.size < 2:
         return 1.0
     if np.all(differences == differences[0]):  # no spread: scipy warns and returns 0 or 1 by sign; say so plainly
         return 0.0 if differences[0] < 0 else 1.0
-    return float(_stats.ttest_rel(new, old, alternative="less").pvalue)
+    return float(scipy.stats.ttest_rel(new, old, alternative="less").pvalue)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -33,6 +34,28 @@ def atomic_write(path, write) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_folder(path, write) -> None:
+    """Call `write(temp_folder)` and move the result to `path`, replacing a folder there: readers see the old folder
+    or the new one, never half of one (for an instant between the two renames, none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        for made in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700 folders, some writers 0600 files: the usual ones
+            os.chmod(made, (0o777 if made.is_dir() else 0o666) & ~_umask())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old)  # onto the empty folder just made
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -378,10 +378,17 @@ class ChannelStructure:
         """Remove the mask's channels from `self.model` in place, through the dependency graph."""
         if mask.granularity != "channel":
             raise UserError("only channel tickets can be exported physically; a weight ticket stays dense")
+        return self.replay(mask.plan)
+
+    def replay(self, pruning_history: list) -> nn.Module:
+        """Remove the channels of a plan (Torch-Pruning's pruning history: [module name, out channels?, indices])
+        from `self.model` in place, with Torch-Pruning's `load_pruning_history` (each group through
+        `get_pruning_group(...).prune()`)."""
+        for root, is_out, _ in pruning_history:
+            self._root(root, is_out)  # a plan naming a module the model lacks is one line, not an AttributeError
         with torch.no_grad():
-            for root, is_out, idxs in mask.plan:
-                module, fn, _ = self._root(root, is_out)
-                self.graph.get_pruning_group(module, fn, list(idxs)).prune()
+            self.graph.load_pruning_history([[root, bool(is_out), [int(i) for i in idxs]]
+                                             for root, is_out, idxs in pruning_history])  # a copy: TP keeps it
         fix_attention_heads(self.model)
         return self.model
 

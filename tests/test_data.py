@@ -346,3 +346,35 @@ def test_grayscale_images_are_kept_as_one_channel_and_read_as_the_streamed_ones(
     assert kept.shape == (4, 3, 8, 8)
     assert torch.equal(kept, LazyPixels(dataset, "image", transform, 3)[:])
     assert torch.equal(kept[0, 0], kept[0, 2]) and not torch.equal(kept[3, 0], kept[3, 2])
+
+
+def test_the_evaluation_transform_reads_images_of_its_side_straight_to_timms_pixels():
+    from lt_plugin.data.transforms import EvalPixels
+    generator = np.random.default_rng(0)
+    for in_chans, mode in ((1, "L"), (3, "RGB"), (3, "L")):
+        fast, timm_eval = EvalPixels(8, in_chans), _pixel_transform(8, in_chans, is_training=False)
+        for height, width in ((8, 8), (9, 8), (12, 12)):  # its side (read straight), then resized by timm's
+            shape = (height, width) if mode == "L" else (height, width, 3)
+            image = PILImage.fromarray(generator.integers(0, 256, shape, dtype=np.uint8), mode)
+            pixels = fast(image)
+            assert pixels.dtype == torch.uint8 and pixels.shape[1:] == (8, 8)
+            assert torch.equal(pixels, timm_eval(image)), (in_chans, mode, height, width)
+
+
+def test_the_built_in_sources_grayscale_pixels_are_read_back_in_one_piece_as_decoding_gives_them():
+    from lt_plugin.data.idx import _grayscale_dataset, stored_grayscale
+    from lt_plugin.data.transforms import EvalPixels
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 6, 5), dtype=np.uint8)
+    dataset = _grayscale_dataset(pixels, np.arange(12) % 3, ["a", "b", "c"])
+    picked = [7, 2, 11, 0]  # a selection: an indices mapping over the table
+    assert np.array_equal(stored_grayscale(dataset, "image"), pixels)
+    assert np.array_equal(stored_grayscale(dataset.select(picked), "image"), pixels[picked])
+    square = _grayscale_dataset(pixels[:, :5, :], np.zeros(12, dtype=np.int64), ["a"]).select(picked)
+    kept = _pixels(square, "image", EvalPixels(5, 1), 5, 1)  # read in one piece
+    decoded = _pixels(square, "image", _pixel_transform(5, 1, is_training=False), 5, 1)  # decoded one by one
+    assert kept.shape == (4, 1, 5, 5) and torch.equal(kept, decoded)
+    png = Dataset.from_dict({"image": [PILImage.fromarray(p) for p in pixels[:2]]}, features=Features({"image": Image()}))
+    mixed = Dataset.from_dict({"image": [{"bytes": b"P5 5 6 255\n" + bytes(30), "path": None},
+                                         {"bytes": b"P5 6 5 255\n" + bytes(30), "path": None}]},
+                              features=Features({"image": Image()}))
+    assert stored_grayscale(png, "image") is None and stored_grayscale(mixed, "image") is None

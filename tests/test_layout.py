@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lt_plugin"
 LAYERS = [
     ["errors", "_version", "loaders", "layout", "networks.base"],
     ["options", "recipes", "store", "deploy", "networks.lth", "networks.cifar", "stats", "schedules",
-     "pruner_arguments"],
-    ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx"],
+     "pruner_arguments", "commands", "strategies", "branches"],
+    ["masks", "report", "networks", "model_checks", "acceptance", "data.transforms", "data.idx", "model_card"],
     ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images",
      "sparsity"],
     ["levels", "early_bird_rule", "train.checkpoint", "train.batches", "data.streaming", "", "train", "data", "pai"],
@@ -23,10 +23,8 @@ LAYERS = [
     ["check", "scoring", "strategies.base", "replicates"],
     ["strategies.registry"],
     ["strategies.imp", "strategies.early_bird", "strategies.soups", "strategies.baselines"],
-    ["strategies"],
     ["branches.base"],
     ["branches.lottery_pools", "branches.instability", "branches.controls", "branches.export", "compare"],
-    ["branches"],
     ["cli", "__main__"],
     ["seed_worker"],
 ]

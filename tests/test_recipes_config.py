@@ -18,7 +18,7 @@ SMALL = ["--model", "test_resnet", "--image-size", "16", "--max-train-samples", 
 
 def options(*argv):
     """The hyperparameters `lt-plugin imp ARGV` would build its strategy with."""
-    args = build_parser().parse_args(["imp", "--out", "unused", *argv])
+    args = build_parser("imp").parse_args(["imp", "--out", "unused", *argv])
     return _strategy_values(args.command_class, args)
 
 

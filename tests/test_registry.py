@@ -63,11 +63,16 @@ def test_installed_distribution_adds_a_strategy_through_its_entry_point(tmp_path
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-demo\nVersion: 0.1\n")
     (dist_info / "entry_points.txt").write_text("[lt_plugin.strategies]\nshout = plugin_demo:Shout\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # The listing reads the entry point's metadata (its distribution and object) without importing it; the
+    # command's own --help imports it and gives its description.
     listed = subprocess.run([sys.executable, "-m", "lt_plugin.cli", "strategies"], env=env,
                             capture_output=True, text=True, check=True).stdout
     rows = {line.split()[0]: line for line in listed.splitlines()}
-    assert "a strategy from another distribution" in rows["shout"]
+    assert "plugin-demo 0.1: plugin_demo:Shout" in rows["shout"]
     assert "iterative magnitude pruning" in rows["imp"]
+    helped = subprocess.run([sys.executable, "-m", "lt_plugin.cli", "shout", "--help"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert "a strategy from another distribution" in helped and "--times" in helped
     created = subprocess.run(
         [sys.executable, "-c", "import lt_plugin; print(lt_plugin.create_strategy('shout', times=3).run(None))"],
         env=env, capture_output=True, text=True, check=True).stdout
@@ -91,7 +96,7 @@ def test_custom_strategy_example_runs(tmp_path):
 def test_a_branch_a_user_registers_runs_through_the_command(tmp_path, capsys):
     import dataclasses
 
-    from lt_plugin.branches import base
+    from lt_plugin import commands
     from lt_plugin.store import atomic_write_json
 
     @lt_plugin.register_branch("layer-densities")
@@ -117,4 +122,4 @@ def test_a_branch_a_user_registers_runs_through_the_command(tmp_path, capsys):
         with pytest.raises(ValueError, match="already the name of a strategy"):
             lt_plugin.register_branch("imp")(LayerDensities)
     finally:
-        base._registry.pop("layer-densities", None)
+        commands.branches.classes.pop("layer-densities", None)

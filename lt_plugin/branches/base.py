@@ -1,4 +1,5 @@
-"""Branches: work on a finished run (open_lth's lottery branches), and their registry. A branch reads the run through a read-only view
+"""Branches: work on a finished run (open_lth's lottery branches), and their registry (`register_branch`,
+`get_branch_class`...: `lt_plugin.commands` knows their names). A branch reads the run through a read-only view
 (`FinishedRun`) and writes into its own folder, the run's `<branch folder>/` unless told otherwise: Lottery Pools,
 the random-reinit and random-mask controls, instability of the run's tickets, export.
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, ClassVar, Dict, List, Tuple, Type
 
 import torch
 
+from .. import commands
 from ..errors import RunFolderError, UserError
 from ..layout import RunLayout
 from ..masks import Mask
@@ -27,10 +28,7 @@ from ..strategies import registry as strategies
 from ..strategies.base import Strategy, TicketFiles
 from ..train.config import make_accelerator, train_config_of
 
-ENTRY_POINT_GROUP = "lt_plugin.branches"
-
-_registry: Dict[str, Type["Branch"]] = {}
-_entry_points_loaded = False
+ENTRY_POINT_GROUP = commands.branches.group
 
 
 class FinishedRun:
@@ -186,9 +184,9 @@ def trainer_of(config: dict) -> Strategy:
 
 def command_class(name: str):
     """The strategy or branch class registered under `name` (what a config.json's "strategy" names)."""
-    if name in list_branches():
+    if name in commands.branches:
         return get_branch_class(name)
-    if name in strategies.list_strategies():
+    if name in commands.strategies:
         return strategies.get_strategy_class(name)
     raise RunFolderError(f"{name!r} is neither a registered strategy nor a branch (registered: "
                          f"{', '.join(strategies.list_strategies() + list_branches())})")
@@ -199,42 +197,18 @@ def register_branch(name: str) -> Callable[[Type["Branch"]], Type["Branch"]]:
     def decorator(cls: Type["Branch"]) -> Type["Branch"]:
         if not (isinstance(cls, type) and issubclass(cls, Branch)):
             raise TypeError(f"{cls!r} is not a subclass of lt_plugin.Branch")
-        if name in _registry and _registry[name] is not cls:
-            raise ValueError(f"a branch named {name!r} is already registered ({_registry[name].__module__})")
-        if name in strategies.list_strategies():
-            raise ValueError(f"{name!r} is already the name of a strategy")
-        cls.name = name
-        _registry[name] = cls
-        strategies.reserved[name] = "branch"
-        return cls
+        return commands.branches.add(name, cls)
     return decorator
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registry:
-            continue
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Branch)):
-            raise UserError(f"entry point {ep.name!r} ({ep.value}) is not an lt_plugin.Branch subclass")
-        register_branch(ep.name)(cls)
-
-
 def list_branches() -> List[str]:
-    """Names of every registered branch, built-in and installed through entry points, sorted."""
-    _load_entry_points()
-    return sorted(_registry)
+    """Names of every branch, built-in, registered and installed through entry points, sorted (none is imported)."""
+    return commands.branches.names()
 
 
 def get_branch_class(name: str) -> Type["Branch"]:
-    _load_entry_points()
-    if name not in _registry:
-        raise UserError(f"unknown branch {name!r}; registered: {', '.join(sorted(_registry)) or 'none'}")
-    return _registry[name]
+    """The class of branch `name`, its module imported (or its entry point loaded) on first use."""
+    return commands.branches.get(name, lambda found, cls: register_branch(found)(cls))
 
 
 def create_branch(name: str, **hparams) -> "Branch":

@@ -36,8 +36,6 @@ from ..structure import ChannelStructure, export
 from .base import Branch, FinishedRun, trainer_of
 from .base import register_branch
 
-CONTROLS = ("random-reinit", "random-mask")
-
 
 @torch.no_grad()
 def shuffled_like(mask: Mask, seed: int) -> Mask:
@@ -136,8 +134,6 @@ class Control(Branch):
 class RandomReinit(Control):
     """The ticket's mask with a fresh initialisation (Frankle & Carbin's random reinitialisation)."""
 
-    description = "control: each level's ticket mask with a fresh random initialisation (Frankle & Carbin)"
-
     def start(self, source: FinishedRun, level: int, run):
         _, step = source.start(level)  # the run's rewind step: the schedule continues from there
         fresh = source.trainer.create_model(run.data.num_classes, seed=self.draw_seed(source), pretrained=False)
@@ -151,8 +147,6 @@ class RandomReinit(Control):
 @dataclasses.dataclass
 class RandomMask(Control):
     """The ticket's per-layer counts at random positions, on the run's own rewind-point weights."""
-
-    description = "control: each level's per-layer (per-group) counts at random positions, the run's rewind weights"
 
     def start(self, source: FinishedRun, level: int, run):
         return source.start(level)

@@ -71,9 +71,6 @@ def error_path(a: dict, b: dict, alphas: Sequence[float], error: Callable[[dict]
 class Instability(Branch, Replicates, TrainConfig, Experiment):
     """The error barrier between two copies trained from each rewind point (Frankle et al. 2020)."""
 
-    description = "instability analysis: the error barrier between copies trained from each rewind point, of a " \
-                  "dense network or of an IMP run's tickets (Frankle et al.)"
-
     run_dir: str = dataclasses.field(default="", metadata={
         "flags": ["--run"], "help": "a finished IMP run: analyse its levels' tickets, with its model, data and "
                                     "training (the options of this command's own model, data and training are then "

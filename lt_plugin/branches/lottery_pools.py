@@ -69,7 +69,6 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
 class LotteryPools(Branch):
     """Greedy interpolation of an IMP run's tickets into a ticket of the same sparsity (no training)."""
 
-    description = "stronger tickets from an IMP run by greedy interpolation, no training (Yin, Liu et al.)"
     reads = ("imp", "random-reinit", "random-mask")
 
     targets: list = dataclasses.field(default_factory=lambda: ["all"], metadata={

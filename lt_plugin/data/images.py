@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..loaders import normalise_pixels
-from .transforms import _in_mode, _same_channels
+from .transforms import EvalPixels, _in_mode, _same_channels
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -163,6 +163,10 @@ def _keep_in_memory(choice: str, pixel_bytes: int) -> bool:
 def _pixels(dataset: Dataset, image_column: str, pixel_transform, image_size: int, channels: int) -> torch.Tensor:
     """uint8 [N, C, image_size, image_size] pixels of every image, transformed once. C is 1 while every image is
     grayscale (a third of the memory of 3 channels; `normalise_pixels` copies the channel), else `channels`."""
+    from .idx import stored_grayscale  # it imports `datasets`, which holding a Dataset has loaded already
+    stored = stored_grayscale(dataset, image_column)  # the built-in sources' images, read in one piece
+    if stored is not None and isinstance(pixel_transform, EvalPixels) and stored.shape[1:] == (image_size,) * 2:
+        return torch.from_numpy(stored).unsqueeze(1)  # images of the side, which the evaluation transform keeps
     pixels = None
     row = 0
     for batch in dataset.select_columns([image_column]).iter(batch_size=PREPARE_BATCH_SIZE):

@@ -18,9 +18,9 @@ from ..errors import UserError
 from .images import IN_MEMORY, AugmentedImages, DataSplits, DecodedImages, LazyPixels, PreparedImages, _keep_in_memory
 from .images import _pixels
 from .sources import load_source
-from .splits import _check_columns, _hub_streams, _image_column, _label_column, _labels, _local_splits, _num_classes
+from .splits import _hub_streams, _image_column, _label_column, _local_splits, _num_classes
 from .streaming import SHUFFLE_BUFFER, _iterable_splits, _local_streams
-from .transforms import _augmentation, _pixel_transform, _warn_if_small
+from .transforms import EvalPixels, _augmentation, _warn_if_small
 
 
 def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, std=None,
@@ -66,14 +66,13 @@ def load_data(name: str, *, image_size: int = 32, in_chans: int = 3, mean=None, 
     image_column = _image_column(first_split.features, image_column)
     label_column = _label_column(first_split.features, label_column)
     input_size = (in_chans, image_size, image_size)
-    eval_transform = _pixel_transform(image_size, in_chans, is_training=False)
+    eval_transform = EvalPixels(image_size, in_chans)
     if isinstance(first_split, IterableDataset):
         streams, sizes, num_classes = _hub_streams(source, name, label_column, max_train_samples)
         return _iterable_splits(streams, sizes, num_classes, name, input_size, image_column, label_column,
                                 eval_transform, augment, augmentation, mean, std, shuffle_buffer)
-    splits = _local_splits(source, name, label_column, val_fraction, test_fraction, split_seed, max_train_samples)
-    _check_columns(splits, image_column, label_column)
-    labels = {split: _labels(dataset, label_column) for split, dataset in splits.items()}
+    splits, labels = _local_splits(source, name, image_column, label_column, val_fraction, test_fraction, split_seed,
+                                   max_train_samples)
     num_classes = _num_classes(splits["train"].features[label_column], labels)
     if streaming:
         return _iterable_splits(_local_streams(splits), {split: len(dataset) for split, dataset in splits.items()},

@@ -4,7 +4,7 @@ and those of a streamed hub dataset; which columns hold the images and the label
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -69,32 +69,40 @@ def _labels(dataset: Dataset, label_column: str) -> np.ndarray:
     return np.asarray(dataset.with_format("numpy", columns=[label_column])[:][label_column], dtype=np.int64)
 
 
-def _carve(dataset: Dataset, label_column: str, held_out, seed: int):
-    """(rest, held-out part) of `dataset`; `held_out` is a fraction or a count. Stratified by label when possible."""
+def _carve(dataset: Dataset, labels: np.ndarray, held_out, seed: int):
+    """((rest, its labels), (held-out part, its labels)) of `dataset`, whose labels are `labels`; `held_out` is a
+    fraction or a count. Stratified by label when possible."""
     indices = np.arange(len(dataset))
     try:
-        kept, held = train_test_split(indices, test_size=held_out, random_state=seed,
-                                      stratify=_labels(dataset, label_column))
+        kept, held = train_test_split(indices, test_size=held_out, random_state=seed, stratify=labels)
     except ValueError:  # a class with a single sample, or fewer held-out samples than classes
         try:
             kept, held = train_test_split(indices, test_size=held_out, random_state=seed)
         except ValueError as exc:
             raise DataError(f"cannot split {len(dataset)} samples: {exc}") from None
-    return dataset.select(kept), dataset.select(held)
+    return (dataset.select(kept), labels[kept]), (dataset.select(held), labels[held])
 
 
-def _local_splits(source: Dict[str, Dataset], name: str, label_column: str, val_fraction: float,
-                  test_fraction: float, split_seed: int, max_train_samples: Optional[int]) -> Dict[str, Dataset]:
-    """{"train", "val", "test": Dataset}: the source's own validation and test splits, else carved with
-    `split_seed` (test from all its data, then validation from the rest), and at most `max_train_samples` of train."""
-    train, val, test = _named_splits(source, name)
+def _local_splits(source: Dict[str, Dataset], name: str, image_column: str, label_column: str, val_fraction: float,
+                  test_fraction: float, split_seed: int,
+                  max_train_samples: Optional[int]) -> Tuple[Dict[str, Dataset], Dict[str, np.ndarray]]:
+    """({"train", "val", "test": Dataset}, {the same: labels}): the source's own validation and test splits, else
+    carved with `split_seed` (test from all its data, then validation from the rest), and at most
+    `max_train_samples` of train. Labels are read once from the source's splits and carved with them (reading them
+    back from a carved Dataset gathers row by row)."""
+    named = dict(zip(("train", "val", "test"), _named_splits(source, name)))
+    _check_columns({split: dataset for split, dataset in named.items() if dataset is not None}, image_column,
+                   label_column)
+    train, val, test = (None if split is None else (split, _labels(split, label_column)) for split in named.values())
     if test is None:
-        train, test = _carve(train, label_column, test_fraction, split_seed)
+        train, test = _carve(*train, test_fraction, split_seed)
     if val is None:
-        train, val = _carve(train, label_column, val_fraction, split_seed)
-    if max_train_samples is not None and max_train_samples < len(train):
-        _, train = _carve(train, label_column, max_train_samples, split_seed)
-    return {"train": train, "val": val, "test": test}
+        train, val = _carve(*train, val_fraction, split_seed)
+    if max_train_samples is not None and max_train_samples < len(train[0]):
+        _, train = _carve(*train, max_train_samples, split_seed)
+    splits = {"train": train, "val": val, "test": test}
+    return {split: dataset for split, (dataset, _) in splits.items()}, \
+        {split: labels for split, (_, labels) in splits.items()}
 
 
 def _num_classes(label_feature, labels: Dict[str, np.ndarray]) -> int:

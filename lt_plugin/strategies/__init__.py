@@ -1,13 +1,22 @@
 """Strategies: what trains from nothing and writes a run folder (`imp`, `early-bird`, `sparse-model-soups`,
 `prune-at-init`, `gradual`, ...).
 
-The registry is `strategies.registry`; importing this package registers the built-in strategies, each with the
-`@register_strategy(name)` decorator its module applies. Work on a finished run is a branch (lt_plugin.branches).
+The built-in strategies are named in `lt_plugin.commands.STRATEGIES`; each module registers its strategy with the
+`@register_strategy(name)` decorator (`registry`) when the strategy is first asked for, so importing this package
+imports none of them. Work on a finished run is a branch (lt_plugin.branches).
 """
 
-from . import baselines, early_bird, imp, soups  # noqa: F401  (each registers its strategy)
-from .base import Strategy
-from .registry import ENTRY_POINT_GROUP, create_strategy, get_strategy_class, list_strategies, register_strategy
+import importlib
 
-__all__ = ["Strategy", "register_strategy", "create_strategy", "list_strategies", "get_strategy_class",
-           "ENTRY_POINT_GROUP"]
+_OWNERS = {"base": ("Strategy",),
+           "registry": ("register_strategy", "create_strategy", "list_strategies", "get_strategy_class",
+                        "ENTRY_POINT_GROUP")}
+_OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}
+
+__all__ = list(_OWNER_OF)
+
+
+def __getattr__(name: str):
+    if name not in _OWNER_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_OWNER_OF[name]}"), name)

@@ -96,8 +96,6 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
 class PruneAtInit(_FromInit):
     """Pruning at initialisation: each level's mask chosen at theta_0 by a criterion, then trained."""
 
-    description = "pruning at initialisation (SNIP, GraSP, SynFlow, magnitude, random), trained like an IMP level"
-
     criterion: str = dataclasses.field(default="snip", metadata={
         "choices": CRITERIA, "help": "snip |g*w| (Lee et al. 2019), grasp -w*Hg (Wang et al. 2020), synflow "
                                      "(Tanaka et al. 2020, data-free, iterative), magnitude |w| or random"})
@@ -182,8 +180,6 @@ class PruneAtInit(_FromInit):
 @dataclasses.dataclass
 class Gradual(_FromInit):
     """Gradual magnitude pruning: each level one training from theta_0 that prunes to the level's density."""
-
-    description = "gradual magnitude pruning during training, on Zhu & Gupta's cubic schedule (or fasterai's others)"
 
     # Zhu & Gupta prune every layer to the same sparsity (Gale et al. follow them): layer-wise, not IMP's global.
     # Runs made before this default record their scope in config.json, so a rerun of one holds it to "global".

@@ -125,8 +125,6 @@ def _ratio_name(ratio: float) -> str:
 class EarlyBird(Strategy, Replicates, TrainConfig, Experiment):
     """Early-Bird channel tickets found early in training, then trained physically smaller."""
 
-    description = "Early-Bird channel tickets: found early from normalisation scales, retrained small (You et al.)"
-
     ratios: list = dataclasses.field(default_factory=lambda: [0.3, 0.5, 0.7], metadata={
         "help": "fractions of channels removed; each ratio gets its ticket"})
     penalty: float = dataclasses.field(default=1e-4, metadata={

@@ -41,8 +41,6 @@ from .registry import register_strategy
 class IMP(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """Iterative magnitude pruning with rewinding; one level is one-shot pruning."""
 
-    description = "iterative magnitude pruning with rewinding (Frankle & Carbin; Frankle et al.)"
-
     rewind: str = dataclasses.field(default="init", metadata={
         "help": "init | <N>it | <N>ep (late rewinding) | lr (keep weights, rerun the LR schedule) | finetune "
                 "(keep weights, final LR)"})

@@ -1,7 +1,8 @@
 """The strategy registry, in timm's style: `register_strategy`, `create_strategy`, `list_strategies`.
 
-The built-in strategies register with the decorator users register theirs with. Third-party packages add strategies
-through the entry-point group `lt_plugin.strategies`:
+The built-in strategies are named in `lt_plugin.commands.STRATEGIES` (their module and one line each); a module is
+imported when its strategy is first asked for, and registers it with the decorator users register theirs with.
+Third-party packages add strategies through the entry-point group `lt_plugin.strategies`:
 
     [project.entry-points."lt_plugin.strategies"]
     my-strategy = "my_package.module:MyStrategy"
@@ -9,19 +10,13 @@ through the entry-point group `lt_plugin.strategies`:
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-from typing import Callable, Dict, List, Type
+from typing import Callable, List, Type
 
-from ..errors import UserError
+from .. import commands
 from ..recipes import recipe_options
 from .base import Strategy
 
-ENTRY_POINT_GROUP = "lt_plugin.strategies"
-
-_registry: Dict[str, Type[Strategy]] = {}
-_entry_points_loaded = False
-# Names taken by another registry of commands (the branches register theirs here): one name, one command.
-reserved: Dict[str, str] = {}
+ENTRY_POINT_GROUP = commands.strategies.group
 
 
 def register_strategy(name: str) -> Callable[[Type[Strategy]], Type[Strategy]]:
@@ -29,44 +24,18 @@ def register_strategy(name: str) -> Callable[[Type[Strategy]], Type[Strategy]]:
     def decorator(cls: Type[Strategy]) -> Type[Strategy]:
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise TypeError(f"{cls!r} is not a subclass of lt_plugin.Strategy")
-        if name in _registry and _registry[name] is not cls:
-            raise ValueError(f"a strategy named {name!r} is already registered ({_registry[name].__module__})")
-        if name in reserved:
-            raise ValueError(f"{name!r} is already the name of a {reserved[name]}")
-        cls.name = name
-        _registry[name] = cls
-        return cls
+        return commands.strategies.add(name, cls)
     return decorator
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registry:
-            continue
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-            raise UserError(f"entry point {ep.name!r} ({ep.value}) is not an lt_plugin.Strategy subclass")
-        register_strategy(ep.name)(cls)
-
-
 def list_strategies() -> List[str]:
-    """Names of every registered strategy, built-in and installed through entry points, sorted."""
-    _load_entry_points()
-    return sorted(_registry)
+    """Names of every strategy, built-in, registered and installed through entry points, sorted (none is imported)."""
+    return commands.strategies.names()
 
 
 def get_strategy_class(name: str) -> Type[Strategy]:
-    _load_entry_points()
-    if name in reserved:
-        raise UserError(f"{name!r} is a {reserved[name]}, not a strategy: lt_plugin.create_{reserved[name]}({name!r}, "
-                        "...)")
-    if name not in _registry:
-        raise UserError(f"unknown strategy {name!r}; registered: {', '.join(sorted(_registry)) or 'none'}")
-    return _registry[name]
+    """The class of strategy `name`, its module imported (or its entry point loaded) on first use."""
+    return commands.strategies.get(name, lambda found, cls: register_strategy(found)(cls))
 
 
 def create_strategy(name: str, **hparams) -> Strategy:

@@ -60,8 +60,6 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
 class SparseModelSoups(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """Sparse Model Soups: prune, retrain several copies of the pruned model, average them (Zimmer et al.)."""
 
-    description = "Sparse Model Soups: each level's retrained copies averaged into its soup (Zimmer et al.)"
-
     ingredients: int = dataclasses.field(default=3, metadata={"help": "copies retrained at each level, then averaged"})
     vary: str = dataclasses.field(default="seed", metadata={
         "choices": VARY, "help": "what differs between the copies: seed (data order, augmentation), weight-decay or "
