@@ -91,7 +91,7 @@ def test_an_instability_run_killed_between_its_copies_ends_as_an_uninterrupted_o
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "lt_plugin.cli", "instability", *TINY, "--rewind-points", "0it", "1ep",
                "--points", "4", "--out", str(killed)]
-    kill_when(command, (killed / "level_0" / "rewind_0it" / "copy_a" / "result.json").exists, "the first copy")
+    kill_when(command, killed / "level_0" / "rewind_0it" / "copy_a" / "result.json")  # the first copy
     subprocess.run(command, check=True, capture_output=True)
     assert json.loads((killed / "results.json").read_text()) == results
 

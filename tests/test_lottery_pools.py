@@ -232,10 +232,8 @@ def test_a_run_killed_at_several_points_ends_as_an_uninterrupted_one(imp_run, po
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "lt_plugin.cli", "lottery-pools", "--run", str(imp_run), "--targets", "0", "1",
                "--alphas", *map(str, ALPHAS), "--out", str(killed)]
-    points = {"the ensemble": (killed / "ensemble.json").exists,
-              "the first target": (killed / "level_0" / "result.json").exists}
-    for what, reached in points.items():
-        kill_when(command, reached, what)
+    for point in (killed / "ensemble.json", killed / "level_0" / "result.json"):  # the ensemble, the first target
+        kill_when(command, point)
     subprocess.run(command, check=True, capture_output=True)
     resumed = json.loads((killed / "results.json").read_text())
     strip = lambda rs: [{k: v for k, v in r.items() if k not in SECONDS} for r in rs]  # noqa: E731

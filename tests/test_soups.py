@@ -107,7 +107,7 @@ def test_a_soups_run_killed_in_its_ingredients_ends_as_an_uninterrupted_one(soup
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "lt_plugin.cli", "sparse-model-soups", *TINY, "--levels", "2",
                "--ingredients", "2", "--corruptions", "--corruption-samples", "40", "--out", str(killed)]
-    kill_when(command, (killed / "level_1" / "ingredient_0" / "result.json").exists, "the first ingredient")
+    kill_when(command, killed / "level_1" / "ingredient_0" / "result.json")  # the first ingredient
     subprocess.run(command, check=True, capture_output=True)
     assert _strip(json.loads((killed / "results.json").read_text())) == _strip(results)
     a, b = (load_weights(d / "level_2" / "weights.safetensors") for d in (killed, out))
