@@ -124,32 +124,45 @@ def test_a_fixed_alpha_and_candidate_gives_the_blend_computed_by_hand(imp_run, t
     (r,) = results
     assert r["candidates"] == [candidate_level]
 
-    target_state = load_weights(imp_run / f"level_{target_level}" / "weights.safetensors")
-    candidate_state = load_weights(imp_run / f"level_{candidate_level}" / "weights.safetensors")
-    target_mask = Mask.load(imp_run / f"level_{target_level}" / "mask.safetensors")
-    blended = {k: alpha * candidate_state[k] + (1 - alpha) * v if v.is_floating_point() else v
-               for k, v in target_state.items()}
-    # global magnitude pruning to the target's kept count
-    count = sum(_kept(target_mask).values())
-    magnitudes = torch.cat([blended[n].abs().reshape(-1) for n in target_mask.prunable])
-    threshold = magnitudes.topk(count).values[-1]
-    for name in target_mask.prunable:
-        blended[name] = blended[name] * (blended[name].abs() >= threshold)
-    assert sum(int(blended[n].count_nonzero()) for n in target_mask.prunable) == count
+    tickets = {level: (load_weights(imp_run / f"level_{level}" / "weights.safetensors"),
+                       Mask.load(imp_run / f"level_{level}" / "mask.safetensors")) for level in range(3)}
+    target_state, target_mask = tickets[target_level]
+
+    def repruned(alpha):  # alpha * candidate + (1 - alpha) * target, global magnitude to the target's kept count
+        blended = {k: alpha * tickets[candidate_level][0][k] + (1 - alpha) * v if v.is_floating_point() else v
+                   for k, v in target_state.items()}
+        count = sum(_kept(target_mask).values())
+        magnitudes = torch.cat([blended[n].abs().reshape(-1) for n in target_mask.prunable])
+        threshold = magnitudes.topk(count).values[-1]
+        for name in target_mask.prunable:
+            blended[name] = blended[name] * (blended[name].abs() >= threshold)
+        assert sum(int(blended[n].count_nonzero()) for n in target_mask.prunable) == count
+        return blended
+
     # BatchNorm statistics over the whole training set, as torch.optim.swa_utils.update_bn computes them, for the
     # blend and for the target it is compared with
     data = _data()
 
-    def recalibrated(state):
+    def model_of(state, mask=None):
         model = Experiment(model="test_resnet", image_size=8).create_model(data.num_classes, seed=0)
         model.load_state_dict(state)
+        if mask is not None:
+            mask.apply(model)
+        return model.eval()
+
+    def recalibrated(state):
+        model = model_of(state)
         update_bn(DataLoader(data.train, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)),
                   model)
-        model.eval()
-        with torch.no_grad():
-            return model, (model(data.val.images).argmax(1) == data.val.labels).float().mean().item()
-    model, val_accuracy = recalibrated(blended)
-    target, target_accuracy = recalibrated(target_state)
+        return model.eval()
+
+    @torch.no_grad()
+    def accuracy(models, split):  # a list of models predicts the mean of their softmaxes
+        probabilities = torch.stack([m(split.images).softmax(dim=1) for m in models]).mean(dim=0)
+        return (probabilities.argmax(1) == split.labels).float().mean().item()
+
+    model, target = recalibrated(repruned(alpha)), recalibrated(target_state)
+    val_accuracy, target_accuracy = accuracy([model], data.val), accuracy([target], data.val)
     assert r["ticket_bn_val_accuracy"] == pytest.approx(target_accuracy)
 
     pooled = load_weights(tmp_path / "p" / f"level_{target_level}" / "weights.safetensors")
@@ -163,6 +176,12 @@ def test_a_fixed_alpha_and_candidate_gives_the_blend_computed_by_hand(imp_run, t
     assert pooled.keys() == expected.keys()
     for name in expected:
         assert torch.allclose(pooled[name].float(), expected[name].float(), atol=1e-5), name
+    # The baselines on the same candidate: SWA blends it in at 1/2, EMA at --ema-alpha (0.9), each re-pruned and
+    # recalibrated; the ensemble is every level's ticket as trained.
+    assert r["swa_test_accuracy"] == pytest.approx(accuracy([recalibrated(repruned(1 / 2))], data.test))
+    assert r["ema_test_accuracy"] == pytest.approx(accuracy([recalibrated(repruned(0.9))], data.test))
+    members = [model_of(state, mask) for state, mask in tickets.values()]
+    assert r["ensemble_test_accuracy"] == pytest.approx(accuracy(members, data.test))
 
 
 def test_keep_mask_keeps_the_targets_mask(imp_run, tmp_path):
