@@ -39,8 +39,6 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 # float64 rounds 2**29 times finer, which puts its differences near 1e-16 (measured: 4e-17). 1e-12 leaves four
 # orders for other CPUs and thread counts; a wrong batch, data order or learning rate moves the weights by ~1e-2.
 FLOAT64_ROUNDING = 1e-12
-
-
 JOB_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
@@ -153,12 +151,10 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
 
     one_process = load_weights(tmp_path / "mlp_1" / "model.safetensors")
     two_processes = load_weights(tmp_path / "mlp_2" / "model.safetensors")
-    # Same global batches, data order and schedule; only the gradient's float32 rounding differs (two half-batch
-    # means averaged by the all-reduce instead of one full-batch mean). Measured: max |difference| 4.5e-8 after
-    # the 20 steps, 1-2 float32 ulps of weights up to 0.27. 1e-6 leaves room for that drift on other CPUs or
-    # thread counts; a wrong batch, data order or learning rate would differ by orders of magnitude more.
+    # Same global batches, data order and schedule; only the rounding of the gradient differs (two half-batch means
+    # averaged by the all-reduce instead of one full-batch mean), here in float64.
     for name, value in one_process.items():
-        torch.testing.assert_close(two_processes[name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(two_processes[name], value, rtol=0, atol=FLOAT64_ROUNDING)
     assert metadata_of(tmp_path / "mlp_2" / "model.safetensors")["steps"] == 20
 
 
@@ -357,17 +353,19 @@ def test_finished_run_folder_is_loaded_not_retrained(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the rest of the contract
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
-    train_set, val_set = image_data(160), image_data(20, seed=1)
     accumulated = TrainConfig(epochs=2, batch_size=8, grad_accum_steps=2, lr=0.05)
     whole = TrainConfig(epochs=2, batch_size=16, lr=0.05)
     assert steps_per_epoch(accumulated, 160) == steps_per_epoch(whole, 160) == 10
     assert steps_per_epoch(accumulated, 168) == 11  # 21 batches: the last, shorter group still steps
-    a = fit(mlp(), train_set, val_set, accumulated, tmp_path / "a", accelerator=make_accelerator(accumulated))
-    b = fit(mlp(), train_set, val_set, whole, tmp_path / "b", accelerator=make_accelerator(whole))
+    train_set, val_set = image_data(160, dtype=torch.float64), image_data(20, seed=1, dtype=torch.float64)
+    a = fit(mlp(dtype=torch.float64), train_set, val_set, accumulated, tmp_path / "a",
+            accelerator=make_accelerator(accumulated))
+    b = fit(mlp(dtype=torch.float64), train_set, val_set, whole, tmp_path / "b", accelerator=make_accelerator(whole))
     assert a.steps == b.steps == 20
-    # The same samples per step (8 + 8 consecutive ones of the same permutation); only the float32 sum differs.
+    # The same samples per step (8 + 8 consecutive ones of the same permutation); only the rounding of the sum
+    # differs, here in float64.
     for name, value in b.model.state_dict().items():
-        torch.testing.assert_close(a.model.state_dict()[name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a.model.state_dict()[name], value, rtol=0, atol=FLOAT64_ROUNDING)
 
 
 def test_same_config_gives_identical_weights(tmp_path):
