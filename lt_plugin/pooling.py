@@ -232,12 +232,18 @@ def lottery_pool(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]
     return found
 
 
+def swa_alphas(count: int) -> List[float]:
+    """The SWA baseline's alphas for `count` candidates: the i-th (from 0) enters the running blend at 1 / (i + 2),
+    so that, re-pruning aside, the blend is the uniform mean of the target and the candidates so far."""
+    return [1 / (i + 2) for i in range(count)]
+
+
 def running_blend(model: nn.Module, tickets: Mapping[Hashable, Tuple[State, Mask]], target: Hashable,
                   candidates: Sequence, alphas: Sequence[float], *,
                   reprune: Optional[Callable[[nn.Module, Mask], Mask]] = None,
                   recalibrate: Optional[Callable[[nn.Module, Mask], None]] = None) -> Tuple[State, Mask]:
     """A blend with a fixed alpha per candidate, returned to the target's sparsity after each, BatchNorm statistics
-    recomputed at the end: the SWA (alpha 1/(i+2)) and EMA (a fixed alpha) baselines as the Lottery Pools reference
+    recomputed at the end: the SWA (`swa_alphas`) and EMA (a fixed alpha) baselines as the Lottery Pools reference
     makes them; no candidates gives the target recalibrated. Returns (state, mask)."""
     target_state, target_mask = tickets[target]
     blender = _Blender(model, tickets, target, reprune or _default_reprune(target_mask), recalibrate)

@@ -1,11 +1,17 @@
-"""Run-folder files: atomic writes (temp file + rename), safetensors for tensors, JSON for metadata."""
+"""Run-folder files: atomic writes (temp file + rename), safetensors for tensors, JSON for metadata.
+
+Kill-and-resume tests stop a run at an exact file: with the environment variable LT_PLUGIN_PAUSE_AFTER set to a
+path, the process that writes that file says so on stderr and sleeps, to be killed there (unset: no effect).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -14,6 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import RunFolderError, first_line
+
+PAUSE_AFTER = "LT_PLUGIN_PAUSE_AFTER"
+PAUSED = "lt_plugin: paused"  # what the pause says on stderr
 
 
 def _umask() -> int:
@@ -35,6 +44,16 @@ def atomic_write(path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _pause_if_asked(path)
+
+
+def _pause_if_asked(path: Path) -> None:
+    """The kill point of a kill-and-resume test: a run on any machine stops right after writing this file."""
+    wanted = os.environ.get(PAUSE_AFTER)
+    if wanted and Path(wanted).resolve() == path.resolve():
+        print(f"{PAUSED} after writing {path} ({PAUSE_AFTER})", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
 
 
 def atomic_write_folder(path, write) -> None:

@@ -78,13 +78,19 @@ def attention_heads(model: nn.Module) -> Dict[nn.Module, int]:
 
 
 def fix_attention_heads(model: nn.Module) -> None:
-    """After qkv/proj lost channels, make timm attention modules agree with their new widths."""
+    """After qkv/proj lost channels, make timm attention modules agree with their new widths.
+
+    The attention keeps the temperature the masked model computes with, `scale` = 1/sqrt(the original head width):
+    PyTorch's fused attention, which timm calls without a scale, would divide by the new width instead, so a module
+    whose heads narrowed computes its attention unfused (timm's own path, which multiplies by `scale`)."""
     for m in model.modules():
         qkv = getattr(m, "qkv", None)
         if isinstance(qkv, nn.Linear) and hasattr(m, "num_heads"):
             m.head_dim = qkv.out_features // (3 * m.num_heads)
             if hasattr(m, "attn_dim"):
                 m.attn_dim = m.num_heads * m.head_dim
+            if getattr(m, "fused_attn", False) and getattr(m, "scale", None) not in (None, m.head_dim ** -0.5):
+                m.fused_attn = False
 
 
 class ChannelStructure:

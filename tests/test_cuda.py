@@ -22,7 +22,7 @@ from lt_plugin.data import load_data
 from lt_plugin.experiment import Experiment
 from lt_plugin.loaders import DeviceNormalize, make_loader
 from lt_plugin.store import load_weights
-from lt_plugin.structure import ChannelStructure, create_mask, export
+from lt_plugin.structure import ChannelStructure, export
 from lt_plugin.train import TrainConfig, fit, make_accelerator, steps_per_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "jobs"))
@@ -101,7 +101,14 @@ def test_channel_masks_and_the_dense_map_stay_on_the_gpu():
     small = export(model, mask, example.cuda())
     dense = mask.to_dense(small.state_dict(), copy.deepcopy(model).cpu().state_dict())
     assert {t.device.type for t in dense.values()} == {"cuda"}
-    assert mask.distance(create_mask(model.cpu(), example, 0.5, "channel")) >= 0.0
+    # distances between the mask on the GPU and masks on the CPU: the same plan's, and the dense model's
+    model.cpu()
+    on_cpu = structure.mask_from_plan(plan)
+    assert {t.device.type for t in on_cpu.tensors.values()} == {"cpu"}
+    assert mask.distance(on_cpu) == 0.0
+    pruned = sum(int((~mask.tensors[name]).sum()) for name in mask.prunable)
+    total = sum(mask.tensors[name].numel() for name in mask.prunable)
+    assert mask.distance(Mask.ones(model, mask.prunable, "channel")) == pruned / total > 0
 
 
 def test_8_bit_batches_are_normalised_on_the_gpu_as_on_the_cpu():

@@ -267,12 +267,11 @@ def test_a_run_killed_in_the_search_the_retraining_and_the_baseline_ends_as_an_u
     straight, _ = eb_run
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "lt_plugin.cli", "early-bird", *TINY_FLAGS, "--baseline", "--out", str(killed)]
-    checks = killed / "search" / "checks"
-    points = {"the second search check": lambda: len(list(checks.glob("step_*.safetensors"))) >= 2,
-              "the retraining": lambda: (killed / "ratio_0.3" / "train" / "checkpoint.safetensors").exists(),
-              "the baseline": lambda: (killed / "baseline" / "dense" / "checkpoint.safetensors").exists()}
-    for what, reached in points.items():
-        kill_when(command, reached, what)
+    second_check = sorted(read_checks(RunLayout(straight)))[1]
+    for point in (RunLayout(killed).check(second_check),  # the search
+                  killed / "ratio_0.3" / "train" / "checkpoint.safetensors",  # the retraining
+                  killed / "baseline" / "dense" / "checkpoint.safetensors"):  # the baseline
+        kill_when(command, point)
     subprocess.run(command, check=True, capture_output=True)
     for where in ("ratio_0.3", "ratio_0.5", "baseline/ratio_0.3", "baseline/ratio_0.5"):
         a, b = (load_weights(root / where / "weights.safetensors") for root in (killed, straight))

@@ -10,6 +10,7 @@ import torch
 
 import lt_plugin
 from lt_plugin.callbacks import Snapshots
+from lt_plugin.experiment import Experiment
 from lt_plugin.masks import Mask
 from lt_plugin.store import load_weights
 from lt_plugin.train import TrainConfig, fit, make_accelerator, steps_per_epoch, validate
@@ -59,11 +60,21 @@ def test_a_resumed_run_keeps_the_early_stopping_record_of_an_uninterrupted_one(t
 
 
 def test_imp_levels_record_the_early_stopping_iteration_and_its_test_accuracy(tmp_path):
+    experiment = Experiment(model="lenet_300_100", dataset="digits", image_size=8)
     results = lt_plugin.create_strategy("imp", model="lenet_300_100", dataset="digits", image_size=8, levels=1,
                                         epochs=2, batch_size=64, opt="adam", lr=1e-3, eval_every=5,
                                         scope="layerwise", layer_prune_fractions={"fc": 0.1}).run(tmp_path / "run")
+    test = experiment.load_data().test
     for r in results:
-        assert 0 < r["early_stop_step"] <= r["steps"] and 0 <= r["early_stop_test_accuracy"] <= 1
+        train = tmp_path / "run" / f"level_{r['level']}" / "train"
+        evals = [json.loads(line) for line in (train / "evals.jsonl").read_text().splitlines()]
+        assert r["early_stop_step"] == min(evals, key=lambda e: e["val_loss"])["step"] <= r["steps"]
+        # the test accuracy of the weights kept at that step, by hand (the mask was enforced on them)
+        model = experiment.create_model(10, seed=0).eval()
+        model.load_state_dict(load_weights(train / "early_stop.safetensors"))
+        with torch.no_grad():
+            correct = int((model(test.images).argmax(1) == test.labels).sum())
+        assert r["early_stop_test_accuracy"] == pytest.approx(correct / len(test))
     mask = Mask.load(tmp_path / "run" / "level_1" / "mask.safetensors")
     layer = mask.layer_densities()
     assert "fc.weight" in mask.prunable  # the classifier, named by a rate of its own, is pruned

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -178,19 +177,12 @@ def test_a_damaged_file_is_named_in_one_line(finished_run, name, tmp_path, capsy
     assert not (tmp_path / "t.safetensors").exists()
 
 
-def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, capsys):
+def test_a_damaged_checkpoint_is_named_in_one_line(tmp_path, capsys, kill_when):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "lt_plugin.cli", "imp", *FAST, "--epochs", "4", "--levels", "0",
                "--out", str(out)]
-    proc = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     checkpoint = out / "level_0" / "train" / "checkpoint.safetensors"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists()
+    kill_when(command, checkpoint, env={**os.environ, "PYTHONPATH": str(REPO)})
     checkpoint.write_bytes(b"\x00" * 20)
     assert cli_main(["imp", *FAST, "--epochs", "4", "--levels", "0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -312,8 +304,7 @@ def test_a_two_process_run_killed_mid_level_resumes_to_the_uninterrupted_result(
     launcher, env = two_processes
     flags = ["imp", *FAST, "--epochs", "3", "--levels", "1"]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    kill_when([*launcher, *flags, "--out", str(killed)],
-              (killed / "level_1" / "train" / "checkpoint.safetensors").exists, "level 1 training", group=True,
+    kill_when([*launcher, *flags, "--out", str(killed)], killed / "level_1" / "train" / "checkpoint.safetensors",
               env=env)
     for out in (killed, straight):
         subprocess.run([*launcher, *flags, "--out", str(out)], env=env, check=True, capture_output=True, timeout=600)

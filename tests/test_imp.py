@@ -137,11 +137,11 @@ def test_a_run_killed_at_several_points_ends_as_an_uninterrupted_one(tmp_path, k
              "--batch-size", "32", "--epochs", "3", "--levels", "2", "--lr", "0.05"]
     command = [sys.executable, "-m", "lt_plugin.cli", "imp", *flags]
     killed = tmp_path / "killed"
-    points = {"level 0 training": killed / "level_0" / "train" / "checkpoint.safetensors",
-              "level 1's mask": killed / "level_1" / "mask.safetensors",
-              "level 2 training": killed / "level_2" / "train" / "checkpoint.safetensors"}
-    for what, path in points.items():
-        kill_when([*command, "--out", str(killed)], path.exists, what)
+    points = (killed / "level_0" / "train" / "checkpoint.safetensors",  # level 0 training
+              killed / "level_1" / "mask.safetensors",  # level 1's mask
+              killed / "level_2" / "train" / "checkpoint.safetensors")  # level 2 training
+    for path in points:
+        kill_when([*command, "--out", str(killed)], path)
     subprocess.run([*command, "--out", str(killed)], check=True, capture_output=True)
     subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
     for level in range(3):

@@ -7,11 +7,15 @@ import sys
 
 import pytest
 import torch
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader
 
 from lt_plugin import Mask
 from lt_plugin.cli import main as cli_main
+from lt_plugin.experiment import Experiment
 from lt_plugin.store import load_weights
 from lt_plugin.branches.instability import barrier, error_path
+from tiny_training import assert_same_weights_up_to_rounding
 
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--image-size", "8", "--max-train-samples", "256",
         "--batch-size", "32", "--epochs", "2"]
@@ -43,20 +47,37 @@ def dense_instability(tmp_path_factory):
 def test_instability_measures_each_rewind_points_path_and_barrier(dense_instability):
     out, results = dense_instability
     assert [(r["level"], r["rewind_point"], r["rewind_step"]) for r in results] == [(0, "0it", 0), (0, "1ep", 8)]
+    data = Experiment(model="test_resnet", dataset="digits", image_size=8, max_train_samples=256).load_data()
+    assert len(data.train) <= 256  # one batch of 256: the recomputed statistics do not depend on its order
+    model = Experiment(model="test_resnet", image_size=8).create_model(10, seed=0)
+    peaks_inside = []
     for r in results:
         assert r["alphas"] == pytest.approx([0, 1 / 3, 2 / 3, 1])
-        assert r["barrier"] == pytest.approx(barrier(r["test_error_interpolated_bn"]))
-        assert r["barrier_recomputed_bn"] == pytest.approx(barrier(r["test_error_recomputed_bn"]))
         # the path's ends are the two copies themselves
         ends = [1 - a for a in r["copies_test_accuracy"]]
         assert [r["test_error_interpolated_bn"][0], r["test_error_interpolated_bn"][-1]] == pytest.approx(ends)
-        copies = [load_weights(out / "level_0" / f"rewind_{r['rewind_point']}" / f"copy_{c}" / "weights.safetensors")
-                  for c in "ab"]
-        assert any(not torch.equal(copies[0][k], copies[1][k]) for k in copies[0])  # different SGD noise
-    assert (out / "parent" / "step_8.safetensors").exists()
-    first = json.loads((out / "level_0" / "rewind_1ep" / "copy_a" / "train" / "metrics.jsonl").read_text()
-                       .splitlines()[0])
-    assert first["epoch"] == 2  # the copies from 1ep train epoch 2 only: the schedule goes on from there
+        a, b = (load_weights(out / "level_0" / f"rewind_{r['rewind_point']}" / f"copy_{c}" / "weights.safetensors")
+                for c in "ab")
+        assert any(not torch.equal(a[k], b[k]) for k in a)  # different SGD noise
+        # every point of both paths by hand: the copies interpolated tensor by tensor (running statistics too), as
+        # they are or with BatchNorm recomputed on the training set; the test error of that network; the barrier,
+        # the path's highest error over the mean of its ends'
+        paths = {"interpolated_bn": [], "recomputed_bn": []}
+        for alpha in (0, 1 / 3, 2 / 3, 1):
+            model.load_state_dict({k: (1 - alpha) * v + alpha * b[k] if v.is_floating_point() else v
+                                   for k, v in a.items()})
+            for path, recompute in (("interpolated_bn", False), ("recomputed_bn", True)):
+                if recompute:
+                    update_bn(DataLoader(data.train, batch_size=256), model)
+                with torch.no_grad():
+                    correct = (model.eval()(data.test.images).argmax(1) == data.test.labels).double().mean()
+                paths[path].append(1 - correct.item())
+        for path, errors in paths.items():
+            assert r[f"test_error_{path}"] == pytest.approx(errors), path
+            peak = max(errors) - (errors[0] + errors[-1]) / 2
+            assert r["barrier" if path == "interpolated_bn" else "barrier_recomputed_bn"] == pytest.approx(peak), path
+            peaks_inside.append(max(errors[1:-1]) > max(errors[0], errors[-1]))
+    assert any(peaks_inside)  # copies from theta_0 are not linearly connected: the ends alone miss the barrier
 
 
 def test_a_finished_instability_run_is_reread_and_an_imp_runs_tickets_keep_their_masks(dense_instability,
@@ -91,7 +112,7 @@ def test_an_instability_run_killed_between_its_copies_ends_as_an_uninterrupted_o
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "lt_plugin.cli", "instability", *TINY, "--rewind-points", "0it", "1ep",
                "--points", "4", "--out", str(killed)]
-    kill_when(command, (killed / "level_0" / "rewind_0it" / "copy_a" / "result.json").exists, "the first copy")
+    kill_when(command, killed / "level_0" / "rewind_0it" / "copy_a" / "result.json")  # the first copy
     subprocess.run(command, check=True, capture_output=True)
     assert json.loads((killed / "results.json").read_text()) == results
 
@@ -108,11 +129,27 @@ def test_instability_mistakes_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_instability_runs_on_two_processes(tmp_path, two_processes):
+def test_instability_on_two_processes_is_the_one_process_analysis(tmp_path, two_processes):
+    """LeNet-300-100 has no BatchNorm, so splitting a batch over processes changes only the rounding."""
     launcher, env = two_processes
-    out = tmp_path / "instability"
-    done = subprocess.run([*launcher, "instability", *TINY, "--rewind-points", "0it", "4it", "--points", "3", "--out",
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    flags = ["instability", "--model", "lenet_300_100", *TINY[2:], "--rewind-points", "0it", "4it", "--points", "3"]
+    done = subprocess.run([*launcher, *flags, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "config.json").read_text())["world_size"] == 2
-    assert json.loads((out / "results.json").read_text())
+    assert cli_main([*flags, "--out", str(tmp_path / "one")]) == 0
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    images = len(Experiment(model="lenet_300_100", dataset="digits", image_size=8,
+                            max_train_samples=256).load_data().test)
+    results = [json.loads((d / "results.json").read_text()) for d in (one, two)]
+    for a, b in zip(*results):  # errors within one test image each (a near-tie may flip), the barrier within two
+        for key in ("test_error_interpolated_bn", "test_error_recomputed_bn", "copies_test_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1 / images + 1e-12), key
+        for key in ("barrier", "barrier_recomputed_bn"):
+            assert a[key] == pytest.approx(b[key], abs=2 / images + 1e-12), key
+        decided = ("level", "density", "rewind_point", "rewind_step", "alphas")
+        assert [a[key] for key in decided] == [b[key] for key in decided]
+    for point in ("0it", "4it"):
+        for copy in "ab":
+            assert_same_weights_up_to_rounding(*(load_weights(d / "level_0" / f"rewind_{point}" / f"copy_{copy}" /
+                                                              "weights.safetensors") for d in (one, two)))

@@ -26,6 +26,7 @@ from lt_plugin.levels import level_density
 from lt_plugin.early_bird_pruner import EarlyBirdPruner
 from lt_plugin.pruners import IMPPruner
 from lt_plugin.store import load_weights
+from tiny_training import assert_same_weights_up_to_rounding
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -45,11 +46,10 @@ def _same_levels(own, cli, levels, exact=True):
         for file in ("mask.safetensors", "weights.safetensors"):
             a, b = load_weights(own / f"level_{level}" / file), load_weights(cli / f"level_{level}" / file)
             assert a.keys() == b.keys(), (level, file)
-            for name in a:
-                if exact or file == "mask.safetensors":
-                    assert torch.equal(a[name], b[name]), (level, file, name)
-                else:
-                    torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+            if exact or file == "mask.safetensors":
+                assert all(torch.equal(a[name], b[name]) for name in a), (level, file)
+            else:
+                assert_same_weights_up_to_rounding(a, b)
         own_result = json.loads((own / f"level_{level}" / "result.json").read_text())
         assert own_result["density"] == results[level]["density"]
         assert abs(own_result["test_accuracy"] - results[level]["test_accuracy"]) <= (0 if exact else 1 / 360)

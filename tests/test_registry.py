@@ -7,10 +7,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import lt_plugin
 from lt_plugin import UserError
 from lt_plugin.cli import main as cli_main
+from lt_plugin.experiment import Experiment
+from lt_plugin.masks import prunable_weight_names, resolve_ignored
+from lt_plugin.store import load_weights
 
 
 def test_builtin_imp_is_registered_and_created_with_hparams():
@@ -88,9 +92,23 @@ def test_custom_strategy_example_runs(tmp_path):
                            "--image-size", "16", "--max-train-samples", "256", "--batch-size", "32", "--epochs", "2",
                            "--density", "0.3"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "run" / "results.json").read_text())[0]
-    assert result["density"] == pytest.approx(0.3, abs=1e-3)
-    assert 0.0 <= result["test_accuracy"] <= 1.0
+    run = tmp_path / "run"
+    result = json.loads((run / "results.json").read_text())[0]
+    hparams = json.loads((run / "config.json").read_text())["hparams"]
+    experiment = Experiment(**{key: hparams[key] for key in ("model", "dataset", "image_size", "max_train_samples")})
+    model = experiment.create_model(10, seed=0)
+    weights = load_weights(run / "level_0" / "weights.safetensors")
+    prunable = prunable_weight_names(model, resolve_ignored(model))
+    total = sum(weights[name].numel() for name in prunable)
+    assert sum(int(weights[name].count_nonzero()) for name in prunable) == round(0.3 * total)  # the pruned are zero
+    assert result["density"] == round(0.3 * total) / total
+    # the test accuracy, by hand: the ticket's weights on the run's test split
+    test = experiment.load_data().test
+    model.load_state_dict(weights)
+    model.eval()
+    with torch.no_grad():
+        correct = int((model(test.images).argmax(1) == test.labels).sum())
+    assert result["test_accuracy"] == pytest.approx(correct / len(test))
 
 
 def test_a_branch_a_user_registers_runs_through_the_command(tmp_path, capsys):

@@ -24,17 +24,54 @@ def build(name, **kwargs):
     return model
 
 
-def assert_export_matches_mask(model, mask, x, atol):
+class KeptChannelsNorm(nn.Module):
+    """A LayerNorm whose mean and variance are taken over the channels a mask keeps: what the physically pruned
+    LayerNorm computes, written out (the zeroed channels stay zero)."""
+
+    def __init__(self, norm, keep):
+        super().__init__()
+        self.norm, self.keep = norm, keep.float()
+        self.channels_first = isinstance(norm, timm.layers.LayerNorm2d)
+
+    def forward(self, x):
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
+        count = self.keep.sum()
+        mean = (x * self.keep).sum(-1, keepdim=True) / count
+        var = (((x - mean) * self.keep) ** 2).sum(-1, keepdim=True) / count
+        y = ((x - mean) / torch.sqrt(var + self.norm.eps) * self.norm.weight + self.norm.bias) * self.keep
+        return y.permute(0, 3, 1, 2) if self.channels_first else y
+
+
+def kept_channel_norms(masked, mask):
+    """The masked model with every LayerNorm over its kept channels only: on any network, the function its
+    physically pruned copy must compute (on BatchNorm networks, the masked model itself)."""
+    reference = copy.deepcopy(masked)
+    for name, module in list(reference.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.LayerNorm) and f"{full}.weight" in mask.tensors:
+                setattr(module, child_name, KeptChannelsNorm(child, mask.tensors[f"{full}.weight"]))
+    return reference
+
+
+# Outputs are O(1) and the exported model sums in other orders (narrower matrices): float32 rounding over ~20
+# layers stays near 1e-6. A zeroed channel counted by a LayerNorm, or an attention at another temperature, moves
+# them by 1e-3 to 1e-1.
+ATOL = 1e-4
+
+
+def assert_export_matches_mask(model, mask, x):
     masked = mask.apply(copy.deepcopy(model)).eval()
     small = export(model, mask, x).eval()
     # 1. the exported weights are exactly the masked model's surviving entries
     dense_again = mask.to_dense(small.state_dict(), masked.state_dict())
     for name, value in masked.state_dict().items():
         assert torch.equal(dense_again[name], value), name
-    # 2. the outputs agree
+    # 2. the outputs agree with the masked model's, LayerNorms taken over the kept channels
     with torch.no_grad():
-        diff = (masked(x) - small(x)).abs().max().item()
-    assert diff <= atol, diff
+        diff = (kept_channel_norms(masked, mask)(x) - small(x)).abs().max().item()
+    assert diff <= ATOL, diff
     return small, diff
 
 
@@ -42,7 +79,7 @@ def test_resnet18_quarter_density_ticket_is_small_and_exact():
     model = build("resnet18")
     mask = create_mask(model, X32, 0.25, granularity="channel")
     assert abs(mask.density - 0.25) < 0.01
-    small, _ = assert_export_matches_mask(model, mask, X32, atol=1e-4)
+    small, _ = assert_export_matches_mask(model, mask, X32)
     dense_macs, _ = tp.utils.count_ops_and_params(model, X32[:1])
     small_macs, small_params = tp.utils.count_ops_and_params(small, X32[:1])
     assert small_macs <= 0.35 * dense_macs
@@ -63,18 +100,19 @@ def test_batchnorm_families_export_equals_masked(name, kwargs):
     model = build(name, **kwargs)
     mask = create_mask(model, X32, 0.4, granularity="channel")
     assert abs(mask.density - 0.4) < 0.02
-    assert_export_matches_mask(model, mask, X32, atol=1e-4)
+    assert_export_matches_mask(model, mask, X32)
 
 
 @pytest.mark.parametrize("name,kwargs", LN_MODELS, ids=[m for m, _ in LN_MODELS])
-def test_layernorm_families_export_runs_and_keeps_the_weights(name, kwargs):
-    # LayerNorm's statistics count zeroed channels, so masked and exported outputs differ (README: measured);
-    # the weights must still be exactly the masked model's survivors, and the small model must run.
+def test_layernorm_families_export_computes_the_masked_model_with_norms_over_the_kept_channels(name, kwargs):
+    # LayerNorm's statistics count zeroed channels, so the masked model's outputs differ from the exported one's
+    # (README: measured); the exported one normalises over the kept channels, which the reference writes out.
     model = build(name, **kwargs)
     mask = create_mask(model, X32, 0.4, granularity="channel")
     assert abs(mask.density - 0.4) < 0.02
-    small, diff = assert_export_matches_mask(model, mask, X32, atol=float("inf"))
-    assert torch.isfinite(torch.tensor(diff))
+    small, _ = assert_export_matches_mask(model, mask, X32)
+    with torch.no_grad():
+        assert (mask.apply(copy.deepcopy(model)).eval()(X32) - small(X32)).abs().max() > 100 * ATOL
     if "deit" in name:  # attention heads keep their count and shrink their width consistently
         attn = small.blocks[0].attn
         assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim
@@ -138,7 +176,7 @@ def test_random_channel_mask_keeps_every_layer_density_and_exports(name, kwargs)
     for tensor_name, keep in control.tensors.items():
         if tensor_name in first.tensors:
             assert not (keep & ~first.tensors[tensor_name]).any(), tensor_name
-    assert_export_matches_mask(model, control, X32, atol=1e-4 if name == "resnet18" else float("inf"))
+    assert_export_matches_mask(model, control, X32)
 
 
 def test_any_torch_pruning_importance_decides_the_channels():

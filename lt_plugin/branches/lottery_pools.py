@@ -38,7 +38,7 @@ from ..masks import Mask, resolve_ignored
 from ..pipeline import ticket_cost
 from ..acceptance import ACCEPTANCE, SIGNIFICANCE, Rule, confirmation_split
 from ..pooling import (DEFAULT_ALPHAS, adjacency_order, keep_target_mask, lottery_pool, magnitude_mask_like,
-                       running_blend)
+                       running_blend, swa_alphas)
 from ..report import plot_accuracy_curves
 from ..run_folder import RunFolder
 from ..scoring import BN_BATCH_SIZE, Scorer
@@ -228,7 +228,7 @@ class LotteryPools(Branch):
                               acceptance=self.acceptance, significance=self.significance, selection=pool.selection)
         search_seconds = time.perf_counter() - started
         ticket_bn = pool.running_blend(level, [], [])  # the ticket with statistics recomputed as the blends' are
-        swa = pool.running_blend(level, candidates, [1 / (i + 2) for i in range(len(candidates))])
+        swa = pool.running_blend(level, candidates, swa_alphas(len(candidates)))
         ema = pool.running_blend(level, candidates, [self.ema_alpha] * len(candidates))
         models = {"ticket": pool.materialise(*pool.tickets[level]),
                   "ticket_bn": pool.materialise(*ticket_bn), "pooled": pool.materialise(search.state, search.mask),

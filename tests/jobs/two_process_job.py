@@ -4,7 +4,8 @@ usage: python two_process_job.py OUT_DIR
 
 Run as its own script because forking a process whose OpenMP thread pool is already running (as pytest's is,
 after other tests computed) hangs the children. Assertions inside the workers fail the launch (non-zero exit);
-numbers the test checks are written to OUT_DIR/two_process.json, weights to OUT_DIR/mlp_{1,2}/model.safetensors.
+numbers the test checks are written to OUT_DIR/two_process.json, weights to OUT_DIR/mlp_{1,2}/model.safetensors (an
+MLP trained in float64 on 2 processes, then on 1).
 """
 
 import json
@@ -25,7 +26,9 @@ VAL_SIZE = 37  # not a multiple of 2 processes x 8
 
 
 def train_mlp(accelerator, run_dir):
-    fit(mlp(), image_data(NUM_TRAIN), image_data(VAL_SIZE, seed=1), CONFIG, run_dir, accelerator=accelerator)
+    """In float64, so that 1 and 2 processes differ by float64 rounding alone (the test's tolerance)."""
+    fit(mlp(dtype=torch.float64), image_data(NUM_TRAIN, dtype=torch.float64),
+        image_data(VAL_SIZE, seed=1, dtype=torch.float64), CONFIG, run_dir, accelerator=accelerator)
 
 
 def all_values(model):
