@@ -21,18 +21,41 @@ def _range(entries: Dict[float, dict], keys: List[float]) -> str:
     return f"{sizes[0]:.2f}" + (f" to {sizes[-1]:.2f}" if len(sizes) > 1 else "") + " points"
 
 
-@block("fidelity.lth")
-def lth() -> str:
-    part = results("fidelity")["lth"]
-    rows = part["findings"]["densities"]
+def lth_family() -> Dict[tuple, dict]:
+    """The LTH part's paired differences, adjusted as one family: (kind, density) -> difference, kind one of
+    "dense" (ticket - dense), "dense_step" (its early-stopping iteration), "random-reinit", "random-mask"
+    (control - ticket)."""
     tests = {}
-    for row in rows:
+    for row in results("fidelity")["lth"]["findings"]["densities"]:
         d = row["density"]
         tests[("dense", d)] = row["ticket_minus_dense"]
         tests[("dense_step", d)] = row["ticket_minus_dense_early_stop_step"]
         for control in CONTROLS:
             tests[(control, d)] = row[f"{control}_minus_ticket"]
-    family = adjusted(tests)
+    return adjusted(tests)
+
+
+def lth_findings() -> Dict[str, str]:
+    """The LTH part's verdicts as phrases: where tickets are above dense, where each control is below the ticket,
+    where tickets stop early sooner."""
+    family = lth_family()
+
+    def at(kind: str, verdict: str) -> str:
+        entries = {d: e for (k, d), e in family.items() if k == kind}
+        chosen = where(entries, verdict)
+        sized = chosen and kind != "dense_step" and verdict in ("above", "below")
+        return densities_text(chosen) + (f" (by {_range(entries, chosen)})" if sized else "")
+    return {"above_dense": at("dense", "above"), "below_dense": at("dense", "below"),
+            "noise_dense": at("dense", "within noise"), "sooner": at("dense_step", "below"),
+            "reinit_below": at("random-reinit", "below"), "mask_below": at("random-mask", "below"),
+            "seeds": str(results("fidelity")["lth"]["findings"]["seeds"]), "tests": str(len(family))}
+
+
+@block("fidelity.lth")
+def lth() -> str:
+    part = results("fidelity")["lth"]
+    rows = part["findings"]["densities"]
+    family = lth_family()
     curves = {name: (_by_density(c, "early_stop_test_accuracy"), _by_density(c, "early_stop_step"))
               for name, c in part["curves"].items()}
     ticket_acc, ticket_step = curves["ticket"]
@@ -52,30 +75,19 @@ def lth() -> str:
         lines.append(cells)
     header = ["density", "ticket", "early stop at", "random reinit", "early stop at", "random mask",
               "early stop at", "ticket - dense", "reinit - ticket", "mask - ticket"]
-
-    def verdicts(kind: str) -> Dict[float, dict]:
-        return {d: family[(k, d)] for k, d in family if k == kind}
-
-    above, below = where(verdicts("dense"), "above"), where(verdicts("dense"), "below")
-    noise = where(verdicts("dense"), "within noise")
-    sooner = where(verdicts("dense_step"), "below")
-    reinit, mask = where(verdicts("random-reinit"), "below"), where(verdicts("random-mask"), "below")
-    n = part["findings"]["seeds"]
+    found, n = lth_findings(), part["findings"]["seeds"]
     setup = (f"Recipe `lth-lenet` (Adam, batch 60, layer-wise, rewound to init, validation every 100 iterations) on "
              f"{part['train_samples']:,} of the 55,000 training images, {part['epochs']} epochs per level, {n} "
              f"seeds; {part['levels']} levels, each pruning 40% of each hidden layer and 20% of the output layer. "
              "Test accuracy at the early-stopping iteration (the lowest validation loss, LTH's measure): the mean "
              "± the half-width of its 95% interval over the seeds; differences paired over the seeds, in points.\n\n")
     claims = [
-        f"- **Tickets above dense** at densities {densities_text(above)}" + (
-            f" (by {_range(verdicts('dense'), above)})" if above else "")
-        + f"; within noise at {densities_text(noise)}; below at {densities_text(below)}.",
-        f"- **Random reinitialisation below the ticket** at {densities_text(reinit)}" + (
-            f" (by {_range(verdicts('random-reinit'), reinit)})" if reinit else "")
-        + f"; **random masks below the ticket** at {densities_text(mask)}" + (
-            f" (by {_range(verdicts('random-mask'), mask)})" if mask else "") + ".",
+        f"- **Tickets above dense** at densities {found['above_dense']}; within noise at {found['noise_dense']}; "
+        f"below at {found['below_dense']}.",
+        f"- **Random reinitialisation below the ticket** at {found['reinit_below']}; **random masks below the "
+        f"ticket** at {found['mask_below']}.",
         f"- **Tickets stop early sooner** than dense (their early-stopping iteration is below dense's "
-        f"{ticket_step[dense]['mean']:,.0f}) at {densities_text(sooner)}.",
+        f"{ticket_step[dense]['mean']:,.0f}) at {found['sooner']}.",
         f"- The paper: {part['paper']}",
     ]
     return (stale_note("fidelity", "lth") + setup + table(header, lines) + "\n" + "\n".join(claims) + "\n\n"
