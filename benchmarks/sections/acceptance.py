@@ -33,6 +33,16 @@ def _separable(report: dict, network: str, a: str, b: str) -> dict:
     return paired_difference([cases[a][k] for k in shared], [cases[b][k] for k in shared])
 
 
+def held_out_claim() -> str:
+    """The default rule in a sentence: chosen on the selection seeds, read on the held-out ones."""
+    report = results("lottery_pools_acceptance")
+    choice = report["choice"]
+    default = choice["default"]
+    said = [f"{NETWORKS[n]} {s['pooled']} of {s['cases']} cases pooled, {points(s['mean_gain'])} points on average, "
+            f"harm {_harm(s)}" for n, s in choice["held_out"][default].items()]
+    return (f"The default rule `{default}` was chosen on some seeds; on the held-out seeds: " + "; ".join(said))
+
+
 @block("acceptance")
 def acceptance() -> str:
     report = results("lottery_pools_acceptance")

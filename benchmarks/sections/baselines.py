@@ -41,6 +41,22 @@ def _layer_table(part: dict) -> str:
             "the per-layer counts its shuffle keeps:\n\n" + table(["method", *[f"`{n}`" for n in layers]], rows))
 
 
+def lenet_findings() -> str:
+    """The LeNet part in a sentence: pruning at init against IMP, SynFlow against SNIP, the shuffles, GMP."""
+    part = results("baselines")["lenet"]
+    family = _family(part)
+    below = {m: where(_at(family, "minus_imp", m), "below") for m in CRITERIA}
+    shuffled = {m: where(_at(family, "shuffled", m), "below") for m in ("imp", *CRITERIA)
+                if _at(family, "shuffled", m)}
+    equal = family[("gmp_equal_cost",)]
+    return (f"LeNet-300-100 (`lth-lenet`), {len(part['seeds'])} seeds: " + "; ".join(
+        f"{NAMES[m]} below IMP at {densities_text(d)}" for m, d in below.items())
+        + f"; SynFlow above SNIP at {densities_text(where(_at(family, 'synflow_minus_snip'), 'above'))}; "
+        + "shuffling a layer's mask lowers " + ", ".join(f"{NAMES[m]} at {densities_text(d)}"
+                                                        for m, d in shuffled.items())
+        + f"; GMP given IMP's whole budget: {difference(equal)} points against IMP ({equal['verdict']})")
+
+
 @block("baselines.lenet")
 def lenet() -> str:
     part = results("baselines")["lenet"]

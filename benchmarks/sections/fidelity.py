@@ -94,15 +94,35 @@ def lth() -> str:
             + family_note(family, f"this part ({n} seeds)") + "\n")
 
 
+def pools_family() -> Dict[tuple, dict]:
+    """The pools part's differences, one family: ("test" | "corrupted", level) -> pooled - ticket."""
+    tests = {}
+    for row in results("fidelity")["pools"]["levels"]:
+        tests[("test", row["level"])] = row["pooled_minus_ticket"]
+        tests[("corrupted", row["level"])] = row["pooled_minus_ticket_corrupted"]
+    return adjusted(tests)
+
+
+def pools_findings() -> str:
+    """The pools part in a sentence: where the pooled ticket is above and below its ticket, where no blend was kept."""
+    levels = results("fidelity")["pools"]["levels"]
+    family, density = pools_family(), {row["level"]: row["density"] for row in levels}
+    seeds = levels[0]["pooled_minus_ticket"]["n"]
+
+    def at(kind: str, verdict: str) -> str:
+        return densities_text(sorted((density[level] for (k, level), e in family.items()
+                                      if k == kind and e["verdict"] == verdict), reverse=True))
+    never = sorted((row["density"] for row in levels if row["pooled_at_seeds"] == 0), reverse=True)
+    return (f"Lottery Pools (`confirm`) on that LTH run, {seeds} seeds: the pooled ticket above its ticket at "
+            f"densities {at('test', 'above')}, below at {at('test', 'below')}; under corruptions above at "
+            f"{at('corrupted', 'above')}; no blend kept at {densities_text(never)}")
+
+
 @block("fidelity.pools")
 def pools() -> str:
     part = results("fidelity")["pools"]
     levels = part["levels"]
-    tests = {}
-    for row in levels:
-        tests[("test", row["level"])] = row["pooled_minus_ticket"]
-        tests[("corrupted", row["level"])] = row["pooled_minus_ticket_corrupted"]
-    family = adjusted(tests)
+    family = pools_family()
     seeds = levels[0]["pooled_minus_ticket"]["n"]
     lines = [[row["level"], f"{row['density']:.3f}", difference(family[("test", row["level"])]),
               difference(family[("corrupted", row["level"])]), f"{row['pooled_at_seeds']} of {seeds}"]
@@ -165,12 +185,31 @@ def small() -> str:
             + family_note(family, f"this part ({seeds} seeds)") + "\n")
 
 
+def early_bird_family() -> Dict[tuple, dict]:
+    """The Early-Bird part's differences, one family: (schedule, ratio) -> Early-Bird - one-shot test accuracy."""
+    return adjusted({(schedule, row["ratio"]): row["eb_minus_one_shot"]
+                     for schedule, rows in results("fidelity")["eb"]["schedules"].items() for row in rows})
+
+
+def early_bird_findings() -> str:
+    """The Early-Bird part in a sentence: the training MACs saved and the accuracy against one-shot, per ratio."""
+    part, family = results("fidelity")["eb"], early_bird_family()
+    said = []
+    for schedule, rows in part["schedules"].items():
+        for row in rows:
+            saved = row["train_macs_saved"].get("mean")
+            said.append(f"at ratio {row['ratio']:g} ({schedule}) x{saved:.2f} fewer training MACs than one-shot, "
+                        f"accuracy {difference(family[(schedule, row['ratio'])])} points "
+                        f"({family[(schedule, row['ratio'])]['verdict']})" if saved else
+                        f"at ratio {row['ratio']:g} ({schedule}) not found")
+    seeds = max(r["test_accuracy"]["n"] for rows in part["schedules"].values() for r in rows)
+    return f"`cifar_resnet20` on Fashion-MNIST, {seeds} seeds: " + "; ".join(said)
+
+
 @block("fidelity.eb")
 def early_bird() -> str:
     part = results("fidelity")["eb"]
-    tests = {(schedule, row["ratio"]): row["eb_minus_one_shot"] for schedule, rows in part["schedules"].items()
-             for row in rows}
-    family = adjusted(tests)
+    family = early_bird_family()
     lines = []
     for schedule, rows in part["schedules"].items():
         for row in rows:
