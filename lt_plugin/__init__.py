@@ -8,7 +8,8 @@
     lt_plugin.create_branch("lottery-pools", run_dir="runs/imp").run()   # work on the finished run
 
 Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner`, `lt_plugin.GradualPruner`,
-`lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`.
+`lt_plugin.lottery_pool`, `lt_plugin.prune_at_init`, and SWAMP's pieces `lt_plugin.MaskedSWA` (SWA under a mask) and
+`lt_plugin.average_under_mask` (the particle average).
 
 Importing the package registers the papers' networks with timm (`lt_plugin.networks`) and nothing else: every other
 name is imported from the module that holds it when it is first used, so that `import lt_plugin.data` or
@@ -32,6 +33,7 @@ _OWNERS = {
     "pooling": ("lottery_pool",),
     "pai": ("prune_at_init",),
     "gradual": ("GradualPruner",),
+    "swa": ("MaskedSWA", "average_under_mask"),
 }
 _OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}
 

@@ -22,6 +22,7 @@ from .store import load_weights
 from .structure import IMPORTANCES, create_mask
 
 _REWIND = re.compile(r"^(init|lr|finetune|(\d+)(it|ep))$")
+_POINT = re.compile(r"^(\d+)(it|ep)$")
 
 
 def level_density(level: int, levels: int, total_weights: int, target_density: Optional[float] = None,
@@ -52,6 +53,21 @@ def rewind_point_step(point: str, per_epoch: int) -> int:
     """The global step of a point of training: init (0), <N>it or <N>ep; 0 for lr and finetune (no point)."""
     kind, amount = parse_rewind(point)
     return {"it": amount, "ep": amount * per_epoch}.get(kind, 0)
+
+
+def point_step(text: str, per_epoch: int, total: int, option: str) -> int:
+    """A point of a training of `total` steps as a global step: <N>it, <N>ep, or a fraction of the training in
+    [0, 1]; `option` names the flag in the error."""
+    match = _POINT.match(str(text))
+    if match:
+        return int(match.group(1)) * (per_epoch if match.group(2) == "ep" else 1)
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError(f"--{option} is <N>it, <N>ep or a fraction of the training in [0, 1], not {text!r}")
+    return int(fraction * total)
 
 
 @dataclasses.dataclass

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from itertools import islice
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +27,13 @@ from ..errors import UserError
 from ..experiment import Experiment
 from ..gradual import GradualPruning, GradualSchedule
 from ..layout import RunLayout
-from ..levels import PrunedLevels
+from ..levels import PrunedLevels, point_step
 from ..loaders import DeviceNormalize, is_stream, make_loader, on_device
 from ..masks import Mask
 from ..pai import CRITERIA, prune_at_init
 from ..pipeline import train_ticket
 from ..replicates import Replicates, run_replicates
-from ..report import plot_accuracy_vs_density
+from ..report import COLUMNS, plot_accuracy_vs_density
 from ..store import load_weights
 from ..structure import create_mask
 from ..train.config import TrainConfig, steps_per_epoch
@@ -44,12 +43,13 @@ from .registry import register_strategy
 SCORE_SAMPLES_PER_CLASS = 10  # Synaptic-Flow's prune_dataset_ratio and GraSP's samples_per_class
 SCORE_BATCH_SIZE = 256        # Synaptic-Flow's prune_batch_size
 CHANNEL_CRITERIA = ("snip", "magnitude", "random")  # those with a per-channel form over Torch-Pruning's groups
-_POINT = re.compile(r"^(\d+)(it|ep)$")
 
 
 @dataclasses.dataclass
-class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
+class FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """A run in levels of IMP's densities whose every level trains from theta_0."""
+
+    columns: ClassVar[tuple] = COLUMNS  # the table of its results
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,8 +79,8 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
             ticket = layout.level(level)
             done = run.folder.read_result(ticket)
             results.append(done if done is not None else self.train_level(run, dense, level, ticket, init))
-        run.folder.write_results(results, plots={"accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(
-            results, path)})
+        run.folder.write_results(results, columns=self.columns, plots={
+            "accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(results, path)})
         return results
 
     def check_run(self, run, dense) -> None:
@@ -92,7 +92,7 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
 
 @register_strategy("prune-at-init")
 @dataclasses.dataclass
-class PruneAtInit(_FromInit):
+class PruneAtInit(FromInit):
     """Pruning at initialisation: each level's mask chosen at theta_0 by a criterion, then trained."""
 
     description = "pruning at initialisation (SNIP, GraSP, SynFlow, magnitude, random), trained like an IMP level"
@@ -182,23 +182,9 @@ class PruneAtInit(_FromInit):
         return out
 
 
-def _point_step(text: str, per_epoch: int, total: int, option: str) -> int:
-    """A point of training as a global step: <N>it, <N>ep, or a fraction of the training in [0, 1]."""
-    match = _POINT.match(text)
-    if match:
-        return int(match.group(1)) * (per_epoch if match.group(2) == "ep" else 1)
-    try:
-        fraction = float(text)
-    except ValueError:
-        fraction = -1.0
-    if not 0.0 <= fraction <= 1.0:
-        raise UserError(f"--{option} is <N>it, <N>ep or a fraction of the training in [0, 1], not {text!r}")
-    return int(fraction * total)
-
-
 @register_strategy("gradual")
 @dataclasses.dataclass
-class Gradual(_FromInit):
+class Gradual(FromInit):
     """Gradual magnitude pruning: each level one training from theta_0 that prunes to the level's density."""
 
     description = "gradual magnitude pruning during training, on Zhu & Gupta's cubic schedule"
@@ -222,8 +208,8 @@ class Gradual(_FromInit):
         """(start step, end step) of the schedule in this training: the end on the pruning grid."""
         per_epoch = steps_per_epoch(cfg, train_size)
         total = cfg.epochs * per_epoch
-        start = _point_step(str(self.start), per_epoch, total, "start")
-        end = _point_step(str(self.end), per_epoch, total, "end")
+        start = point_step(str(self.start), per_epoch, total, "start")
+        end = point_step(str(self.end), per_epoch, total, "end")
         if end > total:
             raise UserError(f"--end {self.end} is step {end}, past the end of training ({total} steps)")
         prunings = (end - start) // self.frequency
