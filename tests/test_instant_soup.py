@@ -23,9 +23,8 @@ from tiny_training import image_data, mlp, reset_accelerate
 JOBS = Path(__file__).resolve().parent / "jobs"
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--image-size", "8", "--max-train-samples", "256",
         "--batch-size", "32", "--epochs", "3"]  # 8 optimizer steps per epoch, 24 in all
-# A pruning every 3 steps: level 1 (0.8) rounds at 3, 6 and the rest at 9; level 2 (0.64) rounds at 3, 6, 9, 12 and
-# the rest at 15.
-SOUP = ["instant-soup", *TINY, "--levels", "2", "--denoisers", "2", "--lookahead-steps", "3", "--round-every", "0.375"]
+# A pruning every 5 steps: level 1 (density 0.8) has rounds at steps 5 (0.9) and 10 (0.81), the rest at step 15.
+SOUP = ["instant-soup", *TINY, "--levels", "1", "--denoisers", "2", "--lookahead-steps", "3", "--round-every", "0.625"]
 SECONDS = ("seconds", "train_seconds", "latency_ms")
 
 
@@ -112,13 +111,13 @@ def soup(tmp_path_factory):
 def test_each_level_reaches_imps_exact_count_and_picks_its_epoch_by_validation(soup):
     out, results = soup
     layout = RunLayout(out)
-    assert [r["rounds"] for r in results] == [0, 2, 4]
-    assert [r["prune_end_step"] for r in results] == [0, 9, 15]
+    assert [r["rounds"] for r in results] == [0, 2]
+    assert [r["prune_end_step"] for r in results] == [0, 15]
     for r in results:
         mask = Mask.load(layout.level(r["level"]).mask)
         total = sum(mask.tensors[n].numel() for n in mask.prunable)
         kept = sum(int(mask.tensors[n].sum()) for n in mask.prunable)
-        assert kept == round(level_density(r["level"], 2, total) * total)  # IMP's level, weight for weight
+        assert kept == round(level_density(r["level"], 1, total) * total)  # IMP's level, weight for weight
         weights = load_weights(layout.level(r["level"]).weights)
         assert all(torch.all(weights[n][~mask.tensors[n]] == 0) for n in mask.prunable)
         history = [json.loads(line) for line in layout.level(r["level"]).train.metrics.read_text().splitlines()]
@@ -136,31 +135,31 @@ def test_each_level_reaches_imps_exact_count_and_picks_its_epoch_by_validation(s
 def test_an_instant_soup_run_killed_inside_a_denoiser_round_ends_as_an_uninterrupted_one(soup, tmp_path):
     out, results = soup
     killed = tmp_path / "killed"
-    # Killed once denoiser 0 of level 2's round at step 12 is written: the run resumes from its checkpoint of step 8
-    # (whose mask is step 6's), replays the round of step 9, reads denoiser 0 back and trains denoiser 1.
-    written = "level_2/train/denoiser_12_0.safetensors"
+    # Killed once denoiser 0 of level 1's round at step 10 is written: the run resumes from its checkpoint of step 8
+    # (whose mask is step 5's), reads denoiser 0 back at step 10 and trains denoiser 1.
+    written = "level_1/train/denoiser_10_0.safetensors"
     done = subprocess.run([sys.executable, str(JOBS / "kill_after_write.py"), written, *SOUP, "--out", str(killed)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == -9, done.stderr[-2000:]
-    files = RunLayout(killed).level(2).train
-    assert files.checkpoint.exists() and files.denoiser_mask(12, 0).exists()
-    assert not files.denoiser_mask(12, 1).exists()
+    files = RunLayout(killed).level(1).train
+    assert files.checkpoint.exists() and files.pruned_mask(5).exists() and files.denoiser_mask(10, 0).exists()
+    assert not files.denoiser_mask(10, 1).exists()
     assert cli_main([*SOUP, "--out", str(killed)]) == 0
     assert _strip(json.loads((killed / "results.json").read_text())) == _strip(results)
-    for level in (1, 2):
+    for level in (0, 1):
         a, b = load_weights(RunLayout(killed).level(level).weights), load_weights(RunLayout(out).level(level).weights)
         assert all(torch.equal(a[k], b[k]) for k in b)
     assert cli_main(["compare", str(out), str(killed), "--out", str(tmp_path / "compare")]) == 0
     rows = json.loads((tmp_path / "compare" / "compare.json").read_text())["rows"]
-    assert [len(row["runs"]) for row in rows] == [2, 2, 2]
+    assert [len(row["runs"]) for row in rows] == [2, 2]
 
 
 def test_the_controls_take_an_instant_soup_run_and_lottery_pools_refuses_it(soup, tmp_path, capsys):
     out, results = soup
-    assert cli_main(["random-reinit", "--run", str(out), "--targets", "2", "--out", str(tmp_path / "control")]) == 0
+    assert cli_main(["random-reinit", "--run", str(out), "--out", str(tmp_path / "control")]) == 0
     control = json.loads((tmp_path / "control" / "results.json").read_text())
-    assert [(r["level"], r["control"]) for r in control] == [(2, "random-reinit")]
-    assert control[0]["density"] == results[2]["density"]
+    assert [(r["level"], r["control"]) for r in control] == [(1, "random-reinit")]
+    assert control[0]["density"] == results[1]["density"]
     capsys.readouterr()
     assert cli_main(["lottery-pools", "--run", str(out), "--out", str(tmp_path / "pools")]) == 2
     err = capsys.readouterr().err

@@ -73,7 +73,7 @@ class SWAMP(IMP):
 
     particles: int = dataclasses.field(default=4, metadata={
         "help": "particles per level: trainings from the same rewound ticket that differ in their SGD noise"})
-    swa_start: str = dataclasses.field(default="0.75", metadata={
+    swa_start: str = dataclasses.field(default="0.5", metadata={
         "help": "where SWA starts, as <N>it, <N>ep or a fraction of the training: the learning rate anneals to "
                 "--swa-lr from there, and the average takes the weights every --swa-every after it"})
     swa_every: str = dataclasses.field(default="1ep", metadata={
