@@ -16,8 +16,8 @@ device with no gradient all-reduce, and every process merges the same masks.
 
 from __future__ import annotations
 
-import copy
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+import dataclasses
+from typing import List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +128,7 @@ class Denoisers:
         current.apply(denoiser)
         enforce = current.enforcer(denoiser)
         lr = self.lr_scales[j] * lr_at(self.cfg, self.per_epoch, step)
-        optimizer = create_optimizer(denoiser, _with(self.cfg, lr, self.weight_decays[j]))
+        optimizer = create_optimizer(denoiser, dataclasses.replace(self.cfg, lr=lr, weight_decay=self.weight_decays[j]))
         scaler = torch.amp.GradScaler(device.type) if accelerator.scaler is not None else None
         seed = self.seed_of(step, j)
         loader = make_loader(self.train, self.cfg.batch_size, device, num_workers=self.cfg.num_workers,
@@ -171,12 +171,6 @@ class Denoisers:
                 self.files.denoiser_mask(step, j).unlink(missing_ok=True)
 
 
-def _with(cfg: TrainConfig, lr: float, weight_decay: float) -> TrainConfig:
-    clone = copy.copy(cfg)
-    clone.lr, clone.weight_decay = lr, weight_decay
-    return clone
-
-
 class InstantSoupRounds:
     """Instant Soup's prunings, as a schedule `gradual.GradualPruning` runs: at step r * `every` for r = 1..rounds
     the denoisers' merged mask (`round_densities`), at step (rounds + 1) * `every` the rest pruned at once to
@@ -189,7 +183,6 @@ class InstantSoupRounds:
         self.every, self.final, self.fraction, self.merge, self.scope = every, final, fraction, merge, scope
         self.rounds = round_count(final, fraction)
         self.denoisers = denoisers
-        self.on_round: Optional[Callable[[int, Dict], None]] = None
 
     @property
     def end_step(self) -> int:

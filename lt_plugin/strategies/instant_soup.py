@@ -104,6 +104,7 @@ class InstantSoup(FromInit):
                                 "raise --round-fraction, lower --round-every or train more --epochs")
 
     def rounds(self, run, dense, level: int, train_dir) -> InstantSoupRounds:
+        """The prunings of `level`'s training, its denoisers writing into the training folder `train_dir`."""
         cfg = run.cfg
         per_epoch = steps_per_epoch(cfg, len(run.data.train))
         denoisers = Denoisers(self.create_model(run.data.num_classes, seed=0, pretrained=False), run.data.train, cfg,
@@ -143,8 +144,9 @@ class InstantSoup(FromInit):
                     "denoiser_steps": denoiser_steps,
                     "cost_epochs": cfg.epochs + denoiser_steps / per_epoch, "imp_cost_epochs": (level + 1) * cfg.epochs}
 
-        start = run.folder.load_or_make_mask(ticket, lambda: Mask.ones(dense, prunable)) if not level else \
-            Mask.ones(dense, prunable)
+        # Level 0's mask is its file; a pruned level starts dense and writes its final mask when training ends.
+        start = Mask.ones(dense, prunable) if level else run.folder.load_or_make_mask(
+            ticket, lambda: Mask.ones(dense, prunable))
         result = train_ticket(run, self, ticket, start, init, cfg=cfg, desc=f"level {level}",
                               snapshot_steps=epoch_ends, after_fit=select, describe=describe,
                               callbacks=(lambda model: [GradualPruning(rounds, prunable, ticket.mask)]) if level

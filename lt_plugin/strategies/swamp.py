@@ -193,9 +193,10 @@ class SWAMP(IMP):
 
     # ---- a level: its particles, then their average ----
     def train_level_ticket(self, run, ticket: TicketFolder, mask: Mask, start_state, *, level=None, start_step=0,
-                           desc="train", describe=None, **_) -> dict:
+                           desc="train", describe=None, snapshot_steps=()) -> dict:
         """The level's particles trained from (`start_state`, `mask`) at `start_step`, in parallel processes under
-        accelerate launch, then averaged; the result of the average, which `ticket` holds."""
+        accelerate launch, then averaged; the result of the average, which `ticket` holds. The start file keeps the
+        rewound ticket (`snapshot_steps`, one training's way of keeping it, has nothing to add)."""
         done = run.folder.read_result(ticket)
         if done is not None:
             return done
