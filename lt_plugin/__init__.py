@@ -9,7 +9,8 @@
     lt_plugin.export_run_ticket("runs/imp", "3", "hub/ticket", fmt="hf")  # a Hub folder timm (or load_ticket) loads
 
 Your own training loop: `lt_plugin.IMPPruner`, `lt_plugin.EarlyBirdPruner`, `lt_plugin.GradualPruner`,
-`lt_plugin.lottery_pool` and `lt_plugin.prune_at_init`; `lt_plugin.sparsity_report(model)` layer by layer.
+`lt_plugin.lottery_pool`, `lt_plugin.prune_at_init`, SWAMP's pieces `lt_plugin.MaskedSWA` (SWA under a mask) and
+`lt_plugin.average_under_mask` (the particle average); `lt_plugin.sparsity_report(model)` layer by layer.
 
 Importing the package imports no torch, timm or scipy: it registers the papers' networks with timm
 (`lt_plugin.networks`) as timm is imported (at once if it already is), and every other name is imported from the
@@ -41,6 +42,7 @@ _OWNERS = {
     "pooling": ("lottery_pool",),
     "pai": ("prune_at_init",),
     "gradual": ("GradualPruner",),
+    "swa": ("MaskedSWA", "average_under_mask"),
 }
 _OWNER_OF = {name: module for module, names in _OWNERS.items() for name in names}
 

@@ -39,6 +39,10 @@ STRATEGIES = {
                                           "trained like an IMP level"),
     "gradual": Command("baselines", "gradual magnitude pruning during training, on Zhu & Gupta's cubic schedule "
                                     "(or fasterai's others)"),
+    "swamp": Command("swamp", "SWAMP: IMP whose levels train N particles with SWA from the rewound ticket and average "
+                              "them (Choi, Lee, Nam, Lee)"),
+    "instant-soup": Command("instant_soup", "Instant Soup Pruning: one training per density, each pruning's mask "
+                                            "merged from denoisers' look-ahead masks (Jaiswal et al.)"),
 }
 
 BRANCHES = {

@@ -8,7 +8,10 @@ foundations/paths.py). No other module spells a name of the layout; they ask the
         train/                            a FitFolder: what `fit` writes
           checkpoint.safetensors  metrics.jsonl  evals.jsonl  step_K.safetensors  model.safetensors
           early_stop.safetensors  early_stop.pending.safetensors
+          swa_step_K.safetensors  swa_average.safetensors          SWAMP: a particle's running SWA average
+          mask_step_K.safetensors  denoiser_K_J.safetensors         gradual pruning, Instant Soup's rounds
         ingredient_I/  soup_NAME/         Sparse Model Soups: TicketFolders
+        start.safetensors  particle_P/    SWAMP: the rewound ticket the particles start from; each particle
         rewind_P/copy_a/  rewind_P/path.json                  instability analysis
       ratio_R/  (+ emergence.safetensors)  search/train/  search/checks/step_K.safetensors
       baseline/dense/  baseline/ratio_R/                      Early-Bird
@@ -68,6 +71,24 @@ class FitFolder:
         """Gradual pruning: every step's mask the folder holds."""
         return sorted(self.root.glob("mask_step_*.safetensors"))
 
+    def denoiser_mask(self, k: int, j: int) -> Path:
+        """Instant Soup: the mask denoiser j drew at optimizer step k."""
+        return self.root / f"denoiser_{k}_{j}.safetensors"
+
+    def denoiser_masks(self) -> List[Path]:
+        """Instant Soup: every denoiser's mask the folder holds."""
+        return sorted(self.root.glob("denoiser_*_*.safetensors"))
+
+    def swa_step(self, k: int) -> Path:
+        """SWA: the running average as of its update at optimizer step k."""
+        return self.root / f"swa_step_{k}.safetensors"
+
+    def swa_steps(self) -> List[Path]:
+        """SWA: every running average the folder holds."""
+        return sorted(self.root.glob("swa_step_*.safetensors"))
+
+    swa_average = property(lambda self: self.root / "swa_average.safetensors")  # SWA: the final average
+
     def steps(self) -> List[int]:
         """The steps whose weights the folder keeps, sorted."""
         return sorted(int(m.group(1)) for m in (_STEP.match(p.name) for p in self.root.glob("step_*.safetensors"))
@@ -86,6 +107,7 @@ class TicketFolder:
     sparsity = property(lambda self: self.root / "sparsity.json")  # the mask's density layer by layer
     train = property(lambda self: FitFolder(self.root / "train"))
     emergence = property(lambda self: self.root / "emergence.safetensors")  # Early-Bird: the weights at emergence
+    start = property(lambda self: self.root / "start.safetensors")  # SWAMP: the rewound ticket particles start from
 
     @property
     def finished(self) -> bool:
@@ -96,6 +118,10 @@ class TicketFolder:
 
     def soup(self, name: str) -> "TicketFolder":
         return TicketFolder(self.root / f"soup_{name}")
+
+    def particle(self, p: int) -> "TicketFolder":
+        """SWAMP: particle p of the level."""
+        return TicketFolder(self.root / f"particle_{p}")
 
     def rewind(self, point: str) -> "RewindFolder":
         return RewindFolder(self.root / f"rewind_{point}")

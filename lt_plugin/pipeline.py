@@ -25,6 +25,7 @@ from .store import load_weights
 from .structure import export
 from .train.config import TrainConfig
 from .train.evaluation import evaluate
+from .train.checkpoint import TrainResult
 from .train.loop import fit
 
 
@@ -59,7 +60,8 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
                  cfg: Optional[TrainConfig] = None, start_step: int = 0, snapshot_steps: Iterable[int] = (),
                  desc: str = "train", describe: Optional[Callable[[dict], dict]] = None,
                  callbacks: Optional[Callable[[nn.Module], Sequence[Callback]]] = None,
-                 final_mask: Optional[Callable[[], Mask]] = None, reinitialise_seed: Optional[int] = None) -> dict:
+                 final_mask: Optional[Callable[[], Mask]] = None, reinitialise_seed: Optional[int] = None,
+                 after_fit: Optional[Callable[[TrainResult], None]] = None) -> dict:
     """Train the ticket (`start_state`, `mask`) in the ticket folder `ticket` and return its result (read back when
     finished).
 
@@ -72,6 +74,8 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
     pruning: `mask` is then where training starts); the result describes that one. `reinitialise_seed`: the model
     that trains (the exported one for a channel ticket) is initialised afresh at its own size with this seed
     (`networks.base.reinitialise`), its pruned entries zeroed, instead of starting from `start_state`'s values.
+    `after_fit(trained)` gives the trained model the weights the ticket is (SWA's average, a validation-selected
+    epoch) before it is scored, its validation accuracy scored anew; it runs on a finished training read back too.
     """
     done = run.folder.read_result(ticket)
     if done is not None:
@@ -95,11 +99,15 @@ def train_ticket(run, strategy, ticket: TicketFolder, mask: Mask, start_state: D
     accelerator = run.accelerator
     if final_mask is not None:
         mask = final_mask()
+    val_accuracy = trained.val_accuracy
+    if after_fit is not None:
+        after_fit(trained)
+        val_accuracy, _ = evaluate(trained.model, run.data.val, accelerator, cfg.eval_batch_size, cfg.num_workers)
     test_accuracy, _ = evaluate(trained.model, run.data.test, accelerator, cfg.eval_batch_size, cfg.num_workers)
     macs, params = ticket_cost(trained.model, mask, run.example)
     latency = (forward_latency_ms(trained.model, run.example, autocast=accelerator.autocast)
                if measures_latency(mask) else None)
-    result = {"density": mask.density, "params": params, "macs": macs, "val_accuracy": trained.val_accuracy,
+    result = {"density": mask.density, "params": params, "macs": macs, "val_accuracy": val_accuracy,
               "test_accuracy": test_accuracy, "train_seconds": trained.train_seconds, "steps": trained.steps,
               "num_classes": run.data.num_classes, "precision": accelerator.mixed_precision, "latency_ms": latency}
     if trained.early_stop is not None:

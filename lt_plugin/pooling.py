@@ -10,7 +10,7 @@ a user with an own training loop passes their own.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -35,14 +35,27 @@ def blend(current: State, candidate: State, alpha: float) -> State:
             for name, value in current.items()}
 
 
-def average(states: Sequence[State]) -> State:
-    """The uniform average of state dicts (a uniform soup); counters (BatchNorm's num_batches_tracked) stay the
-    first's."""
-    if not states:
+def average(states: Iterable[State]) -> State:
+    """The uniform average of state dicts (a uniform soup, SWAMP's particle average), read one at a time into a
+    running sum (at least float32), so that only the sum and the state being read are held: `states` may be a
+    generator that loads each from its file. Counters (BatchNorm's num_batches_tracked) stay the first's."""
+    total: Optional[State] = None
+    dtypes: Dict[str, torch.dtype] = {}
+    count = 0
+    for state in states:
+        if total is None:
+            dtypes = {name: value.dtype for name, value in state.items()}
+            total = {name: value.to(torch.promote_types(value.dtype, torch.float32), copy=True)
+                     if value.is_floating_point() else value for name, value in state.items()}
+        else:
+            for name, value in total.items():
+                if value.is_floating_point():
+                    value.add_(state[name].to(value.device, value.dtype))
+        count += 1
+    if total is None:
         raise UserError("nothing to average")
-    first = states[0]
-    return {name: torch.stack([s[name] for s in states]).mean(dim=0) if value.is_floating_point() else value
-            for name, value in first.items()}
+    return {name: (value / count).to(dtypes[name]) if value.is_floating_point() else value
+            for name, value in total.items()}
 
 
 @torch.no_grad()

@@ -160,17 +160,21 @@ def run_replicates(strategy, out_dir) -> List[dict]:
 
 
 def _run_in_own_process(layout: RunLayout, seeds: List[int], local_index: int) -> None:
-    """This process's seeds, trained in a process of its own (`python -m lt_plugin.seed_worker`): one process, its
-    own device (the local rank's GPU where there are GPUs), no process group."""
-    if not seeds:
-        return
+    """This process's seeds, trained in a process of its own (`python -m lt_plugin.seed_worker`)."""
+    if seeds:
+        run_in_own_process(["lt_plugin.seed_worker", str(layout.root), *map(str, seeds)], local_index,
+                           f"seeds {' '.join(map(str, seeds))}")
+
+
+def run_in_own_process(module_args: Sequence[str], local_index: int, what: str) -> None:
+    """`python -m MODULE ARGS...` in a process of its own: one process, its own device (the local rank's GPU where
+    there are GPUs), no process group (what `--parallel seeds` trains a seed in, and SWAMP a particle)."""
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",") if visible else None
     env["CUDA_VISIBLE_DEVICES"] = devices[local_index] if devices and local_index < len(devices) else \
         str(local_index)
-    done = subprocess.run([sys.executable, "-m", "lt_plugin.seed_worker", str(layout.root), *map(str, seeds)],
-                          env=env)
+    done = subprocess.run([sys.executable, "-m", *module_args], env=env)
     if done.returncode:
-        raise UserError(f"the process of seeds {' '.join(map(str, seeds))} failed (exit code {done.returncode}); "
-                        "rerun the same command to resume")
+        raise UserError(f"the process of {what} failed (exit code {done.returncode}); rerun the same command to "
+                        "resume")

@@ -18,15 +18,16 @@ LAYERS = [
     ["callbacks", "structure", "pooling", "train.config", "train.evaluation", "data.sources", "data.images",
      "sparsity"],
     ["levels", "early_bird_rule", "train.checkpoint", "train.batches", "data.streaming", "", "train", "data", "pai"],
-    ["train.loop", "data.splits", "tickets", "run_folder", "gradual", "early_bird_pruner"],
+    ["train.loop", "data.splits", "tickets", "run_folder", "gradual", "early_bird_pruner", "swa", "denoisers"],
     ["data.load", "pruners", "pipeline", "experiment", "corruptions"],
     ["check", "scoring", "strategies.base", "replicates"],
     ["strategies.registry"],
     ["strategies.imp", "strategies.early_bird", "strategies.soups", "strategies.baselines"],
+    ["strategies.swamp", "strategies.instant_soup"],
     ["branches.base"],
     ["branches.lottery_pools", "branches.instability", "branches.controls", "branches.export", "compare"],
     ["cli", "__main__"],
-    ["seed_worker"],
+    ["seed_worker", "particle_worker"],
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -111,9 +112,9 @@ def test_every_module_imports_only_lower_layers():
 
 
 # A run folder's file names, and an f-string part that makes one (level_{L}, step_{k}...).
-LAYOUT_NAMES = re.compile(r"(^|/)(mask|weights|init|model|checkpoint|early_stop|emergence)\.safetensors$|"
-                          r"(^|/)(results?|config|path|imp_config|ensemble|sparsity)\.json$|\.jsonl$|"
-                          r"^(level|ratio|seed|step|ingredient|soup|copy|rewind)_$")
+LAYOUT_NAMES = re.compile(r"(^|/)(mask|weights|init|model|checkpoint|early_stop|emergence|start|swa_average)"
+                          r"\.safetensors$|(^|/)(results?|config|path|imp_config|ensemble|sparsity)\.json$|\.jsonl$|"
+                          r"^(level|ratio|seed|step|ingredient|soup|copy|rewind|particle|swa_step|denoiser)_$")
 
 
 def test_no_module_but_the_layout_spells_a_run_folders_file_names():

@@ -11,8 +11,9 @@ What is drawn at random comes from the control's --seed and the run's seed toget
 seed alone, so every replicate of a run gets its own control and the ticket's initialisation is never drawn again.
 
 Both train with the run's training options, data order included (its --seed), so the ticket and its control form a
-pair that `lt-plugin compare` can difference. They read IMP runs and runs of any strategy whose tickets have a
-rewind point (`Strategy.ticket_start`). Folder (RUN/controls/NAME unless --out), laid out as an IMP run:
+pair that `lt-plugin compare` can difference; each level trains as the run's strategy trains a level
+(`Strategy.train_level_ticket`: one training, or SWAMP's particles averaged). They read IMP runs and runs of any
+strategy whose tickets have a rewind point (`Strategy.ticket_start`). Folder (RUN/controls/NAME unless --out), laid out as an IMP run:
     config.json, level_L/{mask.safetensors, train/, weights.safetensors, result.json}, results.json, plot
 """
 
@@ -28,7 +29,6 @@ import torch
 from ..errors import UserError
 from ..layout import RunLayout
 from ..masks import Mask, resolve_ignored
-from ..pipeline import train_ticket
 from ..report import plot_accuracy_vs_density
 from ..store import atomic_write_json, read_json
 from ..strategies.base import TicketFiles, level_ticket, start_training_run
@@ -101,10 +101,10 @@ class Control(Branch):
             if done is None:
                 start_state, start_step = self.start(source, level, run)
                 mask = run.folder.load_or_make_mask(ticket, lambda: self.mask_of(source, level, run))
-                done = train_ticket(run, trainer, ticket, mask, start_state, start_step=start_step,
-                                    snapshot_steps=[start_step], desc=f"{self.name} level {level}",
-                                    describe=lambda r, level=level: {"level": level, "control": self.name,
-                                                                     "control_seed": self.draw_seed(source), **r})
+                done = trainer.train_level_ticket(
+                    run, ticket, mask, start_state, level=level, start_step=start_step, snapshot_steps=[start_step],
+                    desc=f"{self.name} level {level}", describe=lambda r, level=level: {
+                        "level": level, "control": self.name, "control_seed": self.draw_seed(source), **r})
             results.append(done)
         run.folder.write_results(results, plots={"accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(
             results, path, title=f"{self.name} control: test accuracy against density")})

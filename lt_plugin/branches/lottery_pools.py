@@ -69,7 +69,7 @@ _TABLE = (("level", "level", "{}"), ("density", "density", "{:.4f}"), ("macs", "
 class LotteryPools(Branch):
     """Greedy interpolation of an IMP run's tickets into a ticket of the same sparsity (no training)."""
 
-    reads = ("imp", "random-reinit", "random-mask")
+    reads = ("imp", "swamp", "random-reinit", "random-mask")  # runs whose level L prunes level L-1
 
     targets: list = dataclasses.field(default_factory=lambda: ["all"], metadata={
         "help": "levels to pool: all, or level numbers (0, the dense level, too)"})

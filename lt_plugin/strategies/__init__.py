@@ -1,5 +1,5 @@
 """Strategies: what trains from nothing and writes a run folder (`imp`, `early-bird`, `sparse-model-soups`,
-`prune-at-init`, `gradual`, ...).
+`swamp`, `instant-soup`, `prune-at-init`, `gradual`, ...).
 
 The built-in strategies are named in `lt_plugin.commands.STRATEGIES`; each module registers its strategy with the
 `@register_strategy(name)` decorator (`registry`) when the strategy is first asked for, so importing this package

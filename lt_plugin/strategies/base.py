@@ -16,6 +16,7 @@ from ..errors import RunFolderError, UserError
 from ..experiment import Experiment
 from ..layout import RunLayout
 from ..options import check_choices, default_of, upgrade
+from ..pipeline import train_ticket
 from ..run_folder import RunFolder
 from ..store import read_json
 from ..train.config import (TrainConfig, check_training_data, make_accelerator, optimizer_record, resolve_train_config,
@@ -108,6 +109,12 @@ class Strategy(abc.ABC):
         its mask was applied: what the controls restart it from. A strategy whose tickets have no such point says
         so in a UserError."""
         raise UserError(f"{self.name or type(self).__name__} tickets have no rewind point to train a control from")
+
+    def train_level_ticket(self, run, ticket, mask, start_state, *, level=None, **options) -> dict:
+        """Train the ticket (`start_state`, `mask`) of `level` into the folder `ticket` as this strategy trains a
+        level (what a control of its run trains): by default one training, `pipeline.train_ticket` with `options`
+        (start_step, snapshot_steps, desc, describe)."""
+        return train_ticket(run, self, ticket, mask, start_state, **options)
 
 
 def level_ticket(run_dir, key: str, experiment: Experiment) -> TicketFiles:

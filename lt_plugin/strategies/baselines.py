@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from itertools import islice
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from ..pai import CRITERIA, prune_at_init
 from ..pipeline import train_ticket
 from ..replicates import Replicates, run_replicates
 from ..schedules import SCHEDULES, pruning_window
-from ..report import plot_accuracy_vs_density
+from ..report import COLUMNS, plot_accuracy_vs_density
 from ..store import load_weights
 from ..structure import create_mask
 from ..train.config import TrainConfig, steps_per_epoch
@@ -49,8 +49,12 @@ CHANNEL_CRITERIA = ("snip", "magnitude", "random")  # those with a per-channel f
 
 
 @dataclasses.dataclass
-class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
+class FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, Experiment):
     """A run in levels of IMP's densities whose every level trains from theta_0."""
+
+    columns: ClassVar[tuple] = COLUMNS  # the table of its results
+    # True where a level's mask is chosen while it trains from a dense start (gradual pruning, Instant Soup)
+    prunes_while_training: ClassVar[bool] = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,9 +63,14 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
         if self.importance != "magnitude":
             raise UserError(f"--importance is IMP's ranking of channels; {self.name} ranks by its own rule")
 
-
     def ticket_start(self, run_dir, key: str) -> Tuple[Dict[str, torch.Tensor], int]:
-        """Every level trained from theta_0."""
+        """Every level trained from theta_0; refused where the level's mask was chosen while it trained: training
+        that mask from theta_0 (or a fresh initialisation, or at random positions) would change the training as
+        well as the one thing a control changes."""
+        if self.prunes_while_training:
+            raise UserError(f"a {self.name} run's tickets were pruned while they trained from a dense start, so a "
+                            "control (random-reinit, random-mask) would change their training too; the controls "
+                            "read imp, prune-at-init and swamp runs")
         return load_weights(RunLayout(run_dir).init), 0
 
     def run(self, out_dir) -> List[dict]:
@@ -80,8 +89,8 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
             ticket = layout.level(level)
             done = run.folder.read_result(ticket)
             results.append(done if done is not None else self.train_level(run, dense, level, ticket, init))
-        run.folder.write_results(results, plots={"accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(
-            results, path)})
+        run.folder.write_results(results, columns=self.columns, plots={
+            "accuracy_vs_density.png": lambda path: plot_accuracy_vs_density(results, path)})
         return results
 
     def check_run(self, run, dense) -> None:
@@ -93,7 +102,7 @@ class _FromInit(LevelTickets, Strategy, Replicates, PrunedLevels, TrainConfig, E
 
 @register_strategy("prune-at-init")
 @dataclasses.dataclass
-class PruneAtInit(_FromInit):
+class PruneAtInit(FromInit):
     """Pruning at initialisation: each level's mask chosen at theta_0 by a criterion, then trained."""
 
     criterion: str = dataclasses.field(default="snip", metadata={
@@ -178,8 +187,10 @@ class PruneAtInit(_FromInit):
 
 @register_strategy("gradual")
 @dataclasses.dataclass
-class Gradual(_FromInit):
+class Gradual(FromInit):
     """Gradual magnitude pruning: each level one training from theta_0 that prunes to the level's density."""
+
+    prunes_while_training = True
 
     # Zhu & Gupta prune every layer to the same sparsity (Gale et al. follow them): layer-wise, not IMP's global.
     # Runs made before this default record their scope in config.json, so a rerun of one holds it to "global".
@@ -204,14 +215,6 @@ class Gradual(_FromInit):
             raise UserError("gradual prunes single weights (Zhu & Gupta): --granularity weight")
         if self.frequency < 1:
             raise UserError(f"--frequency must be 1 or more optimizer steps, not {self.frequency}")
-
-    def ticket_start(self, run_dir, key: str):
-        """Refused: a control would change two things at once. The ticket's mask was chosen while it trained from a
-        dense start, so training the mask from theta_0 (or a fresh initialisation, or at random positions) changes
-        the training as well as the initialisation or the positions."""
-        raise UserError("a gradual run's tickets were pruned while they trained from a dense start, so a control "
-                        "(random-reinit, random-mask) would change their training too; the controls read imp and "
-                        "prune-at-init runs")
 
     def schedule_steps(self, cfg: TrainConfig, train_size: int) -> Tuple[int, int]:
         """(start step, end step) of the schedule in this training: the end on the pruning grid."""
