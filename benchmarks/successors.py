@@ -15,13 +15,13 @@ folder of --seeds replicates:
   pools         Lottery Pools of the IMP run (its default acceptance rule), no training.
 
 Per density: each method's test accuracy (mean and 95% interval over the seeds) and its paired difference to IMP
-with a p-value, Holm-adjusted over the densities; for SWAMP also its average minus its best particle and minus the
+(benchmarks/render.py adjusts the part's differences together, Holm); for SWAMP also its average minus its best particle and minus the
 particles' mean (what averaging particles adds); the training each method spends to reach the density, in epochs
 and measured seconds, and SWAMP's level time over IMP's (the particles' count, if a particle costs an IMP level).
 Writes benchmarks/results/successors.json and successors.png; needs Debian's dataset-fashion-mnist. Every run is a
 run folder under --work: a rerun resumes.
 
-    python benchmarks/successors.py [--seeds 0 1 2] [--work runs/successors]
+    python benchmarks/successors.py [--seeds 0 1 2 3 4] [--work runs/successors]
     python benchmarks/successors.py --smoke --work /tmp/successors --out /tmp/successors   # a check in minutes
 """
 
@@ -35,6 +35,7 @@ import lt_plugin
 from lt_plugin.layout import RunLayout
 from lt_plugin.stats import paired_difference, summarize
 from lt_plugin.store import read_json
+from provenance import provenance
 
 VAL_FRACTION = 5_000 / 60_000
 # eval_every=0: every method validates at epoch ends only, so that training times compare (the recipe's
@@ -73,22 +74,6 @@ def paired(a: dict, b: dict, metric_a: str = "test_accuracy", metric_b: str = "t
     va, vb = values(a, metric_a), values(b, metric_b)
     shared = [s for s in va if s in vb and va[s] is not None and vb[s] is not None]
     return paired_difference([va[s] for s in shared], [vb[s] for s in shared])
-
-
-def holm(p_values: list) -> list:
-    """Holm's step-down adjustment of a family of p-values (None left out of the family)."""
-    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted, running = [None] * len(p_values), 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
-def verdict(difference: dict, adjusted_p) -> str:
-    if adjusted_p is None or adjusted_p >= 0.05:
-        return "within noise"
-    return "above" if difference["mean"] > 0 else "below"
 
 
 def run_methods(setup: dict, seeds: list, work: Path) -> dict:
@@ -147,21 +132,8 @@ def report_of(setup: dict, seeds: list, runs: dict) -> dict:
         entry["swamp_level_time_over_imp"] = summarize(
             [s / i for s, i in zip(swamp["train_seconds_values"], imp[level]["train_seconds_values"])])
         densities.append(entry)
-    findings = {}
-    for method in METHODS[1:]:
-        differences = [e["methods"][method]["minus_imp"] for e in densities]
-        adjusted = holm([d["p_value"] for d in differences])
-        for d, p in zip(differences, adjusted):
-            d["holm_p_value"] = p
-        findings[f"{method}_minus_imp"] = {e["density"]: verdict(d, p)
-                                           for e, d, p in zip(densities, differences, adjusted)}
-    for name in ("swamp_average_minus_best_particle", "swamp_average_minus_particles_mean"):
-        adjusted = holm([e[name]["p_value"] for e in densities])
-        findings[name] = {e["density"]: verdict(e[name], p) for e, p in zip(densities, adjusted)}
-    findings["swamp_level_time_over_imp"] = {e["density"]: e["swamp_level_time_over_imp"]["mean"]
-                                             for e in densities}
     return {"setup": setup, "seeds": seeds, "ingredients": INGREDIENTS, "particles": PARTICLES,
-            "densities": densities, "findings": findings}
+            "densities": densities, "provenance": provenance()}
 
 
 def plot(report: dict, out: Path) -> None:
@@ -195,7 +167,7 @@ def plot(report: dict, out: Path) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--smoke", action="store_true", help="a check of the script in minutes: 600 training "
                                                              "images, 1 epoch, 2 levels (pass 2 seeds)")
     parser.add_argument("--work", default="runs/successors", help="the run folders (a rerun resumes them)")
@@ -209,7 +181,7 @@ def main():
                    "smoke": args.smoke, "papers": PAPERS})
     (out / "successors.json").write_text(json.dumps(report, indent=1))
     plot(report, out)
-    print(json.dumps(report["findings"], indent=1))
+    print(f"wrote {out / 'successors.json'}; `python benchmarks/render.py` renders the pages from it")
 
 
 if __name__ == "__main__":

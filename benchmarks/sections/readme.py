@@ -8,6 +8,7 @@ from sections.acceptance import held_out_claim
 from sections.baselines import lenet_findings
 from sections.common import table, times
 from sections.fidelity import early_bird_findings, lth_findings, pools_findings
+from sections.successors import successors_findings
 
 PAGE = "benchmarks/README.md"
 
@@ -50,5 +51,7 @@ def readme_results() -> str:
         ["`lottery-pools`", pools_findings() + _fresh("fidelity", "pools") + ". " + held_out_claim() + ".",
          _link("Lottery Pools", "lottery-pools-on-the-lth-run-aaai-2023") + ", "
          + _link("acceptance rule", "lottery-pools-which-acceptance-rule")],
+        ["`sparse-model-soups`, `swamp`, `instant-soup`", successors_findings() + _fresh("successors") + ".",
+         _link("Successors", "successors-of-lottery-pools-on-lenet-300-100")],
     ]
     return table(["command", "result, decided over seeds (Holm-adjusted paired tests)", "details"], rows)
