@@ -387,3 +387,28 @@ def test_the_built_in_sources_grayscale_pixels_are_read_back_in_one_piece_as_dec
                                          {"bytes": b"P5 6 5 255\n" + bytes(30), "path": None}]},
                               features=Features({"image": Image()}))
     assert stored_grayscale(png, "image") is None and stored_grayscale(mixed, "image") is None
+
+
+def test_carved_splits_are_scikit_learns_to_the_index():
+    """The validation and test splits are carved exactly as scikit-learn's train_test_split carves them (stratified
+    and not), so run folders keep their data when a run no longer imports scikit-learn; and a ValueError where
+    scikit-learn raises one (the carve then falls back, or names the problem)."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+    from lt_plugin.data.splits import split_indices
+    rng = np.random.default_rng(0)
+    cases = [(60_000, 5_000 / 60_000, 10), (1_797, 0.4, 10), (256, 0.1, 10), (10, 3, 3)]
+    cases += [(int(rng.integers(2, 300)), float(rng.uniform(0.01, 0.99)) if i % 2 else int(rng.integers(1, 300)),
+               int(rng.integers(1, 12))) for i in range(300)]
+    for n, held_out, classes in cases:
+        labels = rng.integers(0, classes, n)
+        seed = int(rng.integers(0, 2 ** 31 - 1))
+        for stratify in (labels, None):
+            try:
+                expected = train_test_split(np.arange(n), test_size=held_out, random_state=seed, stratify=stratify)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    split_indices(n, held_out, seed, stratify)
+                continue
+            kept, held = split_indices(n, held_out, seed, stratify)
+            assert np.array_equal(kept, expected[0]) and np.array_equal(held, expected[1]), (n, held_out, seed)

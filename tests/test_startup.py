@@ -111,3 +111,24 @@ def test_an_installed_strategy_is_listed_from_its_metadata_and_a_broken_one_refu
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
         "lt-plugin: error: entry point 'broken' (broken_plugin:Broken) cannot be imported: ImportError: a dependency "
         "is missing"]
+
+
+def test_a_training_run_on_a_saved_dataset_does_not_import_scikit_learn(tmp_path):
+    """Carving the validation split is lt_plugin's own copy of scikit-learn's split (tests/test_data.py holds the two
+    equal), so a run pays for importing scikit-learn only where it reads scikit-learn's digits."""
+    import numpy as np
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+    rng = np.random.default_rng(0)
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=2)})
+
+    def rows(n):
+        return {"image": [PILImage.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(n)],
+                "label": [i % 2 for i in range(n)]}
+    DatasetDict(train=Dataset.from_dict(rows(80), features=features),
+                test=Dataset.from_dict(rows(16), features=features)).save_to_disk(str(tmp_path / "data"))
+    printed, imported = _after_cli(["imp", "--model", "test_resnet", "--dataset", str(tmp_path / "data"),
+                                    "--image-size", "8", "--batch-size", "16", "--epochs", "1", "--levels", "0",
+                                    "--out", str(tmp_path / "run")]).split("IMPORTED\n")
+    assert (tmp_path / "run" / "results.json").exists(), printed
+    assert "sklearn" not in set(imported.split())

@@ -3,13 +3,13 @@ and those of a streamed hub dataset; which columns hold the images and the label
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, Features, Image, IterableDataset, Value
-from sklearn.model_selection import train_test_split
 
 from ..errors import DataError, LtPluginWarning
 from .streaming import _stream_size
@@ -69,15 +69,71 @@ def _labels(dataset: Dataset, label_column: str) -> np.ndarray:
     return np.asarray(dataset.with_format("numpy", columns=[label_column])[:][label_column], dtype=np.int64)
 
 
+def _split_sizes(n: int, held_out) -> Tuple[int, int]:
+    """(kept, held out) of `n` samples, `held_out` a fraction in (0, 1) (rounded up) or a count, as scikit-learn's
+    train_test_split counts them (a ValueError where it raises one)."""
+    kind = np.asarray(held_out).dtype.kind
+    if (kind == "i" and not 0 < held_out < n) or (kind == "f" and not 0 < held_out < 1) or kind not in "if":
+        raise ValueError(f"test_size={held_out} should be either positive and smaller than the number of samples {n} "
+                         "or a float in the (0, 1) range")
+    test = math.ceil(held_out * n) if kind == "f" else int(held_out)
+    if n - test == 0:
+        raise ValueError(f"with {n} samples and test_size={held_out}, the resulting train set will be empty")
+    return n - test, test
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """scikit-learn's extmath._approximate_mode: per class, how many of `draws` samples to take from `counts`, the
+    largest remainders first, ties drawn at random."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (ties,) = np.where(remainder == value)
+            now = min(len(ties), need)
+            floored[rng.choice(ties, size=now, replace=False)] += 1
+            need -= now
+            if need == 0:
+                break
+    return floored.astype(int)
+
+
+def split_indices(n: int, held_out, seed: int, labels: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) indices of `n` samples, stratified by `labels` when given: exactly what scikit-learn's
+    `train_test_split(np.arange(n), test_size=held_out, random_state=seed, stratify=labels)` returns (its
+    ShuffleSplit and StratifiedShuffleSplit, written out so that a run does not pay for importing scikit-learn;
+    tests/test_data.py holds them equal). A ValueError where scikit-learn raises one."""
+    n_kept, n_held = _split_sizes(n, held_out)
+    rng = np.random.RandomState(seed)
+    if labels is None:
+        order = rng.permutation(n)
+        return order[n_held:n_held + n_kept], order[:n_held]
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"the least populated classes have only 1 member: {classes[counts < 2].tolist()}")
+    if min(n_kept, n_held) < len(classes):
+        raise ValueError(f"{min(n_kept, n_held)} samples cannot hold each of the {len(classes)} classes")
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    kept_per_class = _approximate_mode(counts, n_kept, rng)
+    held_per_class = _approximate_mode(counts - kept_per_class, n_held, rng)
+    kept, held = [], []
+    for members, k, h in zip(by_class, kept_per_class, held_per_class):
+        shuffled = members.take(rng.permutation(len(members)), mode="clip")
+        kept.extend(shuffled[:k])
+        held.extend(shuffled[k:k + h])
+    return rng.permutation(kept), rng.permutation(held)
+
+
 def _carve(dataset: Dataset, labels: np.ndarray, held_out, seed: int):
     """((rest, its labels), (held-out part, its labels)) of `dataset`, whose labels are `labels`; `held_out` is a
     fraction or a count. Stratified by label when possible."""
-    indices = np.arange(len(dataset))
     try:
-        kept, held = train_test_split(indices, test_size=held_out, random_state=seed, stratify=labels)
+        kept, held = split_indices(len(dataset), held_out, seed, labels)
     except ValueError:  # a class with a single sample, or fewer held-out samples than classes
         try:
-            kept, held = train_test_split(indices, test_size=held_out, random_state=seed)
+            kept, held = split_indices(len(dataset), held_out, seed)
         except ValueError as exc:
             raise DataError(f"cannot split {len(dataset)} samples: {exc}") from None
     return (dataset.select(kept), labels[kept]), (dataset.select(held), labels[held])
