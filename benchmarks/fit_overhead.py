@@ -9,10 +9,12 @@ a. `fit` against a bare loop over the same model, optimizer and batches (the sam
    Target: fit within 1.10x of the bare loop.
 b. A run's fixed cost: `lt-plugin imp --levels 0` as a command (imports, data, model, training, scoring) against the
    training time it reports; and a replicated run of 3 seeds against 3 runs of one seed, the fixed costs paid once.
+   With `--earlier DIR` (a checkout of earlier code), that fixed cost and `lt-plugin --help` with the earlier code and
+   today's, interleaved round by round.
 
 Writes benchmarks/results/fit_overhead.json and fit_overhead.png.
 
-    python benchmarks/fit_overhead.py [--rounds 3] [--train-samples 12000]
+    python benchmarks/fit_overhead.py [--rounds 3] [--train-samples 12000] [--earlier DIR]
 """
 
 import argparse
@@ -37,6 +39,7 @@ from lt_plugin.train.config import create_optimizer
 from provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 SETUPS = {  # LeNet-300-100 on the whole training set (55,000 images): its epochs are short enough as it is
     "lenet_300_100": dict(experiment=dict(model="lenet_300_100", image_size=28, max_train_samples=None),
                           train=dict(opt="adam", lr=1.2e-3, batch_size=60, sched="constant", weight_decay=0.0)),
@@ -91,13 +94,39 @@ def measure_fit(name: str, setup: dict, rounds: int, samples: int, epochs: int, 
             "ratio": fit_s / bare_s, "fit_ms_per_step": 1000 * fit_s / steps, "bare_ms_per_step": 1000 * bare_s / steps}
 
 
-def _command(out: Path, extra) -> float:
+def _timed(argv, tree: Path = REPO) -> float:
+    """Wall seconds of `python -m lt_plugin ARGV` with the lt_plugin of `tree` (a checkout) first on the path."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lt_plugin", "imp", "--model", "lenet_300_100", "--recipe", "lth-lenet",
-                    "--dataset", "fashion-mnist", "--max-train-samples", "6000", "--epochs", "2", "--levels", "0",
-                    "--out", str(out), *extra], check=True, capture_output=True,
-                   env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    subprocess.run([sys.executable, "-m", "lt_plugin", *argv], check=True, capture_output=True,
+                   env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)})
     return time.perf_counter() - started
+
+
+def _command(out: Path, extra, tree: Path = REPO) -> float:
+    return _timed(["imp", "--model", "lenet_300_100", "--recipe", "lth-lenet", "--dataset", "fashion-mnist",
+                   "--max-train-samples", "6000", "--epochs", "2", "--levels", "0", "--out", str(out), *extra], tree)
+
+
+def _fixed(out: Path, seconds: float) -> float:
+    """A finished command's seconds beyond the training it reports."""
+    return seconds - json.loads((out / "results.json").read_text())[0]["train_seconds"]
+
+
+def measure_against_earlier(earlier: Path, scratch: Path, rounds: int) -> dict:
+    """A run's fixed cost and `lt-plugin --help` with the code of an earlier checkout and with today's, the two
+    interleaved round by round on the same machine; medians and their ratio (today's over the earlier's)."""
+    sides = {"earlier": earlier, "today": REPO}
+    fixed, helps = {side: [] for side in sides}, {side: [] for side in sides}
+    for round_ in range(rounds):
+        for side, tree in sides.items():
+            out = scratch / f"{side}_{round_}"
+            fixed[side].append(_fixed(out, _command(out, [], tree)))
+            helps[side].append(_timed(["--help"], tree))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=earlier, capture_output=True, text=True).stdout.strip()
+    median = {side: statistics.median(fixed[side]) for side in sides}
+    return {"earlier_commit": commit, "fixed_seconds": fixed, "help_seconds": helps,
+            "fixed_median_seconds": median, "fixed_ratio": median["today"] / median["earlier"],
+            "help_ratio": statistics.median(helps["today"]) / statistics.median(helps["earlier"])}
 
 
 def measure_run_costs(scratch: Path) -> dict:
@@ -106,7 +135,7 @@ def measure_run_costs(scratch: Path) -> dict:
     train = [json.loads((scratch / f"single_{s}" / "results.json").read_text())[0]["train_seconds"] for s in range(3)]
     return {"command_seconds": single, "train_seconds": train, "replicated_3_seeds_seconds": replicated,
             "three_single_runs_seconds": sum(single), "fixed_seconds_per_run": statistics.median(
-                [c - t for c, t in zip(single, train)]),
+                [_fixed(scratch / f"single_{s}", c) for s, c in enumerate(single)]),
             "replicated_saving": sum(single) / replicated}
 
 
@@ -141,6 +170,8 @@ def main():
     parser.add_argument("--train-samples", type=int, default=12000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--work", default="runs/bench-fit-overhead")
+    parser.add_argument("--earlier", help="a checkout of earlier code (git worktree add DIR COMMIT): also measure a "
+                                          "run's fixed cost and --help with it and with today's, interleaved")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)  # every measurement trains: no finished run to read back
@@ -149,6 +180,8 @@ def main():
               "fit": [measure_fit(name, setup, args.rounds, args.train_samples, args.epochs, work / "fit")
                       for name, setup in SETUPS.items()],
               "run_costs": measure_run_costs(work / "runs"), "provenance": provenance()}
+    if args.earlier:
+        report["against_earlier"] = measure_against_earlier(Path(args.earlier), work / "earlier", args.rounds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fit_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, RESULTS / "fit_overhead.png")
@@ -158,6 +191,9 @@ def main():
     costs = report["run_costs"]
     print(f"a run's fixed cost: {costs['fixed_seconds_per_run']:.1f}s; 3 seeds as one run x"
           f"{costs['replicated_saving']:.2f} faster than 3 runs")
+    if args.earlier:
+        against = report["against_earlier"]
+        print(f"against {args.earlier}: fixed cost x{against['fixed_ratio']:.2f}, --help x{against['help_ratio']:.2f}")
 
 
 if __name__ == "__main__":
