@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from render import block, results
 from sections.common import count, span, table, times
 
@@ -35,4 +37,17 @@ def run_costs() -> str:
             f"{len(costs['command_seconds'])} runs; imports, the data read and split, the model built and checked); "
             f"`--seeds 0 1 2` pays that once, not per seed: three seeds as one replicated run took "
             f"{costs['replicated_3_seeds_seconds']:.1f} s against {costs['three_single_runs_seconds']:.1f} s for "
-            f"three separate runs ({times(costs['replicated_saving'])}).\n")
+            f"three separate runs ({times(costs['replicated_saving'])}).\n" + _against_earlier())
+
+
+def _against_earlier() -> str:
+    """The fixed cost and `--help` against an earlier checkout, measured in the same rounds (`--earlier`)."""
+    against = report().get("against_earlier")
+    if against is None:
+        return ""
+    fixed, helps = against["fixed_median_seconds"], against["help_seconds"]
+    return (f"\nAgainst the code of commit `{against['earlier_commit'][:7]}`, interleaved with it in "
+            f"{len(against['fixed_seconds']['today'])} rounds on the same machine: a run's fixed cost "
+            f"{fixed['earlier']:.1f} s then, {fixed['today']:.1f} s now ({times(against['fixed_ratio'])}); "
+            f"`lt-plugin --help` {statistics.median(helps['earlier']):.2f} s then, {statistics.median(helps['today']):.2f} s now "
+            f"({times(against['help_ratio'])}).\n")
