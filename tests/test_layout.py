@@ -135,3 +135,12 @@ def test_no_module_but_the_layout_spells_a_run_folders_file_names():
 def test_no_module_is_too_long_to_read():
     lengths = {_module_name(path): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in lengths.items() if n > 450} == {}
+
+
+def test_no_test_forks_pytests_own_process():
+    # Forking a process whose OpenMP pool and helper threads already run (pytest's, after other tests) can hang the
+    # children: a multi-process test launches a script of tests/jobs in a subprocess of its own.
+    tests = Path(__file__).resolve().parent
+    pattern = re.compile(r"debug_launcher|os\.fork\b|start_method=.fork")
+    forking = [p.name for p in tests.glob("*.py") if p.name != Path(__file__).name and pattern.search(p.read_text())]
+    assert forking == []
