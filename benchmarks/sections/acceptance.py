@@ -54,8 +54,11 @@ def acceptance() -> str:
         note = stale_note("lottery_pools_acceptance", f"networks.{network}")
         if note:
             parts.append(f"{NETWORKS[network]}: {note}")
+    missing = [NETWORKS[n] for n in NETWORKS if n not in report["networks"]]
     lines = [
         "".join(parts),
+        (f"Not measured with today's recipes: {', '.join(missing)} (`--networks cifar_resnet20` runs it); the choice "
+         f"rests on {', '.join(NETWORKS[n] for n in report['networks'])} alone.\n" if missing else ""),
         "The rule is chosen on the cases of the selection seeds ("
         + "; ".join(f"{NETWORKS[n]}: {', '.join(map(str, s))}" for n, s in seeds.items())
         + f"), among the rules whose pooled cases lost test accuracy at most {percent(report['significance'], 0)} "
