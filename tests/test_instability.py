@@ -15,11 +15,14 @@ from lt_plugin.cli import main as cli_main
 from lt_plugin.experiment import Experiment
 from lt_plugin.store import load_weights
 from lt_plugin.branches.instability import barrier, error_path
-from tiny_training import assert_same_weights_up_to_rounding
 
 TINY = ["--model", "test_resnet", "--dataset", "digits", "--image-size", "8", "--max-train-samples", "256",
         "--batch-size", "32", "--epochs", "2"]
 SECONDS = ("seconds", "train_seconds", "search_seconds", "latency_ms")
+
+
+def _flat(state):
+    return torch.cat([value.double().flatten() for _, value in sorted(state.items()) if value.is_floating_point()])
 
 
 def _strip(results):
@@ -150,6 +153,11 @@ def test_instability_on_two_processes_is_the_one_process_analysis(tmp_path, two_
         decided = ("level", "density", "rewind_point", "rewind_step", "alphas")
         assert [a[key] for key in decided] == [b[key] for key in decided]
     for point in ("0it", "4it"):
+        weights = {(d.name, copy): _flat(load_weights(d / "level_0" / f"rewind_{point}" / f"copy_{copy}" /
+                                                       "weights.safetensors")) for d in (one, two) for copy in "ab"}
+        noise = (weights["one", "a"] - weights["one", "b"]).norm()  # the two copies: the same start, other SGD noise
         for copy in "ab":
-            assert_same_weights_up_to_rounding(*(load_weights(d / "level_0" / f"rewind_{point}" / f"copy_{copy}" /
-                                                              "weights.safetensors") for d in (one, two)))
+            # The processes sum the same gradients in another order. That rounding can flip a ReLU and grow (measured
+            # with other CPU kernels: 0.2% of the noise), but stays far below SGD noise; a wrong shard, data order or
+            # learning rate moves a copy as far as the noise does.
+            assert (weights["one", copy] - weights["two", copy]).norm() <= 0.05 * noise, (point, copy)
