@@ -68,12 +68,19 @@ def acceptance() -> str:
         f"**The default is `{default}`**: the largest mean test gain among them on the selection seeds.\n",
         "On the held-out seeds:\n", _summary_table(choice, "held_out"), "",
     ]
-    if default and "cifar_resnet20" in report["networks"]:
-        others = [r for r in choice["eligible"] if r != default and r in report["networks"]["cifar_resnet20"]]
-        for other in others:
-            gap = adjusted({0: _separable(report, "cifar_resnet20", default, other)})[0]
-            lines.append(f"On `cifar_resnet20`, `{default}` minus `{other}` over the same cases: "
-                         f"{difference(gap)} points ({gap['verdict']}): "
+    for network in report["networks"]:
+        chosen_from = {rule: choice["selection"][rule][network] for rule in choice["eligible"]}
+        bounds = [f"`{rule}` {_harm(s)}" for rule, s in chosen_from.items() if s["pooled"] and s["harmed"] == 0]
+        if bounds:
+            lines.append(f"On {NETWORKS[network]}'s selection seeds, " + "; ".join(bounds) + ": these cases show no "
+                         f"harm, but so few pooled cases cannot show a harm rate under "
+                         f"{percent(report['significance'], 0)}.\n")
+    if default:
+        gaps = {(network, other): _separable(report, network, default, other)
+                for network in report["networks"] for other in choice["eligible"] if other != default}
+        for (network, other), gap in adjusted(gaps).items():
+            lines.append(f"On {NETWORKS[network]}, `{default}` minus `{other}` over the same (level, seed) cases, all "
+                         f"seeds: {difference(gap)} points ({gap['verdict']}): "
                          + ("these cases cannot tell the two rules apart." if gap["verdict"] in
                             ("within noise", "no spread") else "the cases separate the two rules.") + "\n")
     for network, rules in report["networks"].items():

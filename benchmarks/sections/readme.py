@@ -27,9 +27,9 @@ def _channel_speed() -> str:
     r = results("deploy_latency")
     big = r["batches"][-1]
     rows = [row for row in r["latency"] if row["model"] == "resnet18"]
-    best = max(rows, key=lambda row: row[f"pytorch_speedup_batch_{big}"])
+    best = max(rows, key=lambda row: row[f"torch_speedup_batch_{big}"])
     return (f"Exported channel tickets of resnet18 run faster than dense: at density {best['density']:.3f} "
-            f"(`--round-to {best['round_to']}`) {times(best[f'pytorch_speedup_batch_{big}'])} in PyTorch and "
+            f"(`--round-to {best['round_to']}`) {times(best[f'torch_speedup_batch_{big}'])} in PyTorch and "
             f"{times(best[f'onnx_speedup_batch_{big}'])} in ONNX Runtime at batch {big} (the MACs allow "
             f"{times(best['macs_limit'])}; medians of {r['rounds']} rounds interleaved with dense)")
 
