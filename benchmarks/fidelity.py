@@ -186,16 +186,26 @@ def small_part(args, work: Path) -> dict:
                          for rule, rows in out.items()}}
 
 
+EB_RUN = dict(model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION, max_train_samples=3_000,
+              epochs=8, batch_size=128, opt="momentum", lr=0.1, sched="multistep", augment="crop-flip",
+              wd_norm_bias=True, ratios=[0.3, 0.5], baseline=True, seeds=[0, 1, 2])
+
+
+def eb_setup() -> str:
+    """The eb part's run in a sentence (its page shows it)."""
+    run = EB_RUN
+    return (f"`{run['model']}`, {run['max_train_samples']:,} Fashion-MNIST training images ({run['augment']}), "
+            f"{run['epochs']} epochs, batch {run['batch_size']}, SGD {run['lr']:g} with plain momentum and multi-step "
+            f"decay, weight decay on every parameter, ratios {' and '.join(f'{r:g}' for r in run['ratios'])}, "
+            f"{len(run['seeds'])} seeds.")
+
+
 def eb_part(args, work: Path) -> dict:
     out = {}
     for schedule in args.eb_schedules:
         started = time.perf_counter()
-        rows = lt_plugin.create_strategy(
-            "early-bird", model="cifar_resnet20", dataset="fashion-mnist", val_fraction=VAL_FRACTION,
-            max_train_samples=3_000, epochs=8, batch_size=128, opt="momentum", lr=0.1, sched="multistep",
-            augment="crop-flip",
-            wd_norm_bias=True, ratios=[0.3, 0.5], baseline=True, retrain_schedule=schedule,
-            seeds=[0, 1, 2]).run(work / f"eb_{schedule}")
+        rows = lt_plugin.create_strategy("early-bird", retrain_schedule=schedule, **EB_RUN).run(
+            work / f"eb_{schedule}")
         log(f"eb {schedule}", started)
         out[schedule] = [{"ratio": r["ratio"], "found_at_seeds": sum(1 for f in r.get("eb_step_values", []) if f),
                           "eb_epoch": summarize(r.get("eb_epoch_values", [])),
@@ -205,7 +215,7 @@ def eb_part(args, work: Path) -> dict:
                           "train_macs_saved": summarize(r.get("train_macs_saved_values", [])),
                           "train_seconds_saved": summarize(r.get("train_seconds_saved_values", []))}
                          for r in rows]
-    return {"paper": PAPER["eb"], "schedules": out,
+    return {"paper": PAPER["eb"], "setup": eb_setup(), "schedules": out,
             "findings": {schedule: {"macs_saved": [e["train_macs_saved"]["mean"] for e in rows],
                                     "eb_minus_one_shot": [e["eb_minus_one_shot"]["mean"] for e in rows],
                                     "eb_against_one_shot": [significant(e["eb_minus_one_shot"]) for e in rows]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from render import block, results, stale_note
-from sections.common import adjusted, difference, densities_text, family_note, mean_pm, table, where
+from sections.common import adjusted, difference, densities_text, family_note, grouped, mean_pm, table, where
 
 CRITERIA = ("snip", "grasp", "synflow", "magnitude", "random")
 NAMES = {"imp": "IMP", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "magnitude": "magnitude",
@@ -45,16 +45,18 @@ def lenet_findings() -> str:
     """The LeNet part in a sentence: pruning at init against IMP, SynFlow against SNIP, the shuffles, GMP."""
     part = results("baselines")["lenet"]
     family = _family(part)
-    below = {m: where(_at(family, "minus_imp", m), "below") for m in CRITERIA}
-    shuffled = {m: where(_at(family, "shuffled", m), "below") for m in ("imp", *CRITERIA)
+    below = {NAMES[m]: where(_at(family, "minus_imp", m), "below") for m in CRITERIA}
+    above = {NAMES[m]: where(_at(family, "minus_imp", m), "above") for m in CRITERIA}
+    shuffled = {NAMES[m]: where(_at(family, "shuffled", m), "below") for m in ("imp", *CRITERIA)
                 if _at(family, "shuffled", m)}
     equal = family[("gmp_equal_cost",)]
-    return (f"LeNet-300-100 (`lth-lenet`), {len(part['seeds'])} seeds: " + "; ".join(
-        f"{NAMES[m]} below IMP at {densities_text(d)}" for m, d in below.items())
-        + f"; SynFlow above SNIP at {densities_text(where(_at(family, 'synflow_minus_snip'), 'above'))}; "
-        + "shuffling a layer's mask lowers " + ", ".join(f"{NAMES[m]} at {densities_text(d)}"
-                                                        for m, d in shuffled.items())
-        + f"; GMP given IMP's whole budget: {difference(equal)} points against IMP ({equal['verdict']})")
+    return (f"LeNet-300-100 (`lth-lenet`), {len(part['seeds'])} seeds: "
+            + grouped(below, "below IMP ", "never below IMP")
+            + (f"; {grouped({n: d for n, d in above.items() if d}, 'above IMP ', '')}" if any(above.values()) else
+               "; no mask chosen at init above IMP")
+            + f"; SynFlow above SNIP at {densities_text(where(_at(family, 'synflow_minus_snip'), 'above'))}; "
+            + "shuffling each layer's mask lowers " + grouped(shuffled, "", "at no density", sep=", and ")
+            + f"; GMP given IMP's whole budget: {difference(equal)} points against IMP ({equal['verdict']})")
 
 
 @block("baselines.lenet")

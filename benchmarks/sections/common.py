@@ -123,6 +123,25 @@ def where(entries: Dict[float, dict], verdict: str) -> List[float]:
     return sorted((k for k, e in entries.items() if e["verdict"] == verdict), reverse=True)
 
 
+def names_text(names: List[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def grouped(found: Dict[str, List[float]], what: str, nowhere: str, sep: str = "; ") -> str:
+    """Who earned a verdict where, the names that share their densities said together ('SNIP and SynFlow below IMP
+    at 0.047 and 0.017; GraSP at 0.131'); `nowhere` names those that earned it at no density."""
+    groups: Dict[tuple, List[str]] = {}
+    for name, densities in found.items():
+        groups.setdefault(tuple(densities), []).append(name)
+    said = [f"{names_text(names)} {what if i == 0 else ''}at {densities_text(list(densities))}".replace("  ", " ")
+            for i, (densities, names) in enumerate((d, n) for d, n in groups.items() if d)]
+    quiet = groups.get((), [])
+    if quiet:
+        said.append(f"{names_text(quiet)} {nowhere}")
+    return sep.join(said)
+
+
 # What You et al. (ICLR 2020) report for Early-Bird against one-shot pruning, VGG-16 on CIFAR-100 (its table of
 # training FLOPs at each pruning ratio; the energy saving is its abstract's range).
 EARLY_BIRD_PAPER = {"ratios": (0.1, 0.3, 0.5), "early_bird_flops": (282, 243, 197), "one_shot_flops": 605,

@@ -224,6 +224,7 @@ def early_bird() -> str:
     setup = part.get("setup", "")
     return (stale_note("fidelity", "eb") + (setup + "\n\n" if setup else "")
             + table(header, lines) + "\n"
-            + f"- Early-Bird above one-shot at {', '.join(above) or 'no ratio'}; below at {', '.join(below) or 'no ratio'}"
-              "; within noise elsewhere.\n"
-            + f"- The paper: {early_bird_paper()}.\n\n" + family_note(family, "this part") + "\n")
+            + ("- Early-Bird within noise of one-shot at every ratio and schedule.\n" if not (above or below) else
+               f"- Early-Bird above one-shot at {', '.join(above) or 'no ratio'}; below at "
+               f"{', '.join(below) or 'no ratio'}; within noise elsewhere.\n")
+            + f"- For comparison, {early_bird_paper()}.\n\n" + family_note(family, "this part") + "\n")

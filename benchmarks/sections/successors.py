@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Dict
 
 from render import block, results, stale_note
-from sections.common import adjusted, difference, densities_text, family_note, mean_pm, table, where
+from sections.common import adjusted, difference, densities_text, family_note, grouped, mean_pm, table, where
 
 METHODS = ("imp", "sms", "swamp", "instant-soup", "pools")
 NAMES = {"imp": "IMP", "sms": "Sparse Model Soups", "swamp": "SWAMP", "instant-soup": "Instant Soup",
@@ -34,11 +34,14 @@ def _where(family: dict, kind: str, verdict: str) -> str:
 def successors_findings() -> str:
     """The part in a sentence: each successor against IMP, and what averaging SWAMP's particles adds."""
     report, family = results("successors"), successors_family()
-    said = [f"{NAMES[m]} above IMP at {_where(family, m, 'above')}, below at {_where(family, m, 'below')}"
-            for m in METHODS[1:]]
-    return (f"LeNet-300-100 (`lth-lenet`), {len(report['seeds'])} seeds: " + "; ".join(said)
-            + f"; SWAMP's average above its best particle at "
-              f"{_where(family, 'swamp_average_minus_best_particle', 'above')}")
+    at = lambda kind, verdict: where({d: e for (k, d), e in family.items() if k == kind}, verdict)
+    above = {NAMES[m]: at(m, "above") for m in METHODS[1:]}
+    below = {NAMES[m]: at(m, "below") for m in METHODS[1:]}
+    best = at("swamp_average_minus_best_particle", "above")
+    return (f"LeNet-300-100 (`lth-lenet`), {len(report['seeds'])} seeds: "
+            + grouped(above, "above IMP ", "never above IMP") + "; "
+            + grouped(below, "below IMP ", "never below IMP")
+            + "; SWAMP's average above its best particle " + (f"at {densities_text(best)}" if best else "at no density"))
 
 
 @block("successors")
@@ -55,7 +58,7 @@ def successors() -> str:
                          for e in densities])
     cost = table(["density", *[f"{NAMES[m]}: epochs (seconds)" for m in METHODS], "SWAMP level / IMP level"],
                  [[f"{e['density']:.3f}",
-                   *[f"{e['methods'][m]['cost']['epochs']:g} ({e['methods'][m]['cost']['seconds']['mean']:,.0f})"
+                   *[f"{e['methods'][m]['cost']['epochs']:.3g} ({e['methods'][m]['cost']['seconds']['mean']:,.0f})"
                      for m in METHODS],
                    f"x{e['swamp_level_time_over_imp']['mean']:.2f}"] for e in densities])
     claims = [f"- **{NAMES[m]}** above IMP at {_where(family, m, 'above')}; below at {_where(family, m, 'below')}; "
