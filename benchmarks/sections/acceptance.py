@@ -70,10 +70,10 @@ def acceptance() -> str:
     ]
     for network in report["networks"]:
         chosen_from = {rule: choice["selection"][rule][network] for rule in choice["eligible"]}
-        bounds = [f"`{rule}` {_harm(s)}" for rule, s in chosen_from.items() if s["pooled"] and s["harmed"] == 0]
+        bounds = [f"`{rule}` {_harm(s)}" for rule, s in chosen_from.items() if s["pooled"] and s["harmed"] == 0 and s["harm_upper_95"] > report["significance"]]
         if bounds:
             lines.append(f"On {NETWORKS[network]}'s selection seeds, " + "; ".join(bounds) + ": these cases show no "
-                         f"harm, but so few pooled cases cannot show a harm rate under "
+                         f"harm, but too few pooled cases to show a harm rate under "
                          f"{percent(report['significance'], 0)}.\n")
     if default:
         gaps = {(network, other): _separable(report, network, default, other)
