@@ -68,9 +68,8 @@ def test_the_rounds_step_down_by_the_fraction_and_stop_above_the_final_density()
 
 def test_two_processes_share_the_denoisers_and_read_the_same_masks(tmp_path):
     # Its own script: forking pytest's process (threads and an OpenMP pool already running) can hang the children.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, str(JOBS / "two_process_denoisers_job.py"), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(JOBS / "two_process_denoisers_job.py"), str(tmp_path)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # process 0 trained denoisers 0 and 2, process 1 denoiser 1, 4 steps each; one process alone trains all 12
     trained = [json.loads((tmp_path / f"trained_by_{who}.json").read_text()) for who in (0, 1, "alone")]

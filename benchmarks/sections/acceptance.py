@@ -70,7 +70,8 @@ def acceptance() -> str:
     ]
     for network in report["networks"]:
         chosen_from = {rule: choice["selection"][rule][network] for rule in choice["eligible"]}
-        bounds = [f"`{rule}` {_harm(s)}" for rule, s in chosen_from.items() if s["pooled"] and s["harmed"] == 0 and s["harm_upper_95"] > report["significance"]]
+        bounds = [f"`{rule}` {_harm(s)}" for rule, s in chosen_from.items()
+                  if s["pooled"] and s["harmed"] == 0 and s["harm_upper_95"] > report["significance"]]
         if bounds:
             lines.append(f"On {NETWORKS[network]}'s selection seeds, " + "; ".join(bounds) + ": these cases show no "
                          f"harm, but too few pooled cases to show a harm rate under "

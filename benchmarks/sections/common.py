@@ -134,8 +134,10 @@ def grouped(found: Dict[str, List[float]], what: str, nowhere: str, sep: str = "
     groups: Dict[tuple, List[str]] = {}
     for name, densities in found.items():
         groups.setdefault(tuple(densities), []).append(name)
-    said = [f"{names_text(names)} {what if i == 0 else ''}at {densities_text(list(densities))}".replace("  ", " ")
-            for i, (densities, names) in enumerate((d, n) for d, n in groups.items() if d)]
+    said = []
+    for densities, names in groups.items():
+        if densities:  # the verdict named once, before the first group
+            said.append(f"{names_text(names)} {'' if said else what}at {densities_text(list(densities))}")
     quiet = groups.get((), [])
     if quiet:
         said.append(f"{names_text(quiet)} {nowhere}")

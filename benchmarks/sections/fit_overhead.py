@@ -49,5 +49,5 @@ def _against_earlier() -> str:
     return (f"\nAgainst the code of commit `{against['earlier_commit'][:7]}`, interleaved with it in "
             f"{len(against['fixed_seconds']['today'])} rounds on the same machine: a run's fixed cost "
             f"{fixed['earlier']:.1f} s then, {fixed['today']:.1f} s now ({times(against['fixed_ratio'])}); "
-            f"`lt-plugin --help` {statistics.median(helps['earlier']):.2f} s then, {statistics.median(helps['today']):.2f} s now "
-            f"({times(against['help_ratio'])}).\n")
+            f"`lt-plugin --help` {statistics.median(helps['earlier']):.2f} s then, "
+            f"{statistics.median(helps['today']):.2f} s now ({times(against['help_ratio'])}).\n")

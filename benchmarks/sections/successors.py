@@ -27,21 +27,26 @@ def successors_family() -> Dict[tuple, dict]:
     return adjusted(tests)
 
 
+def _at(family: dict, kind: str, verdict: str) -> list:
+    """The densities where one comparison earned `verdict`."""
+    return where({d: e for (k, d), e in family.items() if k == kind}, verdict)
+
+
 def _where(family: dict, kind: str, verdict: str) -> str:
-    return densities_text(where({d: e for (k, d), e in family.items() if k == kind}, verdict))
+    return densities_text(_at(family, kind, verdict))
 
 
 def successors_findings() -> str:
     """The part in a sentence: each successor against IMP, and what averaging SWAMP's particles adds."""
     report, family = results("successors"), successors_family()
-    at = lambda kind, verdict: where({d: e for (k, d), e in family.items() if k == kind}, verdict)
-    above = {NAMES[m]: at(m, "above") for m in METHODS[1:]}
-    below = {NAMES[m]: at(m, "below") for m in METHODS[1:]}
-    best = at("swamp_average_minus_best_particle", "above")
+    above = {NAMES[m]: _at(family, m, "above") for m in METHODS[1:]}
+    below = {NAMES[m]: _at(family, m, "below") for m in METHODS[1:]}
+    best = _at(family, "swamp_average_minus_best_particle", "above")
     return (f"LeNet-300-100 (`lth-lenet`), {len(report['seeds'])} seeds: "
             + grouped(above, "above IMP ", "never above IMP") + "; "
             + grouped(below, "below IMP ", "never below IMP")
-            + "; SWAMP's average above its best particle " + (f"at {densities_text(best)}" if best else "at no density"))
+            + "; SWAMP's average above its best particle "
+            + (f"at {densities_text(best)}" if best else "at no density"))
 
 
 @block("successors")
